@@ -1,0 +1,100 @@
+//! Command-line and environment settings shared by the binaries.
+//!
+//! Every setting is a `--flag` and an environment variable (the interface
+//! contract in DESIGN.md); the binaries flatten the groups they need.
+
+use crate::db::DbConfig;
+use crate::queue::maintenance::MaintenanceConfig;
+use crate::queue::Backoff;
+use crate::worker::{default_worker_id, WorkerConfig};
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where the database is.
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL, e.g. postgres://user@localhost/skipjack.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Connections in this process's pool.
+    #[arg(long, env = "SKIPJACK_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Longest wait for a pooled connection before a request fails.
+    #[arg(long, env = "SKIPJACK_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &"***")
+            .field("db_pool_size", &self.db_pool_size)
+            .finish()
+    }
+}
+
+impl DatabaseArgs {
+    pub fn db_config(&self, application_name: &str) -> DbConfig {
+        DbConfig {
+            url: self.database_url.clone(),
+            pool_size: self.db_pool_size,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            application_name: application_name.to_owned(),
+        }
+    }
+}
+
+/// How a worker process runs.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// Health and metrics server address.
+    #[arg(long, env = "SKIPJACK_WORKER_ADDR", default_value = "0.0.0.0:8080")]
+    pub worker_addr: SocketAddr,
+    /// Jobs in flight at once in this process.
+    #[arg(long, env = "SKIPJACK_CONCURRENCY", default_value_t = 100)]
+    pub concurrency: usize,
+    /// Lease length in seconds; heartbeats renew it every third of it.
+    #[arg(long, env = "SKIPJACK_LEASE_SECONDS", default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// Fallback poll interval when no NOTIFY arrives.
+    #[arg(long, env = "SKIPJACK_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Time in-flight jobs get to finish after SIGTERM.
+    #[arg(long, env = "SKIPJACK_SHUTDOWN_GRACE_SECONDS", default_value_t = 25.0)]
+    pub shutdown_grace_seconds: f64,
+    /// Delay of the first retry; doubles per attempt.
+    #[arg(long, env = "SKIPJACK_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    #[arg(long, env = "SKIPJACK_RETRY_MAX_SECONDS", default_value_t = 600)]
+    pub retry_max_seconds: u64,
+    /// Days finished jobs are kept in job_history.
+    #[arg(long, env = "SKIPJACK_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+    /// Lease owner name; defaults to host-pid-random.
+    #[arg(long, env = "SKIPJACK_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerArgs {
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            concurrency: self.concurrency.max(1),
+            lease: Duration::from_secs_f64(self.lease_seconds.max(0.3)),
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(10)),
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_seconds.max(0.0)),
+            backoff: Backoff {
+                base: Duration::from_millis(self.retry_base_ms),
+                max: Duration::from_secs(self.retry_max_seconds),
+            },
+            maintenance: Some(MaintenanceConfig {
+                retention: Duration::from_secs(u64::from(self.retention_days) * 24 * 3600),
+                ..MaintenanceConfig::default()
+            }),
+            ..WorkerConfig::default()
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! skipjack: a Postgres-native job system for LLM chat agents.
+//!
+//! A chat message comes in over REST, becomes a row in Postgres, is claimed
+//! by a worker with `SELECT … FOR UPDATE SKIP LOCKED`, answered by an LLM, and
+//! polled back. Every process is stateless; everything that matters is a row.
+//!
+//! # Layout
+//! - [`queue`]: the job queue engine (enqueue, claim, finish, leases,
+//!   wake-ups, maintenance). All its SQL lives in `sql/queue/`.
+//! - [`worker`]: the runtime that claims jobs and runs their handlers.
+//! - [`llm`]: LLM providers behind one trait.
+//! - [`db`]: connection pool, migrations, schema check.
+//! - [`config`]: settings shared by the binaries (flags and environment).
+//! - [`health`]: `/health`, `/ready` and `/metrics`.
+//! - [`metrics`]: Prometheus metric names and the registry.
+//! - [`telemetry`], [`signal`]: logging and shutdown signals.
+//! - [`bench`]: the queue benchmark behind `skipjack bench`.
+//! - [`ids`]: id newtypes.
+//!
+//! The binaries in `src/bin/` only parse settings and wire these together.
+
+pub mod bench;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod ids;
+pub mod llm;
+pub mod metrics;
+pub mod queue;
+pub mod signal;
+pub mod telemetry;
+pub mod worker;

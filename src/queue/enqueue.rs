@@ -1,0 +1,117 @@
+//! Enqueue: one statement for any number of jobs.
+//!
+//! Takes a `&mut PgConnection`, so it runs inside the caller's transaction
+//! when given one (`&mut *tx`): the jobs appear exactly when the caller's own
+//! writes do. The statement sends at most one NOTIFY, and none while no
+//! worker waits.
+
+use super::{sql, Enqueued, NewJob, QueueError, Result};
+use crate::ids::{ConversationId, JobId, TenantId};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+/// Enqueues one job.
+pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued> {
+    let mut out = enqueue_many(conn, std::slice::from_ref(job)).await?;
+    // enqueue_many returns exactly one entry per input job.
+    Ok(out.remove(0))
+}
+
+/// Enqueues `jobs` in one statement; the result is in input order. A job
+/// whose idempotency key (per tenant) already names a job is not inserted:
+/// its entry carries the existing job's id and `inserted: false`.
+pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    for job in jobs {
+        validate(job)?;
+    }
+    let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
+    let tenants: Vec<Option<TenantId>> = jobs.iter().map(|j| j.tenant_id).collect();
+    let conversations: Vec<Option<ConversationId>> =
+        jobs.iter().map(|j| j.conversation_id).collect();
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let priorities: Vec<i16> = jobs.iter().map(|j| j.priority.get()).collect();
+    let payloads: Vec<&Value> = jobs.iter().map(|j| &j.payload).collect();
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
+    let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
+    let run_at: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+
+    let rows: Vec<(i64, Option<JobId>, bool)> = sqlx::query_as(sql::ENQUEUE)
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&conversations)
+        .bind(&kinds)
+        .bind(&priorities)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&max_attempts)
+        .bind(&run_at)
+        .fetch_all(&mut *conn)
+        .await?;
+
+    let mut out: Vec<Option<Enqueued>> = rows
+        .into_iter()
+        .map(|(_, id, inserted)| id.map(|id| Enqueued { id, inserted }))
+        .collect();
+
+    // A key taken by a transaction that committed while this statement ran
+    // (or twice within this batch) is invisible to the statement's snapshot:
+    // look those up again in a fresh statement.
+    let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+    if !missing.is_empty() {
+        let tenants: Vec<Option<TenantId>> = missing.iter().map(|&i| jobs[i].tenant_id).collect();
+        let keys: Vec<Option<&str>> = missing
+            .iter()
+            .map(|&i| jobs[i].idempotency_key.as_deref())
+            .collect();
+        let found: Vec<(i64, JobId)> = sqlx::query_as(sql::IDEMPOTENCY_LOOKUP)
+            .bind(&tenants)
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (ord, id) in found {
+            let index = missing[(ord - 1) as usize];
+            out[index] = Some(Enqueued {
+                id,
+                inserted: false,
+            });
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.ok_or_else(|| {
+                // Only reachable if the key's owner rolled back between the
+                // two statements; the caller may simply submit again.
+                QueueError::Invalid(format!(
+                    "idempotency key {:?} is held by a job that was rolled back; retry",
+                    jobs[i].idempotency_key
+                ))
+            })
+        })
+        .collect()
+}
+
+fn validate(job: &NewJob) -> Result<()> {
+    if job.kind.is_empty() || job.kind.len() > 100 {
+        return Err(QueueError::Invalid(
+            "kind must be 1 to 100 characters".into(),
+        ));
+    }
+    if !(1..=100).contains(&job.max_attempts) {
+        return Err(QueueError::Invalid(
+            "max_attempts must be between 1 and 100".into(),
+        ));
+    }
+    if let Some(key) = &job.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(QueueError::Invalid(
+                "idempotency key must be 1 to 256 characters".into(),
+            ));
+        }
+    }
+    Ok(())
+}

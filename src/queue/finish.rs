@@ -1,0 +1,244 @@
+//! Finishing jobs: complete, retry, fail (batched and fenced) and cancel.
+//!
+//! A finish moves the job from `jobs` to `job_history` in one statement
+//! (`finish.sql`), then, in the same transaction, unblocks the next job of
+//! each conversation whose head job left (`unblock.sql`). A worker batches
+//! the outcomes of many jobs into one such transaction under load.
+
+use super::{is_transient, read, sql, JobState, Lease, Outcome, QueueError, Result};
+use crate::ids::{ConversationId, JobId, TenantId};
+use rand::Rng;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::time::Duration;
+
+/// Exponential backoff with jitter for retried jobs that named no delay.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// Delay after the first failed attempt, before jitter.
+    pub base: Duration,
+    /// Upper bound of the delay, before jitter.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt + 1`: `base * 2^(attempt-1)` capped
+    /// at `max`, then drawn uniformly from its upper half so that jobs that
+    /// failed together do not come back together.
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exponent = attempt.clamp(1, 31) as u32 - 1;
+        let full = self
+            .base
+            .checked_mul(1u32 << exponent.min(20))
+            .unwrap_or(self.max)
+            .min(self.max);
+        full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// The outcome of one attempt, for [`finish`].
+#[derive(Clone, Copy, Debug)]
+pub struct FinishItem<'a> {
+    pub job: JobId,
+    /// The attempt the outcome belongs to (part of the fence).
+    pub attempt: i32,
+    pub outcome: &'a Outcome,
+}
+
+/// Writes a batch of outcomes of worker `owner` in its own transaction,
+/// retried on deadlock. See [`finish_in_tx`].
+pub async fn finish(
+    pool: &PgPool,
+    owner: &str,
+    items: &[FinishItem<'_>],
+    backoff: &Backoff,
+) -> Result<Vec<Option<JobState>>> {
+    let mut tries = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        match finish_in_tx(&mut tx, owner, items, backoff).await {
+            Ok(states) => {
+                tx.commit().await?;
+                return Ok(states);
+            }
+            Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes a batch of outcomes of worker `owner` inside `tx`. Returns, in
+/// input order, the state each job is in now: `Queued` for a retry with
+/// attempts left, `Completed` or `Failed` for a job that moved to history,
+/// and `None` for a job this worker's lease no longer covers (nothing about
+/// it was changed).
+pub async fn finish_in_tx(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    items: &[FinishItem<'_>],
+    backoff: &Backoff,
+) -> Result<Vec<Option<JobState>>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = items.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut outcomes = Vec::with_capacity(n);
+    let mut results: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut retry_in: Vec<f64> = Vec::with_capacity(n);
+    let mut input_tokens: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut output_tokens: Vec<Option<i32>> = Vec::with_capacity(n);
+    for item in items {
+        ids.push(item.job);
+        attempts.push(item.attempt);
+        match item.outcome {
+            Outcome::Completed { result, usage } => {
+                outcomes.push("completed");
+                results.push(Some(result));
+                errors.push(None);
+                retry_in.push(0.0);
+                input_tokens.push(usage.map(|u| u.input_tokens));
+                output_tokens.push(usage.map(|u| u.output_tokens));
+            }
+            Outcome::Retry { error, retry_after } => {
+                outcomes.push("retry");
+                results.push(None);
+                errors.push(Some(error));
+                let delay = retry_after.unwrap_or_else(|| backoff.delay(item.attempt));
+                retry_in.push(delay.as_secs_f64());
+                input_tokens.push(None);
+                output_tokens.push(None);
+            }
+            Outcome::Failed { error } => {
+                outcomes.push("failed");
+                results.push(None);
+                errors.push(Some(error));
+                retry_in.push(0.0);
+                input_tokens.push(None);
+                output_tokens.push(None);
+            }
+        }
+    }
+    let rows: Vec<(JobId, Option<ConversationId>, JobState)> = sqlx::query_as(sql::FINISH)
+        .bind(owner)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&outcomes)
+        .bind(&results)
+        .bind(&errors)
+        .bind(&retry_in)
+        .bind(&input_tokens)
+        .bind(&output_tokens)
+        .fetch_all(&mut **tx)
+        .await?;
+
+    let heads: Vec<ConversationId> = rows
+        .iter()
+        .filter(|(_, _, state)| state.is_final())
+        .filter_map(|(_, conversation, _)| *conversation)
+        .collect();
+    unblock(&mut **tx, &heads).await?;
+
+    let states: std::collections::HashMap<JobId, JobState> =
+        rows.into_iter().map(|(id, _, state)| (id, state)).collect();
+    Ok(ids.iter().map(|id| states.get(id).copied()).collect())
+}
+
+/// Writes one outcome under `lease`; `Err(LeaseLost)` when the lease no
+/// longer holds.
+pub async fn finish_one(
+    pool: &PgPool,
+    lease: &Lease,
+    outcome: &Outcome,
+    backoff: &Backoff,
+) -> Result<JobState> {
+    let item = FinishItem {
+        job: lease.job,
+        attempt: lease.attempt,
+        outcome,
+    };
+    finish(pool, &lease.owner, &[item], backoff)
+        .await?
+        .remove(0)
+        .ok_or(QueueError::LeaseLost(lease.job))
+}
+
+/// Lets the next job of each conversation in `heads` be claimed; run in the
+/// transaction that finished their head jobs.
+pub(super) async fn unblock(conn: &mut PgConnection, heads: &[ConversationId]) -> Result<u64> {
+    if heads.is_empty() {
+        return Ok(0);
+    }
+    let (unblocked, _notified): (i64, i64) = sqlx::query_as(sql::UNBLOCK)
+        .bind(heads)
+        .fetch_one(conn)
+        .await?;
+    Ok(unblocked as u64)
+}
+
+/// Cancels a queued job (blocked or not). `tenant` limits it to one tenant's
+/// jobs (`None` for operators). A job being processed or already finished is
+/// `NotCancellable`; a job of another tenant is `NotFound`.
+pub async fn cancel(
+    pool: &PgPool,
+    id: JobId,
+    tenant: Option<TenantId>,
+    reason: &str,
+) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match cancel_once(pool, id, tenant, reason).await {
+            Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn cancel_once(
+    pool: &PgPool,
+    id: JobId,
+    tenant: Option<TenantId>,
+    reason: &str,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(sql::LOCK_LANE)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let cancelled: Option<(JobId, Option<ConversationId>, bool)> = sqlx::query_as(sql::CANCEL)
+        .bind(id)
+        .bind(tenant)
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match cancelled {
+        Some((_, conversation, blocked)) => {
+            if let (Some(conversation), false) = (conversation, blocked) {
+                unblock(&mut tx, &[conversation]).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        None => {
+            drop(tx);
+            match read::get(pool, id, tenant).await? {
+                None => Err(QueueError::NotFound(id)),
+                Some(job) => Err(QueueError::NotCancellable {
+                    id,
+                    state: job.state,
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The job queue: a Postgres table claimed with `FOR UPDATE SKIP LOCKED`.
+//!
+//! # Layout
+//! - [`types`]: states, priorities, new and claimed jobs, outcomes, leases.
+//! - [`enqueue`]: single and batch inserts, idempotency keys, delays.
+//! - [`claim`]: hands ready jobs to a worker under a lease.
+//! - [`finish`]: complete, retry, fail (batched and fenced), cancel.
+//! - [`lease`]: heartbeats, the rescuer, releases at shutdown.
+//! - [`read`]: a job live or finished, its events, queue statistics.
+//! - [`notify`]: LISTEN/NOTIFY wake-ups and waiter registration.
+//! - [`maintenance`]: the background loop that rescues and prunes.
+//!
+//! # Transactions, locks and timeouts
+//! Every statement lives in `sql/queue/*.sql`, one per file, and is loaded
+//! here only. A claim is one statement committed at once: no transaction or
+//! row lock is held while a job runs. A worker holds a job through its lease
+//! (owner, attempt, expiry), extended by heartbeats; every write that
+//! finishes a job is fenced by (job id, lease owner, attempt), so a worker
+//! that lost its lease changes nothing.
+//!
+//! Jobs of one conversation run one at a time, in enqueue order. The
+//! `conversation_queues` row of a conversation counts its live jobs; a job
+//! enqueued while the count is non-zero starts out `blocked` and stays out of
+//! the claim index until the job before it finishes, in the transaction that
+//! finished it. Statements that touch several conversations lock their rows
+//! in id order, so they cannot deadlock with each other.
+
+pub mod claim;
+pub mod enqueue;
+pub mod finish;
+pub mod lease;
+pub mod maintenance;
+pub mod notify;
+pub mod read;
+mod sql;
+pub mod types;
+
+pub use claim::claim;
+pub use enqueue::{enqueue, enqueue_many};
+pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
+pub use lease::{heartbeat, release, rescue, RescueReport};
+pub use read::{events, get, stats};
+pub use types::*;
+
+use crate::ids::JobId;
+
+/// Errors of queue operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The job is not live under this lease any more: it was rescued after
+    /// its lease expired (and maybe finished by another worker), or finished.
+    #[error("lease lost for job {0}: it was rescued or finished elsewhere")]
+    LeaseLost(JobId),
+    /// No such job (for this tenant).
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job cannot be cancelled in its current state.
+    #[error("job {id} is {state} and cannot be cancelled")]
+    NotCancellable { id: JobId, state: JobState },
+    /// A job field outside what the schema accepts.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Shorthand for queue results.
+pub type Result<T = (), E = QueueError> = std::result::Result<T, E>;
+
+/// The NOTIFY channel that announces claimable jobs to waiting workers.
+pub const JOBS_CHANNEL: &str = "skipjack_jobs";
+/// The NOTIFY channel that announces finished jobs (comma-separated ids).
+pub const DONE_CHANNEL: &str = "skipjack_done";
+
+/// True for errors worth retrying the whole transaction for: deadlocks and
+/// serialization failures.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    matches!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("40P01") | Some("40001")
+    )
+}

@@ -1,0 +1,32 @@
+//! The queue's statements, one per file under `sql/queue/`, compiled in.
+
+macro_rules! statements {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        $(
+            pub const $name: &str = include_str!(concat!("../../sql/queue/", $file));
+        )*
+    };
+}
+
+statements! {
+    ENQUEUE => "enqueue.sql",
+    IDEMPOTENCY_LOOKUP => "idempotency_lookup.sql",
+    CLAIM => "claim.sql",
+    FINISH => "finish.sql",
+    UNBLOCK => "unblock.sql",
+    LOCK_LANE => "lock_lane.sql",
+    CANCEL => "cancel.sql",
+    HEARTBEAT => "heartbeat.sql",
+    RESCUE => "rescue.sql",
+    RELEASE => "release.sql",
+    GET => "get.sql",
+    EVENTS => "events.sql",
+    STATS => "stats.sql",
+    WAITER_REGISTER => "waiter_register.sql",
+    WAITER_UNREGISTER => "waiter_unregister.sql",
+    PRUNE_WAITERS => "prune_waiters.sql",
+    ENSURE_PARTITIONS => "ensure_partitions.sql",
+    DROP_PARTITIONS => "drop_partitions.sql",
+    PRUNE_IDEMPOTENCY_KEYS => "prune_idempotency_keys.sql",
+    PRUNE_EVENTS => "prune_events.sql",
+}

@@ -1,0 +1,113 @@
+//! The executor: runs one attempt of one job.
+
+use super::{completer::Done, FinishedJob, JobContext, Running, Shared};
+use crate::ids::JobId;
+use crate::metrics::{metrics, observe_since};
+use crate::queue::{ClaimedJob, Outcome};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+/// How an attempt ended, from the worker's side.
+pub(super) enum Attempt {
+    /// The handler returned (or panicked, which counts as a retryable error).
+    Finished(FinishedJob),
+    /// Cancelled at the end of the shutdown grace period: release the lease.
+    Abandoned(JobId),
+    /// Cancelled because the lease was lost: nothing to write.
+    LeaseLost(JobId),
+}
+
+/// Runs `job` in its own task under `permit`, and hands the result to the
+/// completer before giving the slot back.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    metrics().worker_slots_busy.inc();
+    tokio::spawn(async move {
+        let message = match attempt(&shared, job).await {
+            Attempt::Finished(finished) => Some(Done::Finished(finished)),
+            Attempt::Abandoned(id) => Some(Done::Release(id)),
+            Attempt::LeaseLost(id) => {
+                metrics().jobs_lease_lost.inc();
+                tracing::warn!(job_id = %id, "lease lost while running; stopped the job");
+                None
+            }
+        };
+        if let Some(message) = message {
+            // The completer outlives every executor (shutdown waits for all
+            // slots before closing it), so this send cannot fail.
+            let _ = done.send(message);
+        }
+        drop(permit);
+        metrics().worker_slots_busy.dec();
+        shared.slot_freed.notify_one();
+    });
+}
+
+/// Runs one attempt of `job` to its end, its cancellation or a panic.
+pub(super) async fn attempt(shared: &Shared, job: ClaimedJob) -> Attempt {
+    let cancel = shared.hard_stop.child_token();
+    shared.lock_running().insert(
+        job.id,
+        Running {
+            cancel: cancel.clone(),
+        },
+    );
+    if job.attempt == 1 {
+        if let Some(started) = job.started_at {
+            let wait = (started - job.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics()
+                .job_wait
+                .with_label_values(&[&job.priority.get().to_string()])
+                .observe(wait.max(0.0));
+        }
+    }
+    let started = chrono::Utc::now();
+    let outcome = match shared.handlers.get(&job.kind) {
+        // The claim only takes kinds that have a handler.
+        None => Some(Outcome::Failed {
+            error: format!("no handler for kind {:?}", job.kind),
+        }),
+        Some(handler) => {
+            let ctx = JobContext {
+                job: job.clone(),
+                cancel: cancel.clone(),
+            };
+            let run = AssertUnwindSafe(handler.handle_boxed(ctx)).catch_unwind();
+            tokio::select! {
+                biased;
+                // Lease lost or grace period over: drop the handler's future.
+                _ = cancel.cancelled() => None,
+                result = run => Some(result.unwrap_or_else(|panic| Outcome::Retry {
+                    error: format!("handler panicked: {}", panic_message(&panic)),
+                    retry_after: None,
+                })),
+            }
+        }
+    };
+    shared.lock_running().remove(&job.id);
+    observe_since(
+        &metrics().job_run.with_label_values(&[job.kind.as_str()]),
+        started,
+    );
+    match outcome {
+        Some(outcome) => Attempt::Finished(FinishedJob { job, outcome }),
+        None if shared.hard_stop.is_cancelled() => Attempt::Abandoned(job.id),
+        None => Attempt::LeaseLost(job.id),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,327 @@
+//! The worker runtime: claims jobs, runs their handlers, writes outcomes.
+//!
+//! Roles, one task each (after River's producer / executor / completer):
+//! - [`producer`]: the claim loop. Never claims more jobs than the worker has
+//!   free slots; sleeps until a NOTIFY, a freed slot or the jittered poll.
+//! - [`executor`]: runs one attempt of one job under a slot.
+//! - [`completer`]: writes outcomes, batching whatever has piled up while
+//!   the previous batch was being written into one transaction.
+//! - [`heartbeat`]: extends all running leases in one statement every
+//!   lease/3, and cancels the jobs whose lease was lost.
+//! - maintenance ([`crate::queue::maintenance`]): rescue and housekeeping.
+//!
+//! Shutdown has two phases: stop claiming and let running jobs finish within
+//! the grace period; then cancel the rest and release their leases so
+//! another worker takes them at once.
+
+mod completer;
+mod executor;
+pub mod handler;
+mod heartbeat;
+mod noop;
+mod producer;
+
+pub use handler::{FinishedJob, Handler, JobContext};
+pub use noop::NoopHandler;
+
+use crate::ids::JobId;
+use crate::metrics::metrics;
+use crate::queue::{self, maintenance::MaintenanceConfig, notify, Backoff, Outcome};
+use handler::DynHandler;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Lease owner name: unique per process, readable in `job_history.worker`.
+    pub id: String,
+    /// Jobs in flight at once (slots).
+    pub concurrency: usize,
+    /// Lease length; heartbeats extend it every third of it.
+    pub lease: Duration,
+    /// Fallback poll when no NOTIFY arrives (jittered by ±20%).
+    pub poll_interval: Duration,
+    /// Most jobs one claim statement takes.
+    pub max_claim: usize,
+    /// After a claim that found a backlog, wait up to this long for more
+    /// slots to free up so that claims stay batched.
+    pub claim_cooldown: Duration,
+    /// Time running jobs get to finish at shutdown before their leases are
+    /// released.
+    pub shutdown_grace: Duration,
+    /// Delay of retries that named none.
+    pub backoff: Backoff,
+    /// Most outcomes written in one transaction.
+    pub completer_batch: usize,
+    /// Rescue and housekeeping in this process; `None` leaves them to others.
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: default_worker_id(),
+            concurrency: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_claim: 500,
+            claim_cooldown: Duration::from_millis(2),
+            shutdown_grace: Duration::from_secs(25),
+            backoff: Backoff::default(),
+            completer_batch: 1000,
+            maintenance: Some(MaintenanceConfig::default()),
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, and tells an operator where a job
+/// ran (Kubernetes sets HOSTNAME to the pod name).
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    let suffix: u32 = rand::random();
+    format!("{host}-{}-{:06x}", std::process::id(), suffix & 0xff_ffff)
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no handler registered")]
+    NoHandlers,
+    #[error("concurrency must be at least 1")]
+    NoConcurrency,
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+}
+
+/// A job being run, as the heartbeat and shutdown see it.
+struct Running {
+    /// Cancelled on lease loss or at the end of the grace period.
+    cancel: CancellationToken,
+}
+
+/// State shared by the worker's tasks.
+struct Shared {
+    pool: PgPool,
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn DynHandler>>,
+    /// Kinds with a handler: the claim takes only these.
+    kinds: Vec<String>,
+    /// One permit per job slot; the producer takes one per claimed job.
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<JobId, Running>>,
+    /// Rung by the listener (NOTIFY or reconnect) to make the producer claim.
+    wake: Notify,
+    /// Rung by executors when they give back a slot.
+    slot_freed: Notify,
+    /// Cancelled when shutdown's grace period is over.
+    hard_stop: CancellationToken,
+    /// Claim statements run, to check that wake-ups stay cheap.
+    claims: AtomicU64,
+}
+
+impl Shared {
+    fn running_ids(&self) -> Vec<JobId> {
+        self.lock_running().keys().copied().collect()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
+        // A panic while holding this lock leaves the map usable: recover it.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A configured worker; [`Worker::run`] runs it until shutdown.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    pool: PgPool,
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn DynHandler>>,
+}
+
+impl WorkerBuilder {
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds the handler for its kind (replacing any earlier one).
+    pub fn register<H: Handler>(mut self, handler: H) -> Self {
+        self.handlers
+            .insert(handler.kind().to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if self.handlers.is_empty() {
+            return Err(WorkerError::NoHandlers);
+        }
+        if self.config.concurrency == 0 {
+            return Err(WorkerError::NoConcurrency);
+        }
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(self.config.concurrency)),
+                pool: self.pool,
+                config: self.config,
+                handlers: self.handlers,
+                kinds,
+                running: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                slot_freed: Notify::new(),
+                hard_stop: CancellationToken::new(),
+                claims: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// What [`Worker::run_once`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOnce {
+    pub claimed: usize,
+    pub completed: usize,
+    pub retried: usize,
+    pub failed: usize,
+    /// Outcomes discarded because the lease had been lost.
+    pub lease_lost: usize,
+}
+
+impl Worker {
+    pub fn builder(pool: PgPool) -> WorkerBuilder {
+        WorkerBuilder {
+            pool,
+            config: WorkerConfig::default(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.config.id
+    }
+
+    /// Claim statements this worker has run.
+    pub fn claims(&self) -> u64 {
+        self.shared.claims.load(Ordering::Relaxed)
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: running jobs get
+    /// `shutdown_grace` to finish, the rest are cancelled and released.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let shared = &self.shared;
+        let concurrency = shared.config.concurrency;
+        metrics().worker_slots_total.set(concurrency as i64);
+        let background = CancellationToken::new();
+
+        let listener = {
+            let waker = shared.clone();
+            notify::spawn_listener(
+                shared.pool.clone(),
+                vec![queue::JOBS_CHANNEL],
+                move |wakeup| {
+                    if wakeup == notify::Wakeup::Reconnected {
+                        metrics().listener_reconnects.inc();
+                    }
+                    waker.wake.notify_one();
+                },
+                background.clone(),
+            )
+        };
+        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), background.clone()));
+        let maintenance = shared.config.maintenance.clone().map(|config| {
+            queue::maintenance::spawn(shared.pool.clone(), config, background.clone())
+        });
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(completer::run(shared.clone(), done_rx));
+
+        tracing::info!(worker = %shared.config.id, concurrency, kinds = ?shared.kinds, "worker started");
+        producer::run(shared.clone(), done_tx, shutdown.clone()).await;
+
+        // Phase 1: no more claims; running jobs get the grace period.
+        let in_flight = concurrency - shared.slots.available_permits();
+        tracing::info!(
+            in_flight,
+            grace_s = shared.config.shutdown_grace.as_secs_f64(),
+            "draining"
+        );
+        let all_slots = concurrency as u32;
+        let drained = tokio::time::timeout(
+            shared.config.shutdown_grace,
+            shared.slots.acquire_many(all_slots),
+        )
+        .await
+        .is_ok();
+        if !drained {
+            // Phase 2: cancel what is left; executors hand those jobs to the
+            // completer for release.
+            let left = concurrency - shared.slots.available_permits();
+            tracing::warn!(left, "grace period over: releasing unfinished jobs");
+            shared.hard_stop.cancel();
+            // Executors exit promptly once cancelled.
+            let _ = shared.slots.acquire_many(all_slots).await;
+        }
+        // Every executor is gone, and with them every sender: the completer
+        // writes what is left and stops.
+        if let Err(error) = completer.await {
+            tracing::error!(%error, "completer task failed");
+        }
+        background.cancel();
+        let _ = listener.await;
+        let _ = heartbeat.await;
+        if let Some(maintenance) = maintenance {
+            let _ = maintenance.await;
+        }
+        tracing::info!(worker = %shared.config.id, "worker stopped");
+        Ok(())
+    }
+
+    /// Claims up to `limit` jobs (bounded by the free slots), runs them all
+    /// and writes their outcomes before returning: a deterministic step for
+    /// tests and tools, with no background task.
+    pub async fn run_once(&self, limit: usize) -> Result<RunOnce, WorkerError> {
+        let shared = &self.shared;
+        let jobs = queue::claim(
+            &shared.pool,
+            &shared.config.id,
+            limit.min(shared.slots.available_permits()),
+            shared.config.lease,
+            &shared.kinds,
+        )
+        .await?;
+        let mut report = RunOnce {
+            claimed: jobs.len(),
+            ..Default::default()
+        };
+        let runs = jobs.into_iter().map(|job| executor::attempt(shared, job));
+        let mut finished: Vec<FinishedJob> = Vec::new();
+        for attempt in futures_util::future::join_all(runs).await {
+            match attempt {
+                executor::Attempt::Finished(f) => finished.push(f),
+                executor::Attempt::Abandoned(_) | executor::Attempt::LeaseLost(_) => {
+                    report.lease_lost += 1
+                }
+            }
+        }
+        let states = completer::write(shared, &finished).await?;
+        for (done, state) in finished.iter().zip(states) {
+            match (state, &done.outcome) {
+                (None, _) => report.lease_lost += 1,
+                (Some(queue::JobState::Queued), _) => report.retried += 1,
+                (Some(_), Outcome::Completed { .. }) => report.completed += 1,
+                (Some(_), _) => report.failed += 1,
+            }
+        }
+        Ok(report)
+    }
+}
