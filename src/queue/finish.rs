@@ -148,7 +148,7 @@ pub async fn finish_in_tx(
         .filter(|(_, _, state)| state.is_final())
         .filter_map(|(_, conversation, _)| *conversation)
         .collect();
-    unblock(&mut **tx, &heads).await?;
+    unblock(tx, &heads).await?;
 
     let states: std::collections::HashMap<JobId, JobState> =
         rows.into_iter().map(|(id, _, state)| (id, state)).collect();

@@ -1,0 +1,162 @@
+//! OpenAI-compatible chat completions (`POST {base}/chat/completions`) as a
+//! [`Provider`]: OpenAI itself, and the servers that copy its API (vLLM,
+//! Ollama, llama.cpp server, OpenRouter, ...).
+//!
+//! The key is optional because local servers need none. The system prompt is
+//! sent as a leading `system` message. Some compatible servers omit `usage`;
+//! tokens are then estimated so that cost accounting never reads zero.
+//!
+//! `max_tokens` (not OpenAI's newer `max_completion_tokens`) is sent because
+//! every compatible server understands it.
+
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use serde::{Deserialize, Serialize};
+
+use super::config::{ConfigError, ModelSettings, Secret};
+use super::http::{post_json, secret_header};
+use super::{
+    estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, Provider, Role, Usage,
+};
+
+const NAME: &str = "openai";
+
+/// An OpenAI-compatible endpoint: where, with which key (if any), which model.
+pub struct OpenAiProvider {
+    /// The shared process-wide client (pooled connections).
+    client: reqwest::Client,
+    /// `{base}/chat/completions`, computed once.
+    url: String,
+    /// `Authorization: Bearer …` (marked sensitive) when a key is set.
+    headers: HeaderMap,
+    /// Model, max_tokens, default system prompt.
+    settings: ModelSettings,
+}
+
+impl OpenAiProvider {
+    /// An endpoint at `base_url`, which includes the API version path
+    /// (e.g. `https://api.openai.com/v1`, `http://localhost:11434/v1`).
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        api_key: Option<&Secret>,
+        settings: ModelSettings,
+    ) -> Result<Self, ConfigError> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = api_key {
+            let value: HeaderValue =
+                secret_header(&format!("Bearer {}", key.expose()), "OPENAI_API_KEY")?;
+            headers.insert(AUTHORIZATION, value);
+        }
+        Ok(Self {
+            client,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            headers,
+            settings,
+        })
+    }
+
+    /// The chat completions body for `req`.
+    fn body<'a>(&'a self, req: &'a ChatRequest) -> CompletionRequest<'a> {
+        let system = req
+            .effective_system(self.settings.default_system.as_deref())
+            .map(|content| WireMessage {
+                role: Role::System,
+                content,
+            });
+        CompletionRequest {
+            model: &self.settings.model,
+            max_tokens: self.settings.max_tokens,
+            messages: system
+                .into_iter()
+                .chain(req.messages.iter().map(|m| WireMessage {
+                    role: m.role,
+                    content: &m.content,
+                }))
+                .collect(),
+        }
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let body = self.body(req);
+            let response: CompletionResponse =
+                post_json(&self.client, NAME, &self.url, &self.headers, &body).await?;
+            let Some(content) = response
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+            else {
+                return Err(LlmError::permanent(
+                    ErrorClass::Malformed,
+                    format!("{NAME}: response has no choices[0].message.content"),
+                ));
+            };
+            let usage = match response.usage {
+                Some(u) => Usage {
+                    input_tokens: u.prompt_tokens,
+                    output_tokens: u.completion_tokens,
+                },
+                None => estimate_usage(
+                    req.effective_system(self.settings.default_system.as_deref()),
+                    &req.messages,
+                    &content,
+                ),
+            };
+            Ok(ChatResponse {
+                content,
+                usage,
+                model: response
+                    .model
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| self.settings.model.clone()),
+            })
+        })
+    }
+}
+
+/// Request body of `POST /chat/completions`.
+#[derive(Serialize)]
+struct CompletionRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    messages: Vec<WireMessage<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: Role,
+    content: &'a str,
+}
+
+/// The parts of a chat completion we use.
+#[derive(Deserialize)]
+struct CompletionResponse {
+    choices: Vec<Choice>,
+    usage: Option<OpenAiUsage>,
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: ChoiceMessage,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    /// Null when the model answered with a tool call or refused.
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}

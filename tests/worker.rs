@@ -1,0 +1,531 @@
+//! The worker runtime against a real Postgres: wake-ups, shutdown, killed
+//! workers, heartbeats, completion hooks.
+
+mod common;
+
+use common::{count, eventually, TestDb};
+use futures_util::future::BoxFuture;
+use serde_json::json;
+use skipjack::ids::JobId;
+use skipjack::queue::{self, JobState, NewJob, Outcome};
+use skipjack::worker::{FinishedJob, Handler, JobContext, Worker, WorkerConfig};
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Behaviour = Arc<dyn Fn(JobContext) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// A handler for kind "test" that reports each start and then behaves as told.
+#[derive(Clone)]
+struct TestHandler {
+    started: mpsc::UnboundedSender<JobId>,
+    behaviour: Behaviour,
+}
+
+impl TestHandler {
+    fn new<F, Fut>(f: F) -> (Self, mpsc::UnboundedReceiver<JobId>)
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        let (started, rx) = mpsc::unbounded_channel();
+        let behaviour: Behaviour = Arc::new(move |ctx| Box::pin(f(ctx)));
+        (TestHandler { started, behaviour }, rx)
+    }
+}
+
+impl Handler for TestHandler {
+    fn kind(&self) -> &str {
+        "test"
+    }
+
+    async fn handle(&self, ctx: JobContext) -> Outcome {
+        let _ = self.started.send(ctx.job.id);
+        (self.behaviour)(ctx).await
+    }
+}
+
+fn completed() -> Outcome {
+    Outcome::Completed {
+        result: json!("ok"),
+        usage: None,
+    }
+}
+
+fn quiet_config() -> WorkerConfig {
+    WorkerConfig {
+        // Far longer than any test: only a NOTIFY can wake the worker.
+        poll_interval: Duration::from_secs(3600),
+        maintenance: None,
+        ..WorkerConfig::default()
+    }
+}
+
+async fn enqueue(pool: &PgPool, job: NewJob) -> JobId {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &job).await.unwrap().id
+}
+
+fn spawn_worker(worker: Arc<Worker>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move { worker.run(stop).await.unwrap() });
+    (token, handle)
+}
+
+/// Waits until the worker found the queue empty, registered as a waiter and
+/// went to sleep (its second, post-registration claim is done).
+async fn wait_idle(worker: &Worker, pool: &PgPool, claims_before: u64) {
+    eventually(
+        Duration::from_secs(10),
+        "worker idle and registered",
+        || async {
+            worker.claims() >= claims_before + 2
+                && count(
+                    pool,
+                    "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_jobs'",
+                )
+                .await
+                    == 1
+        },
+    )
+    .await;
+    // The claim counter moves before the claim's result is handled.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn listener_pid(pool: &PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
+    let db = TestDb::new().await;
+    let (handler, mut started) = TestHandler::new(|_| async { completed() });
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(quiet_config())
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+        .await
+        .expect("woken by NOTIFY");
+    assert_eq!(got, Some(id));
+
+    // Kill the LISTEN connection; the listener must come back by itself.
+    let old = listener_pid(&db.pool).await.expect("a LISTEN session");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    eventually(Duration::from_secs(10), "a new LISTEN session", || async {
+        matches!(listener_pid(&db.pool).await, Some(pid) if pid != old)
+    })
+    .await;
+    let claims = worker.claims();
+    wait_idle(&worker, &db.pool, claims.saturating_sub(2)).await;
+
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+        .await
+        .expect("woken after reconnect");
+    assert_eq!(got, Some(id));
+
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM job_history WHERE state = 'completed'"
+        )
+        .await,
+        2
+    );
+    // A stopped worker no longer asks for NOTIFYs.
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM queue_waiters").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_wakes_only_as_much_claiming_as_needed() {
+    let db = TestDb::new().await;
+    let (handler, mut started) = TestHandler::new(|_| async { completed() });
+    let config = WorkerConfig {
+        concurrency: 200,
+        ..quiet_config()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+    let before = worker.claims();
+
+    let burst: Vec<NewJob> = (0..100)
+        .map(|i| NewJob::new("test", json!({ "i": i })))
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &burst).await.unwrap();
+    for _ in 0..100 {
+        tokio::time::timeout(Duration::from_secs(5), started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let claims = worker.claims() - before;
+    // One claim takes the burst, one more finds the queue empty.
+    assert!(
+        claims <= 3,
+        "{claims} claim statements for one burst of 100"
+    );
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM job_history").await,
+        100
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
+    let db = TestDb::new().await;
+    let (handler, mut started) = TestHandler::new(|ctx: JobContext| async move {
+        let ms = ctx.job.payload["ms"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        completed()
+    });
+    let config = WorkerConfig {
+        shutdown_grace: Duration::from_millis(1000),
+        ..quiet_config()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+
+    let short = enqueue(&db.pool, NewJob::new("test", json!({"ms": 300}))).await;
+    let long = enqueue(&db.pool, NewJob::new("test", json!({"ms": 600_000}))).await;
+    let mut seen = vec![
+        tokio::time::timeout(Duration::from_secs(5), started.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        tokio::time::timeout(Duration::from_secs(5), started.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    ];
+    seen.sort();
+    let mut expected = vec![short, long];
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    let began = std::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("shutdown within grace")
+        .unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5));
+
+    let short_view = queue::get(&db.pool, short, None).await.unwrap().unwrap();
+    assert_eq!(short_view.state, JobState::Completed);
+    let long_view = queue::get(&db.pool, long, None).await.unwrap().unwrap();
+    assert_eq!(
+        long_view.state,
+        JobState::Queued,
+        "released, not left leased"
+    );
+    assert_eq!(
+        long_view.attempts, 0,
+        "the interrupted attempt does not count"
+    );
+    assert_eq!(long_view.worker, None);
+    let events = queue::events(&db.pool, long).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "released");
+
+    // Another worker takes it at once, without waiting for a lease to expire.
+    let (fast, _rx) = TestHandler::new(|_| async { completed() });
+    let other = Worker::builder(db.pool.clone())
+        .register(fast)
+        .config(quiet_config())
+        .build()
+        .unwrap();
+    let report = other.run_once(10).await.unwrap();
+    assert_eq!((report.claimed, report.completed), (1, 1));
+    let long_view = queue::get(&db.pool, long, None).await.unwrap().unwrap();
+    assert_eq!(
+        (long_view.state, long_view.attempts),
+        (JobState::Completed, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
+    let db = TestDb::new().await;
+    // The first worker runs in a runtime of its own, which is then dropped
+    // mid-job: no release, no completion, no more heartbeats, as if killed.
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let url = db.url.clone();
+    let doomed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            let pool = PgPool::connect(&url).await.unwrap();
+            let (handler, _rx) = TestHandler::new(|_| std::future::pending::<Outcome>());
+            let config = WorkerConfig {
+                id: "doomed".into(),
+                lease: Duration::from_millis(900),
+                poll_interval: Duration::from_millis(50),
+                ..quiet_config()
+            };
+            let worker = Worker::builder(pool)
+                .register(handler)
+                .config(config)
+                .build()
+                .unwrap();
+            worker.run(CancellationToken::new()).await.unwrap();
+        });
+        killed.recv().unwrap();
+        rt.shutdown_background();
+    });
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    eventually(
+        Duration::from_secs(10),
+        "the doomed worker holds the job",
+        || async {
+            count(
+                &db.pool,
+                "SELECT count(*) FROM jobs WHERE lease_owner = 'doomed'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    kill.send(()).unwrap();
+    doomed.join().unwrap();
+
+    let (handler, mut started) = TestHandler::new(|_| async { completed() });
+    let config = WorkerConfig {
+        id: "survivor".into(),
+        poll_interval: Duration::from_millis(100),
+        maintenance: Some(queue::maintenance::MaintenanceConfig {
+            rescue_interval: Duration::from_millis(100),
+            ..Default::default()
+        }),
+        ..WorkerConfig::default()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker);
+    let got = tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("rescued");
+    assert_eq!(got, Some(id));
+    eventually(Duration::from_secs(10), "completed", || async {
+        count(&db.pool, "SELECT count(*) FROM job_history").await == 1
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+
+    let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+    assert_eq!(view.state, JobState::Completed);
+    assert_eq!(view.attempts, 2);
+    assert_eq!(view.worker.as_deref(), Some("survivor"));
+    let events = queue::events(&db.pool, id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].event.as_str(), events[0].worker.as_deref()),
+        ("rescued", Some("doomed"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_alive_past_its_lease() {
+    let db = TestDb::new().await;
+    let (handler, _rx) = TestHandler::new(|_| async {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        completed()
+    });
+    let config = WorkerConfig {
+        lease: Duration::from_millis(600),
+        ..quiet_config()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    // A rescuer running all along finds nothing to take.
+    let mut rescued = 0;
+    while count(&db.pool, "SELECT count(*) FROM job_history").await == 0 {
+        let report = queue::rescue(&db.pool, 10).await.unwrap();
+        rescued += report.requeued.len() + report.failed.len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(rescued, 0);
+    let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+    assert_eq!((view.state, view.attempts), (JobState::Completed, 1));
+}
+
+#[tokio::test]
+async fn run_once_maps_every_outcome_and_survives_a_panicking_handler() {
+    let db = TestDb::new().await;
+    let (handler, _rx) = TestHandler::new(|ctx: JobContext| async move {
+        match ctx.job.payload["do"].as_str().unwrap() {
+            "ok" => completed(),
+            "retry" => Outcome::Retry {
+                error: "try later".into(),
+                retry_after: None,
+            },
+            "fail" => Outcome::Failed {
+                error: "bad input".into(),
+            },
+            _ => panic!("handler bug"),
+        }
+    });
+    for action in ["ok", "retry", "fail", "panic"] {
+        enqueue(&db.pool, NewJob::new("test", json!({ "do": action }))).await;
+    }
+    let worker = Worker::builder(db.pool.clone())
+        .register(handler)
+        .config(quiet_config())
+        .build()
+        .unwrap();
+    let report = worker.run_once(10).await.unwrap();
+    assert_eq!(report.claimed, 4);
+    assert_eq!(
+        (
+            report.completed,
+            report.retried,
+            report.failed,
+            report.lease_lost
+        ),
+        (1, 2, 1, 0)
+    );
+    let panicked: String =
+        sqlx::query_scalar("SELECT last_error FROM jobs WHERE payload->>'do' = 'panic'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        panicked.contains("handler panicked: handler bug"),
+        "{panicked}"
+    );
+}
+
+/// Writes a row per completed job inside the completing transaction.
+struct Hooked {
+    pool: PgPool,
+}
+
+impl Handler for Hooked {
+    fn kind(&self) -> &str {
+        "hooked"
+    }
+
+    async fn handle(&self, ctx: JobContext) -> Outcome {
+        if ctx.job.payload["stall"].as_bool() == Some(true) {
+            // Stall past the lease: it expires and another process rescues
+            // the job before this attempt reports.
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            )
+            .bind(ctx.job.id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+            queue::rescue(&self.pool, 10).await.unwrap();
+        }
+        completed()
+    }
+
+    async fn on_completed<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        jobs: &'a [&'a FinishedJob],
+    ) -> Result<(), sqlx::Error> {
+        let ids: Vec<JobId> = jobs.iter().map(|f| f.job.id).collect();
+        sqlx::query("INSERT INTO hook_log (job_id) SELECT unnest($1::uuid[])")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
+    let db = TestDb::new().await;
+    sqlx::query("CREATE TABLE hook_log (job_id uuid NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let fine = enqueue(&db.pool, NewJob::new("hooked", json!({}))).await;
+    let stalled = enqueue(&db.pool, NewJob::new("hooked", json!({"stall": true}))).await;
+    let worker = Worker::builder(db.pool.clone())
+        .register(Hooked {
+            pool: db.pool.clone(),
+        })
+        .config(quiet_config())
+        .build()
+        .unwrap();
+    let report = worker.run_once(10).await.unwrap();
+    assert_eq!((report.completed, report.lease_lost), (1, 1));
+    let logged: Vec<JobId> = sqlx::query_scalar("SELECT job_id FROM hook_log")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        logged,
+        vec![fine],
+        "the fenced-off completion wrote nothing"
+    );
+    let view = queue::get(&db.pool, stalled, None).await.unwrap().unwrap();
+    assert_eq!((view.state, view.attempts), (JobState::Queued, 1));
+}
