@@ -9,6 +9,7 @@
 //!   wake-ups, maintenance). All its SQL lives in `sql/queue/`.
 //! - [`worker`]: the runtime that claims jobs and runs their handlers.
 //! - [`llm`]: LLM providers behind one trait.
+//! - [`chat`]: conversations, messages, the chat job's payload.
 //! - [`db`]: connection pool, migrations, schema check.
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
@@ -20,6 +21,7 @@
 //! The binaries in `src/bin/` only parse settings and wire these together.
 
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod health;

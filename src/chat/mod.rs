@@ -1,0 +1,36 @@
+//! Chat: conversations, their messages, and the chat job's payload.
+//!
+//! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
+//!
+//! A chat job (kind [`CHAT_KIND`]) carries the user's message in its payload;
+//! the worker's chat handler loads the conversation's history, calls the LLM,
+//! and on completion appends the user turn and the assistant turn together,
+//! in the transaction that completes the job.
+
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+/// The job kind of chat turns.
+pub const CHAT_KIND: &str = "chat";
+
+/// What a chat job carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatPayload {
+    /// The application's user id (opaque to skipjack).
+    pub user_id: String,
+    /// The user's message for this turn.
+    pub message: String,
+    /// Free-form data from the client, kept with the job for auditing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// What a completed chat job's result holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatResult {
+    /// The assistant's reply.
+    pub response: String,
+    /// The model that answered.
+    pub model: String,
+}
