@@ -10,6 +10,11 @@
 -- at now + delay (with a 'retried' event); every other outcome moves the job
 -- to job_history in this same statement. Conversations whose head job left
 -- are unlocked by unblock.sql, run next in the same transaction.
+--
+-- `j.id = ANY($2)` repeats the join on purpose: it lets the planner fetch the
+-- batch through the primary key whatever its (often stale) estimate of how
+-- many jobs are processing, instead of joining every processing job against
+-- the batch.
 WITH input AS (
     SELECT *
     FROM unnest($2::uuid[], $3::integer[], $4::text[], $5::jsonb[], $6::text[],
@@ -24,7 +29,7 @@ requeued AS (
         run_at = now() + make_interval(secs => i.retry_in),
         last_error = i.error
     FROM input i
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
+    WHERE j.id = ANY($2) AND j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
       AND j.state = 'processing'
       AND i.outcome = 'retry' AND j.attempt < j.max_attempts
     RETURNING j.id, j.tenant_id, j.attempt, j.run_at, i.error
@@ -32,7 +37,7 @@ requeued AS (
 done AS (
     DELETE FROM jobs j
     USING input i
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
+    WHERE j.id = ANY($2) AND j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
       AND j.state = 'processing'
       AND NOT (i.outcome = 'retry' AND j.attempt < j.max_attempts)
     RETURNING j.*,
