@@ -23,6 +23,10 @@ pub const LISTENER_RECONNECTS_TOTAL: &str = "skipjack_listener_reconnects_total"
 pub const QUEUE_DEPTH: &str = "skipjack_queue_depth";
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "skipjack_queue_oldest_age_seconds";
 pub const JOBS_PROCESSING: &str = "skipjack_jobs_processing";
+pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
+pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
+pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
+pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 
 /// Buckets from 1 ms to 5 min, dense enough to read p50/p95/p99 off.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,6 +58,15 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: prometheus::Gauge,
     pub jobs_processing: IntGauge,
+    /// One LLM call's latency, by `provider` (simulated, anthropic, openai).
+    pub llm_request: HistogramVec,
+    /// Failed LLM calls, by `class` (`llm::ErrorClass::as_str`).
+    pub llm_errors: IntCounterVec,
+    /// Tokens consumed, by `direction` (input, output).
+    pub llm_tokens: IntCounterVec,
+    /// History cache operations, by `result`: `hit` and `miss` count reads;
+    /// `error` counts failed operations and reads skipped while Redis is down.
+    pub cache_requests: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -121,6 +134,18 @@ impl Metrics {
             )
             .expect("metric definitions are static and valid"),
             jobs_processing: gauge(JOBS_PROCESSING, "Jobs being processed by any worker."),
+            llm_request: histogram_vec(
+                LLM_REQUEST_SECONDS,
+                "Latency of one LLM call.",
+                &["provider"],
+            ),
+            llm_errors: counter_vec(LLM_ERRORS_TOTAL, "Failed LLM calls.", &["class"]),
+            llm_tokens: counter_vec(LLM_TOKENS_TOTAL, "LLM tokens consumed.", &["direction"]),
+            cache_requests: counter_vec(
+                CACHE_REQUESTS_TOTAL,
+                "Conversation history cache operations.",
+                &["result"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.jobs_enqueued.clone()),
@@ -137,6 +162,10 @@ impl Metrics {
             Box::new(m.queue_depth.clone()),
             Box::new(m.queue_oldest_age.clone()),
             Box::new(m.jobs_processing.clone()),
+            Box::new(m.llm_request.clone()),
+            Box::new(m.llm_errors.clone()),
+            Box::new(m.llm_tokens.clone()),
+            Box::new(m.cache_requests.clone()),
         ];
         for c in collectors {
             m.registry

@@ -859,3 +859,74 @@ async fn claim_is_index_driven_at_a_large_backlog() {
         "claim must not scan the table:\n{plan}"
     );
 }
+
+/// Collects the payloads NOTIFYed on `skipjack_jobs` up to a sentinel sent
+/// afterwards: notifications arrive in commit order, so this is exactly what
+/// the statements before the sentinel sent.
+async fn notifications_until_sentinel(
+    pool: &PgPool,
+    listener: &mut sqlx::postgres::PgListener,
+) -> Vec<String> {
+    sqlx::query("SELECT pg_notify('skipjack_jobs', 'sentinel')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if n.payload() == "sentinel" {
+            return seen;
+        }
+        seen.push(n.payload().to_owned());
+    }
+}
+
+#[tokio::test]
+async fn enqueue_notifies_once_per_statement_and_only_when_a_worker_waits() {
+    let db = TestDb::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(queue::JOBS_CHANNEL).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+
+    // Nobody waits: no NOTIFY at all, whatever the batch size.
+    let batch: Vec<NewJob> = (0..50).map(job).collect();
+    queue::enqueue_many(&mut conn, &batch).await.unwrap();
+    queue::enqueue(&mut conn, &job(99)).await.unwrap();
+    assert!(notifications_until_sentinel(&db.pool, &mut listener)
+        .await
+        .is_empty());
+
+    // A worker waits: one NOTIFY per statement, carrying the count of
+    // claimable jobs; delayed or blocked jobs do not count.
+    queue::notify::register_waiter(&db.pool, queue::JOBS_CHANNEL, "idle-worker")
+        .await
+        .unwrap();
+    queue::enqueue_many(&mut conn, &batch).await.unwrap();
+    let conversation = ConversationId::new();
+    let mixed = vec![
+        job(1).with_conversation(conversation),
+        job(2).with_conversation(conversation),
+        job(3).with_delay(Duration::from_secs(600)),
+    ];
+    queue::enqueue_many(&mut conn, &mixed).await.unwrap();
+    queue::enqueue(&mut conn, &job(4).with_delay(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        notifications_until_sentinel(&db.pool, &mut listener).await,
+        vec!["50", "1"]
+    );
+
+    queue::notify::unregister_waiter(&db.pool, queue::JOBS_CHANNEL, "idle-worker")
+        .await
+        .unwrap();
+    queue::enqueue(&mut conn, &job(5)).await.unwrap();
+    assert!(notifications_until_sentinel(&db.pool, &mut listener)
+        .await
+        .is_empty());
+}

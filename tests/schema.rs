@@ -183,6 +183,16 @@ async fn retention_drops_whole_partitions_and_creates_future_ones() {
     .await
     .unwrap();
 
+    // Events older than the retention go as well.
+    sqlx::query(
+        "INSERT INTO job_events (job_id, event, attempt, created_at)
+                 VALUES (gen_random_uuid(), 'retried', 1, now() - interval '45 days'),
+                        (gen_random_uuid(), 'retried', 1, now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
     let config = MaintenanceConfig {
         retention: Duration::from_secs(30 * 86_400),
         partitions_ahead_days: 10,
@@ -191,6 +201,8 @@ async fn retention_drops_whole_partitions_and_creates_future_ones() {
     let report = housekeeping(&db.pool, &config, Utc::now()).await.unwrap();
     assert_eq!(report.partitions_dropped, 1);
     assert_eq!(report.idempotency_keys_pruned, 1);
+    assert_eq!(report.events_pruned, 1);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM job_events").await, 1);
     let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
         .bind(&old_partition)
         .fetch_one(&db.pool)

@@ -379,6 +379,85 @@ async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jittered_poll_brings_delayed_jobs_without_a_notify() {
+    let db = TestDb::new().await;
+    let (handler, mut started) = TestHandler::new(|_| async { completed() });
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(100),
+        ..quiet_config()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    // A delayed job sends no NOTIFY, now or when it comes due.
+    let id = enqueue(
+        &db.pool,
+        NewJob::new("test", json!({})).with_delay(Duration::from_millis(300)),
+    )
+    .await;
+    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+        .await
+        .expect("picked up by the poll");
+    assert_eq!(got, Some(id));
+    let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+    assert!(view.started_at.unwrap() >= view.created_at + chrono::Duration::milliseconds(300));
+    stop.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_never_runs_more_jobs_than_its_concurrency() {
+    let db = TestDb::new().await;
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let (handler, _rx) = TestHandler::new(move |_| {
+        let (running, peak) = (r.clone(), p.clone());
+        async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = running.fetch_add(1, SeqCst) + 1;
+            peak.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            running.fetch_sub(1, SeqCst);
+            completed()
+        }
+    });
+    let jobs: Vec<NewJob> = (0..30)
+        .map(|i| NewJob::new("test", json!({ "i": i })))
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    let config = WorkerConfig {
+        concurrency: 4,
+        ..quiet_config()
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(config)
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker);
+    eventually(Duration::from_secs(20), "all jobs done", || async {
+        count(&db.pool, "SELECT count(*) FROM job_history").await == 30
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "slots used fully, never exceeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_long_job_alive_past_its_lease() {
     let db = TestDb::new().await;
     let (handler, _rx) = TestHandler::new(|_| async {

@@ -1,5 +1,8 @@
 -- append_turns: appends, for each completed chat job, the user turn and the
--- assistant turn to its conversation, after the conversation's last message.
+-- assistant turn to its conversation, after the conversation's last message,
+-- and returns each conversation's history version before and after (the seq
+-- and created_at of its last message), which the history cache uses to tell
+-- a current cached history from a stale one.
 --
 -- $1 conversation ids uuid[], $2 job ids uuid[], $3 user messages text[],
 -- $4 assistant replies text[], $5 user tokens integer[], $6 assistant tokens
@@ -9,12 +12,23 @@
 -- conversation and no other writer appends to it meanwhile; the primary key
 -- (conversation_id, seq) would reject a second writer anyway.
 WITH turn AS (
-    SELECT t.*, coalesce((SELECT max(m.seq) FROM messages m
-                          WHERE m.conversation_id = t.conversation_id), 0) AS last_seq
+    SELECT t.*, last.seq AS prev_seq, last.created_at AS prev_created_at
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::integer[], $6::integer[])
          AS t (conversation_id, job_id, user_content, assistant_content, user_tokens, assistant_tokens)
+    LEFT JOIN LATERAL (SELECT m.seq, m.created_at FROM messages m
+                       WHERE m.conversation_id = t.conversation_id
+                       ORDER BY m.seq DESC LIMIT 1) AS last ON true
+),
+inserted AS (
+    INSERT INTO messages (conversation_id, seq, role, content, job_id, tokens)
+    SELECT conversation_id, coalesce(prev_seq, 0) + 1, 'user', user_content, job_id, user_tokens
+    FROM turn
+    UNION ALL
+    SELECT conversation_id, coalesce(prev_seq, 0) + 2, 'assistant', assistant_content, job_id,
+           assistant_tokens
+    FROM turn
+    RETURNING conversation_id, seq, role, created_at
 )
-INSERT INTO messages (conversation_id, seq, role, content, job_id, tokens)
-SELECT conversation_id, last_seq + 1, 'user', user_content, job_id, user_tokens FROM turn
-UNION ALL
-SELECT conversation_id, last_seq + 2, 'assistant', assistant_content, job_id, assistant_tokens FROM turn
+SELECT t.conversation_id, t.prev_seq, t.prev_created_at, i.seq, i.created_at
+FROM turn t
+JOIN inserted i ON i.conversation_id = t.conversation_id AND i.role = 'assistant'

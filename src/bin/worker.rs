@@ -1,10 +1,15 @@
-//! `worker`: claims jobs and runs them, with a health/metrics server.
+//! `worker`: claims jobs and runs them (chat turns through the configured
+//! LLM, and no-op jobs), with a health/metrics server.
 
 use anyhow::Context;
 use clap::Parser;
+use skipjack::chat::config::CacheArgs;
+use skipjack::chat::worker as chat_worker;
 use skipjack::config::{DatabaseArgs, WorkerArgs};
+use skipjack::llm::LlmConfig;
 use skipjack::worker::{NoopHandler, Worker};
 use skipjack::{db, health, signal, telemetry};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "skipjack worker")]
@@ -13,25 +18,38 @@ struct Args {
     db: DatabaseArgs,
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    llm: LlmConfig,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
+    let worker_config = args.worker.worker_config();
     let mut db_config = args.db.db_config("skipjack-worker");
-    // The claim loop, the completer, heartbeats and maintenance each need one.
-    db_config.pool_size = db_config.pool_size.max(4);
+    db_config.pool_size = chat_worker::pool_size(db_config.pool_size, worker_config.concurrency);
     let pool = db::connect(&db_config)
         .await
         .context("connecting to the database")?;
     db::check_schema(&pool).await?;
 
+    let handler = chat_worker::chat_handler(pool.clone(), &args.llm, &args.cache)
+        .context("setting up the chat handler")?;
     let shutdown = signal::shutdown_token();
-    let worker = Worker::builder(pool.clone())
-        .register(NoopHandler)
-        .config(args.worker.worker_config())
-        .build()?;
+    // Three idle polls without a claim (while slots are free) means the claim
+    // loop is stuck.
+    let stale_after = (worker_config.poll_interval * 3).max(std::time::Duration::from_secs(5));
+    let worker = Arc::new(
+        Worker::builder(pool.clone())
+            .register(NoopHandler)
+            .register(handler)
+            .config(worker_config)
+            .build()?,
+    );
+    let ready = chat_worker::claiming_check(worker.clone(), shutdown.clone(), stale_after);
 
     let listener = tokio::net::TcpListener::bind(args.worker.worker_addr)
         .await
@@ -39,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.worker.worker_addr, "health server listening");
     let server_stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, health::router(pool))
+        axum::serve(listener, health::router_with_check(pool, Some(ready)))
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
             .await
     });

@@ -1,13 +1,23 @@
 //! Chat: conversations, their messages, and the chat job's payload.
 //!
 //! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
+//! - [`handler`]: [`handler::ChatHandler`], the worker's handler for chat jobs.
+//! - [`cache`]: the optional Redis cache-aside for histories.
+//! - [`config`]: the cache settings (`REDIS_URL`, `SKIPJACK_CACHE_*`).
+//! - [`worker`]: wiring of the worker process (handler, pool size, readiness).
+//! - [`bench`]: the chat worker benchmark behind the `chat-bench` binary.
 //!
 //! A chat job (kind [`CHAT_KIND`]) carries the user's message in its payload;
 //! the worker's chat handler loads the conversation's history, calls the LLM,
 //! and on completion appends the user turn and the assistant turn together,
 //! in the transaction that completes the job.
 
+pub mod bench;
+pub mod cache;
+pub mod config;
+pub mod handler;
 pub mod store;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 

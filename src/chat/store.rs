@@ -2,21 +2,23 @@
 
 use crate::ids::{ConversationId, JobId, TenantId};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 mod sql {
-    pub const DEFAULT_CONVERSATION: &str =
-        include_str!("../../sql/chat/default_conversation.sql");
+    pub const DEFAULT_CONVERSATION: &str = include_str!("../../sql/chat/default_conversation.sql");
     pub const CREATE_CONVERSATION: &str = include_str!("../../sql/chat/create_conversation.sql");
     pub const CONVERSATION_USER: &str = include_str!("../../sql/chat/conversation_user.sql");
     pub const HISTORY: &str = include_str!("../../sql/chat/history.sql");
     pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
     pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
+    pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
+    pub const HISTORY_WITH_VERSION: &str = include_str!("../../sql/chat/history_with_version.sql");
 }
 
-/// One message of a conversation, as the LLM sees it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+/// One message of a conversation, as the LLM sees it (and as the history
+/// cache stores it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct HistoryMessage {
     /// `user`, `assistant` or `system`.
     pub role: String,
@@ -33,6 +35,29 @@ pub struct StoredMessage {
     pub job_id: Option<JobId>,
     pub tokens: Option<i32>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Which state of a conversation's history a reader saw: the seq and
+/// creation time of its last message. Messages are append-only and a turn's
+/// rows get their transaction's timestamp, so two different histories never
+/// share a version, and a turn written by a transaction that rolled back
+/// never becomes a version Postgres reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HistoryVersion {
+    /// Seq of the last message; 0 for an empty conversation.
+    pub seq: i32,
+    /// Its `created_at`; `None` for an empty conversation.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// What [`append_turns`] did to one conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub conversation: ConversationId,
+    /// The history version the turn was appended to.
+    pub before: HistoryVersion,
+    /// The history version after the turn.
+    pub after: HistoryVersion,
 }
 
 /// A completed turn to append: the user's message and the reply.
@@ -106,6 +131,43 @@ pub async fn history<'e>(
         .await
 }
 
+/// The conversation's messages in order, for the LLM, with the version read.
+pub async fn history_with_version<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: ConversationId,
+) -> sqlx::Result<(Vec<HistoryMessage>, HistoryVersion)> {
+    let rows: Vec<(i32, String, String, DateTime<Utc>)> = sqlx::query_as(sql::HISTORY_WITH_VERSION)
+        .bind(conversation)
+        .fetch_all(executor)
+        .await?;
+    let version = rows
+        .last()
+        .map(|(seq, _, _, at)| HistoryVersion {
+            seq: *seq,
+            at: Some(*at),
+        })
+        .unwrap_or_default();
+    let messages = rows
+        .into_iter()
+        .map(|(_, role, content, _)| HistoryMessage { role, content })
+        .collect();
+    Ok((messages, version))
+}
+
+/// The current version of the conversation's history, without reading it.
+pub async fn history_version<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: ConversationId,
+) -> sqlx::Result<HistoryVersion> {
+    let last: Option<(i32, DateTime<Utc>)> = sqlx::query_as(sql::HISTORY_VERSION)
+        .bind(conversation)
+        .fetch_optional(executor)
+        .await?;
+    Ok(last
+        .map(|(seq, at)| HistoryVersion { seq, at: Some(at) })
+        .unwrap_or_default())
+}
+
 /// The conversation's messages in order, for API readers. Check ownership
 /// with [`conversation_user`] first.
 pub async fn list_messages<'e>(
@@ -118,10 +180,14 @@ pub async fn list_messages<'e>(
         .await
 }
 
-/// Appends completed turns, in the transaction that completes their jobs.
-pub async fn append_turns(conn: &mut PgConnection, turns: &[Turn<'_>]) -> sqlx::Result<()> {
+/// Appends completed turns, in the transaction that completes their jobs;
+/// returns each conversation's history version before and after.
+pub async fn append_turns(
+    conn: &mut PgConnection,
+    turns: &[Turn<'_>],
+) -> sqlx::Result<Vec<Appended>> {
     if turns.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let conversations: Vec<ConversationId> = turns.iter().map(|t| t.conversation).collect();
     let jobs: Vec<JobId> = turns.iter().map(|t| t.job).collect();
@@ -129,14 +195,31 @@ pub async fn append_turns(conn: &mut PgConnection, turns: &[Turn<'_>]) -> sqlx::
     let assistants: Vec<&str> = turns.iter().map(|t| t.assistant_message).collect();
     let user_tokens: Vec<Option<i32>> = turns.iter().map(|t| t.user_tokens).collect();
     let assistant_tokens: Vec<Option<i32>> = turns.iter().map(|t| t.assistant_tokens).collect();
-    sqlx::query(sql::APPEND_TURNS)
+    type Row = (
+        ConversationId,
+        Option<i32>,
+        Option<DateTime<Utc>>,
+        i32,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(sql::APPEND_TURNS)
         .bind(&conversations)
         .bind(&jobs)
         .bind(&users)
         .bind(&assistants)
         .bind(&user_tokens)
         .bind(&assistant_tokens)
-        .execute(conn)
+        .fetch_all(conn)
         .await?;
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|(conversation, prev_seq, prev_at, seq, at)| Appended {
+            conversation,
+            before: HistoryVersion {
+                seq: prev_seq.unwrap_or(0),
+                at: prev_at,
+            },
+            after: HistoryVersion { seq, at: Some(at) },
+        })
+        .collect())
 }

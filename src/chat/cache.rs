@@ -1,0 +1,436 @@
+//! The optional Redis cache-aside for conversation histories.
+//!
+//! One key per conversation (`{prefix}{conversation id}`), holding the
+//! history as JSON together with its [`HistoryVersion`] (seq and created_at
+//! of its last message), with a TTL. Postgres stays the source of truth.
+//!
+//! # Reads are validated, so the cache can never serve a stale history
+//! A read first asks Postgres for the history's current version (one step
+//! back on the `messages` primary key: no message rows, no content), then
+//! takes the cached history only if its version is exactly that one.
+//! Otherwise it reads the history from Postgres and writes it back.
+//!
+//! Why not trust the cache blindly, as the classic cache-aside does? Jobs of
+//! one conversation run one at a time, so the classic race (a reader
+//! repopulating the cache with what it read before a writer's update) cannot
+//! happen between two jobs of a healthy system: the only reader and the only
+//! writer of a conversation's key is its single live job, and the next job
+//! is claimable only once the previous one's completion committed. What
+//! remains are Redis faults, and those do make a blind cache wrong: an update
+//! that times out (Redis stalled, connection killed) leaves the previous
+//! history in the key, and the next turn would answer without the last one;
+//! a write that was delayed in a stalled Redis can land after a newer one;
+//! and an update sent from a completion transaction that then rolled back
+//! describes a turn Postgres never stored. With validated reads none of
+//! these can be served: a missed update is a miss, a delayed write is a miss,
+//! a rolled-back turn carries a timestamp Postgres never reports. The cost
+//! is one primary-key probe per read instead of the whole history.
+//!
+//! Because of that, writes need no ordering and no transaction: the worker
+//! writes after the history changed in Postgres, from a background task that
+//! never delays or fails a job, and a write that is lost only costs a miss.
+//!
+//! # Redis down
+//! Every operation has a short timeout (`SKIPJACK_CACHE_TIMEOUT_MS`). The
+//! first failure logs once and marks Redis down: for `retry_after`, reads and
+//! writes skip Redis entirely (counted as errors), so a dead Redis costs no
+//! time per job; then one operation probes it again. Recovery logs once.
+
+use super::store::{self, HistoryMessage, HistoryVersion};
+use crate::ids::ConversationId;
+use crate::metrics::metrics;
+use deadpool_redis::redis::{self, RedisResult};
+use deadpool_redis::{Pool, Runtime};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to reach Redis and how to use it.
+#[derive(Clone)]
+pub struct CacheConfig {
+    /// `redis://…`; may hold a password: never logged.
+    pub url: String,
+    /// Lifetime of a cached history after its last write.
+    pub ttl: Duration,
+    /// Longest any one Redis operation (including getting a connection) may
+    /// take before the worker carries on without it.
+    pub op_timeout: Duration,
+    /// After a failure, how long to skip Redis before probing it again.
+    pub retry_after: Duration,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Prefix of every key.
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &"***")
+            .field("ttl", &self.ttl)
+            .field("op_timeout", &self.op_timeout)
+            .field("retry_after", &self.retry_after)
+            .field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// A cache that cannot be set up (reported at start-up).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The URL does not parse. The message never repeats the URL.
+    #[error("invalid REDIS_URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot build the Redis pool: {0}")]
+    Pool(String),
+}
+
+/// Where a history came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Redis, validated against Postgres's version.
+    Cache,
+    /// Postgres (a miss, a stale entry, or Redis unavailable).
+    Postgres,
+    /// The conversation has no messages: neither was read.
+    Empty,
+}
+
+/// A history as the handler uses it.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub messages: Arc<Vec<HistoryMessage>>,
+    pub version: HistoryVersion,
+    pub source: Source,
+}
+
+/// This cache's own counters (the process-wide metrics count all caches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Failed operations and operations skipped while Redis was down.
+    pub errors: u64,
+    /// Histories written.
+    pub writes: u64,
+}
+
+/// The Redis history cache. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct HistoryCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    ttl_ms: u64,
+    op_timeout: Duration,
+    retry_after: Duration,
+    key_prefix: String,
+    /// Whether Redis is considered down, and when to probe it again.
+    health: Mutex<Health>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    writes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Health {
+    down: bool,
+    /// While down: no operation before this instant.
+    next_probe: Instant,
+}
+
+/// What a cache entry holds.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    v: &'a HistoryVersion,
+    m: &'a [HistoryMessage],
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    v: HistoryVersion,
+    m: Vec<HistoryMessage>,
+}
+
+/// One history to write.
+#[derive(Clone, Debug)]
+pub struct CacheWrite {
+    pub conversation: ConversationId,
+    pub version: HistoryVersion,
+    pub messages: Arc<Vec<HistoryMessage>>,
+}
+
+impl HistoryCache {
+    /// A cache over a connection pool; connects lazily, so a Redis that is
+    /// down at start-up only means misses until it is up.
+    pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        let builder = deadpool_redis::Config::from_url(config.url.clone())
+            .builder()
+            // The redis error for a bad URL does not echo the URL.
+            .map_err(|e| CacheError::InvalidUrl(e.to_string()))?;
+        let pool = builder
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.op_timeout))
+            .create_timeout(Some(config.op_timeout))
+            .recycle_timeout(Some(config.op_timeout))
+            .build()
+            .map_err(|e| CacheError::Pool(e.to_string()))?;
+        Ok(HistoryCache {
+            inner: Arc::new(Inner {
+                pool,
+                ttl_ms: u64::try_from(config.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+                op_timeout: config.op_timeout,
+                retry_after: config.retry_after,
+                key_prefix: config.key_prefix.clone(),
+                health: Mutex::new(Health {
+                    down: false,
+                    next_probe: Instant::now(),
+                }),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The Redis key of a conversation's history.
+    pub fn key(&self, conversation: ConversationId) -> String {
+        format!("{}{}", self.inner.key_prefix, conversation)
+    }
+
+    /// This cache's counters.
+    pub fn stats(&self) -> CacheStats {
+        let i = &self.inner;
+        CacheStats {
+            hits: i.hits.load(Ordering::Relaxed),
+            misses: i.misses.load(Ordering::Relaxed),
+            errors: i.errors.load(Ordering::Relaxed),
+            writes: i.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether Redis is considered reachable right now.
+    pub fn is_up(&self) -> bool {
+        !self.lock_health().down
+    }
+
+    /// The conversation's history: from the cache when it holds the version
+    /// Postgres has, else from Postgres (and then written back in the
+    /// background). Errors are Postgres's only; Redis failures are misses.
+    pub async fn load(&self, pool: &PgPool, conversation: ConversationId) -> sqlx::Result<Loaded> {
+        let version = store::history_version(pool, conversation).await?;
+        if version.seq == 0 {
+            return Ok(Loaded {
+                messages: Arc::default(),
+                version,
+                source: Source::Empty,
+            });
+        }
+        if let Some(entry) = self.get(conversation).await {
+            if entry.v == version {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                metrics().cache_requests.with_label_values(&["hit"]).inc();
+                return Ok(Loaded {
+                    messages: Arc::new(entry.m),
+                    version,
+                    source: Source::Cache,
+                });
+            }
+            self.count_miss();
+        }
+        let (messages, version) = store::history_with_version(pool, conversation).await?;
+        let messages = Arc::new(messages);
+        self.write(vec![CacheWrite {
+            conversation,
+            version,
+            messages: messages.clone(),
+        }]);
+        Ok(Loaded {
+            messages,
+            version,
+            source: Source::Postgres,
+        })
+    }
+
+    /// Writes `puts` and deletes `deletes` in one pipeline, from a task of
+    /// its own: the caller never waits for Redis, and a failure only costs
+    /// later misses (reads are validated).
+    pub fn write_and_delete(&self, puts: Vec<CacheWrite>, deletes: Vec<ConversationId>) {
+        if (puts.is_empty() && deletes.is_empty()) || !self.admit() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for put in &puts {
+            let value = match serde_json::to_string(&EntryRef {
+                v: &put.version,
+                m: &put.messages,
+            }) {
+                Ok(value) => value,
+                // Serializing strings cannot fail; skip rather than panic.
+                Err(_) => continue,
+            };
+            pipe.cmd("SET")
+                .arg(self.key(put.conversation))
+                .arg(value)
+                .arg("PX")
+                .arg(self.inner.ttl_ms)
+                .ignore();
+        }
+        for conversation in &deletes {
+            pipe.cmd("DEL").arg(self.key(*conversation)).ignore();
+        }
+        let cache = self.clone();
+        let written = puts.len() as u64;
+        tokio::spawn(async move {
+            let done = cache
+                .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+                .await;
+            if done.is_some() {
+                cache.inner.writes.fetch_add(written, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Writes histories in the background (see [`Self::write_and_delete`]).
+    pub fn write(&self, puts: Vec<CacheWrite>) {
+        self.write_and_delete(puts, Vec::new());
+    }
+
+    /// The cached entry, if Redis has one that decodes. Counts misses and
+    /// errors; the caller counts hits (an entry may still be stale).
+    async fn get(&self, conversation: ConversationId) -> Option<Entry> {
+        if !self.admit() {
+            return None;
+        }
+        let key = self.key(conversation);
+        let raw: Option<Vec<u8>> = self
+            .run(|mut conn| async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        let Some(raw) = raw else {
+            self.count_miss();
+            return None;
+        };
+        match serde_json::from_slice::<Entry>(&raw) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                // Written by another version of skipjack, or damaged: it is
+                // overwritten by the read-through that follows.
+                tracing::debug!(%error, "undecodable history cache entry");
+                self.count_miss();
+                None
+            }
+        }
+    }
+
+    fn count_miss(&self) {
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        metrics().cache_requests.with_label_values(&["miss"]).inc();
+    }
+
+    fn count_error(&self) {
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        metrics().cache_requests.with_label_values(&["error"]).inc();
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // The guarded state is two plain fields, valid after any panic.
+        self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether to try Redis now: always while it is up; while it is down,
+    /// once per `retry_after` (a probe). A skipped operation counts as an
+    /// error.
+    fn admit(&self) -> bool {
+        let admitted = {
+            let mut health = self.lock_health();
+            if !health.down {
+                true
+            } else {
+                let now = Instant::now();
+                if now >= health.next_probe {
+                    health.next_probe = now + self.inner.retry_after;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if !admitted {
+            self.count_error();
+        }
+        admitted
+    }
+
+    /// Runs one Redis operation under the timeout and records the outcome.
+    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let inner = &self.inner;
+        let result = tokio::time::timeout(inner.op_timeout, async {
+            let conn = inner.pool.get().await.map_err(|e| e.to_string())?;
+            op(conn).await.map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => {
+                self.mark_up();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.mark_down(&error);
+                None
+            }
+            Err(_) => {
+                self.mark_down(&format!(
+                    "no answer within {} ms",
+                    inner.op_timeout.as_millis()
+                ));
+                None
+            }
+        }
+    }
+
+    fn mark_up(&self) {
+        let was_down = {
+            let mut health = self.lock_health();
+            std::mem::replace(&mut health.down, false)
+        };
+        if was_down {
+            tracing::info!("Redis history cache reachable again");
+        }
+    }
+
+    fn mark_down(&self, error: &str) {
+        self.count_error();
+        let was_up = {
+            let mut health = self.lock_health();
+            health.next_probe = Instant::now() + self.inner.retry_after;
+            !std::mem::replace(&mut health.down, true)
+        };
+        if was_up {
+            tracing::warn!(
+                %error,
+                retry_ms = self.inner.retry_after.as_millis() as u64,
+                "Redis history cache unavailable; reading history from Postgres until it is back"
+            );
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The chat handler: runs chat jobs (kind [`CHAT_KIND`]).
+//!
+//! One attempt: parse the payload, load the conversation's history (through
+//! the Redis cache when there is one), send history + the user's message to
+//! the LLM, and turn the answer or the error into an [`Outcome`]. No
+//! transaction is open while the LLM works: the history read is one short
+//! statement on a pooled connection, given back before the call.
+//!
+//! The turn is written by [`Handler::on_completed`], inside the transaction
+//! that completes the batch and only for jobs that passed the lease fence:
+//! the user message and the reply are appended together, or not at all, so
+//! a failed or fenced-off job leaves no half turn. The cache is updated from
+//! there too (after the append, in the background; see [`super::cache`]).
+//!
+//! Error mapping: a retryable [`LlmError`] (429, 5xx, timeout, connection)
+//! becomes [`Outcome::Retry`] with the upstream's `Retry-After`; a permanent
+//! one (other 4xx, malformed answer) fails the job at once. Either way the
+//! error text, the provider's own message included, is kept on the job.
+
+use super::cache::{CacheWrite, HistoryCache};
+use super::store::{self, HistoryMessage, HistoryVersion, Turn};
+use super::{ChatPayload, ChatResult, CHAT_KIND};
+use crate::ids::{ConversationId, JobId};
+use crate::llm::{self, ChatMessage, ChatRequest, LlmError, Provider, Role};
+use crate::metrics::metrics;
+use crate::queue::{Outcome, TokenUsage};
+use crate::worker::{FinishedJob, Handler, JobContext};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Histories remembered for a completion that never came (lease lost, write
+/// failed) are dropped after this long.
+const STASH_MAX_AGE: Duration = Duration::from_secs(600);
+/// Look for such leftovers every this many remembered histories.
+const STASH_PRUNE_EVERY: u64 = 1024;
+
+/// Runs chat jobs.
+pub struct ChatHandler {
+    /// For history reads; each holds a connection for one short statement.
+    pool: PgPool,
+    /// The LLM, shared by every job of the process.
+    provider: Arc<dyn Provider>,
+    /// The optional Redis history cache.
+    cache: Option<HistoryCache>,
+    /// With a cache: the history each successful attempt used, so the
+    /// completion can write history + turn to the cache without reading the
+    /// history again.
+    stash: Mutex<Stash>,
+}
+
+#[derive(Default)]
+struct Stash {
+    entries: HashMap<JobId, Stashed>,
+    inserts: u64,
+}
+
+struct Stashed {
+    version: HistoryVersion,
+    messages: Arc<Vec<HistoryMessage>>,
+    at: Instant,
+}
+
+impl ChatHandler {
+    /// A handler that reads history from Postgres.
+    pub fn new(pool: PgPool, provider: Arc<dyn Provider>) -> Self {
+        ChatHandler {
+            pool,
+            provider,
+            cache: None,
+            stash: Mutex::default(),
+        }
+    }
+
+    /// Reads history through `cache`.
+    pub fn with_cache(mut self, cache: HistoryCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache, if any (for tests and diagnostics).
+    pub fn cache(&self) -> Option<&HistoryCache> {
+        self.cache.as_ref()
+    }
+
+    fn lock_stash(&self) -> std::sync::MutexGuard<'_, Stash> {
+        // A map of plain values: usable after a panic elsewhere.
+        self.stash.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn load_history(
+        &self,
+        conversation: ConversationId,
+    ) -> sqlx::Result<(Arc<Vec<HistoryMessage>>, Option<HistoryVersion>)> {
+        match &self.cache {
+            Some(cache) => {
+                let loaded = cache.load(&self.pool, conversation).await?;
+                tracing::trace!(%conversation, source = ?loaded.source, "history loaded");
+                Ok((loaded.messages, Some(loaded.version)))
+            }
+            None => Ok((
+                Arc::new(store::history(&self.pool, conversation).await?),
+                None,
+            )),
+        }
+    }
+
+    fn remember(&self, job: JobId, version: HistoryVersion, messages: Arc<Vec<HistoryMessage>>) {
+        let mut stash = self.lock_stash();
+        stash.inserts += 1;
+        if stash.inserts % STASH_PRUNE_EVERY == 0 {
+            stash.entries.retain(|_, s| s.at.elapsed() < STASH_MAX_AGE);
+        }
+        stash.entries.insert(
+            job,
+            Stashed {
+                version,
+                messages,
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+/// The history as LLM messages, with the user's message last.
+fn request(history: &[HistoryMessage], message: &str) -> ChatRequest {
+    let mut messages: Vec<ChatMessage> = Vec::with_capacity(history.len() + 1);
+    for m in history {
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "system" => Role::System,
+            // The messages table allows no other role.
+            other => {
+                tracing::warn!(role = other, "skipping a message with an unknown role");
+                continue;
+            }
+        };
+        messages.push(ChatMessage {
+            role,
+            content: m.content.clone(),
+        });
+    }
+    messages.push(ChatMessage::user(message));
+    ChatRequest {
+        system: None,
+        messages,
+    }
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The outcome of a failed LLM call.
+fn failed(error: &LlmError) -> Outcome {
+    metrics()
+        .llm_errors
+        .with_label_values(&[error.class().as_str()])
+        .inc();
+    match error {
+        LlmError::Retryable { retry_after, .. } => Outcome::Retry {
+            error: error.to_string(),
+            retry_after: *retry_after,
+        },
+        LlmError::Permanent { .. } => Outcome::Failed {
+            error: error.to_string(),
+        },
+    }
+}
+
+impl Handler for ChatHandler {
+    fn kind(&self) -> &str {
+        CHAT_KIND
+    }
+
+    async fn handle(&self, ctx: JobContext) -> Outcome {
+        let job = &ctx.job;
+        let payload: ChatPayload = match serde_json::from_value(job.payload.clone()) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("invalid chat payload: {e}"),
+                }
+            }
+        };
+        let Some(conversation) = job.conversation_id else {
+            return Outcome::Failed {
+                error: "chat job has no conversation_id".into(),
+            };
+        };
+        let (history, version) = match self.load_history(conversation).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                return Outcome::Retry {
+                    error: format!("loading the conversation history: {e}"),
+                    retry_after: None,
+                }
+            }
+        };
+        let request = request(&history, &payload.message);
+
+        let started = Instant::now();
+        let answer = self.provider.chat(&request).await;
+        metrics()
+            .llm_request
+            .with_label_values(&[self.provider.name()])
+            .observe(started.elapsed().as_secs_f64());
+        let response = match answer {
+            Ok(response) => response,
+            Err(error) => return failed(&error),
+        };
+
+        let m = metrics();
+        m.llm_tokens
+            .with_label_values(&["input"])
+            .inc_by(u64::from(response.usage.input_tokens));
+        m.llm_tokens
+            .with_label_values(&["output"])
+            .inc_by(u64::from(response.usage.output_tokens));
+        if let Some(version) = version {
+            self.remember(job.id, version, history);
+        }
+        let result = ChatResult {
+            response: response.content,
+            model: response.model,
+        };
+        Outcome::Completed {
+            // A struct of two strings always serializes.
+            result: serde_json::to_value(&result).unwrap_or_default(),
+            usage: Some(TokenUsage {
+                input_tokens: to_i32(response.usage.input_tokens),
+                output_tokens: to_i32(response.usage.output_tokens),
+            }),
+        }
+    }
+
+    async fn on_completed<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        jobs: &'a [&'a FinishedJob],
+    ) -> Result<(), sqlx::Error> {
+        struct Done {
+            job: JobId,
+            conversation: ConversationId,
+            user: String,
+            reply: String,
+            user_tokens: i32,
+            reply_tokens: Option<i32>,
+        }
+        let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
+        for f in jobs {
+            let Outcome::Completed { result, usage } = &f.outcome else {
+                continue;
+            };
+            let Some(conversation) = f.job.conversation_id else {
+                continue;
+            };
+            // Both parsed in handle() before it could complete the job.
+            let (Ok(payload), Ok(result)) = (
+                serde_json::from_value::<ChatPayload>(f.job.payload.clone()),
+                serde_json::from_value::<ChatResult>(result.clone()),
+            ) else {
+                tracing::error!(job_id = %f.job.id, "completed chat job without a readable payload or result: no turn appended");
+                continue;
+            };
+            done.push(Done {
+                job: f.job.id,
+                conversation,
+                user_tokens: to_i32(llm::estimate_tokens(&payload.message)),
+                user: payload.message,
+                reply: result.response,
+                reply_tokens: usage.map(|u| u.output_tokens),
+            });
+        }
+        let turns: Vec<Turn<'_>> = done
+            .iter()
+            .map(|d| Turn {
+                conversation: d.conversation,
+                job: d.job,
+                user_message: &d.user,
+                assistant_message: &d.reply,
+                user_tokens: Some(d.user_tokens),
+                assistant_tokens: d.reply_tokens,
+            })
+            .collect();
+        let appended = store::append_turns(tx, &turns).await?;
+
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        // The cache gets history + turn when the attempt's history was the
+        // one the turn was appended to (always, unless the conversation was
+        // changed behind the worker's back); otherwise the key is dropped.
+        // Written in the background before or after the commit: either is
+        // safe because reads are validated (see the cache module).
+        let after: HashMap<ConversationId, (HistoryVersion, HistoryVersion)> = appended
+            .iter()
+            .map(|a| (a.conversation, (a.before, a.after)))
+            .collect();
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        {
+            let mut stash = self.lock_stash();
+            for d in &done {
+                let used = stash.entries.remove(&d.job);
+                match (used, after.get(&d.conversation)) {
+                    (Some(used), Some((before, after))) if used.version == *before => {
+                        let mut messages = Vec::with_capacity(used.messages.len() + 2);
+                        messages.extend(used.messages.iter().cloned());
+                        messages.push(HistoryMessage {
+                            role: "user".into(),
+                            content: d.user.clone(),
+                        });
+                        messages.push(HistoryMessage {
+                            role: "assistant".into(),
+                            content: d.reply.clone(),
+                        });
+                        puts.push(CacheWrite {
+                            conversation: d.conversation,
+                            version: *after,
+                            messages: Arc::new(messages),
+                        });
+                    }
+                    _ => deletes.push(d.conversation),
+                }
+            }
+        }
+        cache.write_and_delete(puts, deletes);
+        Ok(())
+    }
+}
