@@ -1,1 +1,1 @@
-
+//! The chat worker benchmark (filled in by the chat-bench commit).
