@@ -10,6 +10,8 @@
 //! - [`worker`]: the runtime that claims jobs and runs their handlers.
 //! - [`llm`]: LLM providers behind one trait.
 //! - [`chat`]: conversations, messages, the chat job's payload.
+//! - [`api`]: the REST API (axum): submit, long-poll, cancel, tenants' keys,
+//!   group commit, backpressure. [`tenants`]: tenants and hashed API keys.
 //! - [`db`]: connection pool, migrations, schema check.
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
@@ -20,6 +22,7 @@
 //!
 //! The binaries in `src/bin/` only parse settings and wire these together.
 
+pub mod api;
 pub mod bench;
 pub mod chat;
 pub mod config;
@@ -31,4 +34,5 @@ pub mod metrics;
 pub mod queue;
 pub mod signal;
 pub mod telemetry;
+pub mod tenants;
 pub mod worker;

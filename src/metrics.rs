@@ -20,6 +20,9 @@ pub const JOB_RUN_SECONDS: &str = "skipjack_job_run_seconds";
 pub const WORKER_SLOTS_BUSY: &str = "skipjack_worker_slots_busy";
 pub const WORKER_SLOTS_TOTAL: &str = "skipjack_worker_slots_total";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "skipjack_listener_reconnects_total";
+pub const HTTP_REQUESTS_TOTAL: &str = "skipjack_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "skipjack_http_request_seconds";
+pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "skipjack_backpressure_rejections_total";
 pub const QUEUE_DEPTH: &str = "skipjack_queue_depth";
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "skipjack_queue_oldest_age_seconds";
 pub const JOBS_PROCESSING: &str = "skipjack_jobs_processing";
@@ -54,6 +57,13 @@ pub struct Metrics {
     pub worker_slots_busy: IntGauge,
     pub worker_slots_total: IntGauge,
     pub listener_reconnects: IntCounter,
+    /// API requests by `route` (the route template, never a raw path),
+    /// `method` and `status`.
+    pub http_requests: IntCounterVec,
+    /// API request latency by `route` and `method`.
+    pub http_request_seconds: HistogramVec,
+    /// Submissions refused with 429, by `scope` (global, tenant).
+    pub backpressure_rejections: IntCounterVec,
     /// Queued jobs by priority, refreshed periodically.
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: prometheus::Gauge,
@@ -123,6 +133,21 @@ impl Metrics {
                 LISTENER_RECONNECTS_TOTAL,
                 "Times the LISTEN connection was re-established.",
             ),
+            http_requests: counter_vec(
+                HTTP_REQUESTS_TOTAL,
+                "API requests answered.",
+                &["route", "method", "status"],
+            ),
+            http_request_seconds: histogram_vec(
+                HTTP_REQUEST_SECONDS,
+                "API request latency.",
+                &["route", "method"],
+            ),
+            backpressure_rejections: counter_vec(
+                BACKPRESSURE_REJECTIONS_TOTAL,
+                "Submissions refused because the queue was full.",
+                &["scope"],
+            ),
             queue_depth: IntGaugeVec::new(
                 Opts::new(QUEUE_DEPTH, "Queued jobs by priority."),
                 &["priority"],
@@ -159,6 +184,9 @@ impl Metrics {
             Box::new(m.worker_slots_busy.clone()),
             Box::new(m.worker_slots_total.clone()),
             Box::new(m.listener_reconnects.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_request_seconds.clone()),
+            Box::new(m.backpressure_rejections.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.queue_oldest_age.clone()),
             Box::new(m.jobs_processing.clone()),

@@ -1,0 +1,313 @@
+//! `/v1/chat`: submit a chat turn, read it (or long-poll it), cancel it.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{IdPath, JsonBody, QueryParams};
+use super::observe::observed;
+use super::{validate, AppState, MAX_WAIT_SECONDS};
+use crate::chat::{ChatPayload, CHAT_KIND};
+use crate::ids::{ConversationId, JobId};
+use crate::queue::{self, JobState, JobView, NewJob};
+use axum::extract::State;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Set on a submission answered with the job an earlier submission with
+/// the same idempotency key created.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat", observed("/v1/chat", post(submit)))
+        .route(
+            "/v1/chat/{job_id}",
+            observed("/v1/chat/{job_id}", get(get_job).delete(cancel)),
+        )
+}
+
+/// Body of `POST /v1/chat`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// The application's user id, 1 to 256 characters.
+    pub user_id: String,
+    /// The user's message: not blank, at most `SKIPJACK_MAX_MESSAGE_BYTES`.
+    pub message: String,
+    /// A conversation of this user (see `POST /v1/conversations`); without
+    /// it, the user's default conversation.
+    pub conversation_id: Option<Uuid>,
+    /// 1..=10, higher first; default 1.
+    #[schema(minimum = 1, maximum = 10)]
+    pub priority: Option<i64>,
+    /// Submitting the same key again (per tenant) returns the first job.
+    pub idempotency_key: Option<String>,
+    /// Free-form JSON kept with the job for auditing.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Answer of `POST /v1/chat`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitResponse {
+    pub job_id: Uuid,
+    pub conversation_id: Option<Uuid>,
+    /// `queued` for a new job; an idempotent repeat shows the first job's
+    /// status now.
+    pub status: String,
+    pub priority: i16,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Query of `GET /v1/chat/{job_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Seconds to wait for the job to finish, 0 to 60; answers as soon as it
+    /// is finished, or with its current state when the time is up.
+    pub wait: Option<f64>,
+}
+
+/// Tokens the LLM call consumed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+}
+
+/// A chat job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResponse {
+    pub job_id: Uuid,
+    pub conversation_id: Option<Uuid>,
+    /// `queued`, `processing`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub priority: i16,
+    /// The assistant's reply, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// Why it failed (or was cancelled); while live, the last retried error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts started so far.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+impl From<JobView> for JobResponse {
+    fn from(job: JobView) -> Self {
+        // A chat job's result is `ChatResult {response, model}`.
+        let response = job
+            .result
+            .as_ref()
+            .and_then(|r| r.get("response"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let usage = match (job.input_tokens, job.output_tokens) {
+            (None, None) => None,
+            (input, output) => Some(Usage {
+                input_tokens: input.unwrap_or(0),
+                output_tokens: output.unwrap_or(0),
+            }),
+        };
+        JobResponse {
+            job_id: job.id.0,
+            conversation_id: job.conversation_id.map(|c| c.0),
+            status: job.state.as_str().to_owned(),
+            priority: job.priority.get(),
+            response,
+            error: job.error,
+            attempts: job.attempts,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            usage,
+        }
+    }
+}
+
+/// Submits a chat turn: `202` with the job id at once; the reply comes
+/// from `GET /v1/chat/{job_id}`.
+#[utoipa::path(
+    post, path = "/v1/chat", tag = "chat",
+    request_body = ChatRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Queued (or the first job of this idempotency key)",
+         body = SubmitResponse,
+         headers(("Location" = String, description = "Where to poll the job"),
+                 ("Idempotent-Replayed" = String, description = "`true` on an idempotent repeat"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "conversation_id is not this user's conversation", body = ErrorBody),
+        (status = 409, description = "The idempotency key's first job was rolled back; retry", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A field is missing, mistyped or out of range", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> ApiResult<Response> {
+    validate::user_id(&req.user_id)?;
+    validate::message(&req.message, state.config.max_message_bytes)?;
+    validate::idempotency_key(req.idempotency_key.as_deref())?;
+    validate::metadata(req.metadata.as_ref())?;
+    let priority = validate::priority(req.priority)?;
+
+    // Refuse at once when full, before any database work.
+    let ticket = state
+        .admission
+        .try_admit(caller.tenant, caller.max_queued, priority)?;
+    let conversation = state
+        .conversations
+        .resolve(
+            caller.tenant,
+            &req.user_id,
+            req.conversation_id.map(ConversationId),
+        )
+        .await?;
+    let payload = ChatPayload {
+        user_id: req.user_id,
+        message: req.message,
+        metadata: req.metadata,
+    };
+    let payload = serde_json::to_value(&payload)
+        .map_err(|e| ApiError::Internal(format!("serialising a chat payload: {e}")))?;
+    let mut job = NewJob::new(CHAT_KIND, payload)
+        .with_priority(priority)
+        .with_tenant(caller.tenant)
+        .with_conversation(conversation)
+        .with_max_attempts(state.config.max_attempts);
+    if let Some(key) = req.idempotency_key {
+        job = job.with_idempotency_key(key);
+    }
+    let submitted = state.group_commit.submit(job).await?;
+
+    let body = if submitted.inserted {
+        ticket.keep();
+        SubmitResponse {
+            job_id: submitted.id.0,
+            conversation_id: Some(conversation.0),
+            status: JobState::Queued.as_str().to_owned(),
+            priority: priority.get(),
+            created_at: submitted.created_at,
+        }
+    } else {
+        drop(ticket);
+        let first = queue::get(&state.pool, submitted.id, Some(caller.tenant))
+            .await?
+            .ok_or(ApiError::NotFound("job"))?;
+        SubmitResponse {
+            job_id: first.id.0,
+            conversation_id: first.conversation_id.map(|c| c.0),
+            status: first.state.as_str().to_owned(),
+            priority: first.priority.get(),
+            created_at: first.created_at,
+        }
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/chat/{}", submitted.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    if !submitted.inserted {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// A chat job and, once completed, its reply. With `wait`, answers as soon
+/// as the job is finished or when the wait is over, whichever comes first.
+#[utoipa::path(
+    get, path = "/v1/chat/{job_id}", tag = "chat",
+    params(("job_id" = Uuid, Path, description = "Job id"), WaitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The job", body = JobResponse),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 422, description = "Bad job id or wait", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    QueryParams(query): QueryParams<WaitQuery>,
+) -> ApiResult<Json<JobResponse>> {
+    let wait = match query.wait {
+        None => 0.0,
+        Some(w) if w.is_finite() && (0.0..=MAX_WAIT_SECONDS).contains(&w) => w,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_wait",
+                format!("wait must be between 0 and {MAX_WAIT_SECONDS} seconds"),
+            ))
+        }
+    };
+    let id = JobId(id);
+    let job = queue::get(&state.pool, id, Some(caller.tenant))
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    if job.state.is_final() || wait == 0.0 || state.shutdown.is_cancelled() {
+        return Ok(Json(job.into()));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let job = state
+        .long_poll
+        .wait(id, caller.tenant, deadline, &state.shutdown)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    Ok(Json(job.into()))
+}
+
+/// Cancels a queued job. A job being processed or already finished cannot
+/// be cancelled (409).
+#[utoipa::path(
+    delete, path = "/v1/chat/{job_id}", tag = "chat",
+    params(("job_id" = Uuid, Path, description = "Job id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled; the job as it is now", body = JobResponse),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 409, description = "The job is processing or finished", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<JobResponse>> {
+    let id = JobId(id);
+    queue::cancel(
+        &state.pool,
+        id,
+        Some(caller.tenant),
+        "cancelled by the client",
+    )
+    .await?;
+    let job = queue::get(&state.pool, id, Some(caller.tenant))
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    Ok(Json(job.into()))
+}

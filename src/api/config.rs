@@ -1,0 +1,129 @@
+//! The API's settings: [`ApiArgs`] (flags and environment) and the
+//! [`ApiConfig`] the library runs on.
+
+use crate::queue::NewJob;
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The longest long-poll a client may ask for, in seconds (the contract).
+pub const MAX_WAIT_SECONDS: f64 = 60.0;
+
+/// How the API runs.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Largest request body; larger ones get 413 before they are read whole.
+    pub max_body_bytes: usize,
+    /// Longest chat message, in bytes.
+    pub max_message_bytes: usize,
+    /// Queued jobs (all tenants) above which submissions get 429.
+    pub max_queue_depth: i64,
+    /// Queued jobs of one tenant above which its submissions get 429, for
+    /// tenants without their own `tenants.max_queued`.
+    pub max_tenant_queue_depth: i64,
+    /// How often the queue depths behind admission control are re-read.
+    pub depth_refresh: Duration,
+    /// What a 429 tells clients to wait (`Retry-After`, seconds).
+    pub retry_after_secs: u64,
+    /// How long the first submission of a batch waits for others to join it.
+    pub group_commit_window: Duration,
+    /// Most submissions in one INSERT.
+    pub group_commit_max_batch: usize,
+    /// Batches being written at once; the next batch fills meanwhile.
+    pub group_commit_flushes: usize,
+    /// How long a successful key lookup is trusted before the database is
+    /// asked again: the upper bound on how late a revocation takes effect.
+    pub auth_cache_ttl: Duration,
+    /// Attempts of each submitted job before it fails for good.
+    pub max_attempts: i32,
+    /// Time in-flight requests and long-polls get after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 64 * 1024,
+            max_message_bytes: 32 * 1024,
+            max_queue_depth: 100_000,
+            max_tenant_queue_depth: 50_000,
+            depth_refresh: Duration::from_millis(250),
+            retry_after_secs: 1,
+            group_commit_window: Duration::from_millis(2),
+            group_commit_max_batch: 500,
+            group_commit_flushes: 4,
+            auth_cache_ttl: Duration::from_secs(5),
+            max_attempts: NewJob::DEFAULT_MAX_ATTEMPTS,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// The API binary's settings; each is a flag and an environment variable.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Address to serve on.
+    #[arg(long, env = "SKIPJACK_API_ADDR", default_value = "0.0.0.0:8000")]
+    pub api_addr: SocketAddr,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, env = "SKIPJACK_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest chat message in bytes (422 above).
+    #[arg(long, env = "SKIPJACK_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024)]
+    pub max_message_bytes: usize,
+    /// Queued jobs, all tenants, above which POST /v1/chat answers 429.
+    /// Priority 5 and above may fill 20% more.
+    #[arg(long, env = "SKIPJACK_MAX_QUEUE_DEPTH", default_value_t = 100_000)]
+    pub max_queue_depth: i64,
+    /// Queued jobs per tenant above which its submissions get 429, unless
+    /// the tenant has its own max_queued. Priority 5+ may fill 20% more.
+    #[arg(
+        long,
+        env = "SKIPJACK_MAX_TENANT_QUEUE_DEPTH",
+        default_value_t = 50_000
+    )]
+    pub max_tenant_queue_depth: i64,
+    /// How often the queue depth is re-read for admission control.
+    #[arg(long, env = "SKIPJACK_DEPTH_REFRESH_MS", default_value_t = 250)]
+    pub depth_refresh_ms: u64,
+    /// Retry-After of a 429, in seconds.
+    #[arg(long, env = "SKIPJACK_RETRY_AFTER_SECONDS", default_value_t = 1)]
+    pub retry_after_seconds: u64,
+    /// Longest wait of a submission for others to share its INSERT.
+    #[arg(long, env = "SKIPJACK_GROUP_COMMIT_MS", default_value_t = 2)]
+    pub group_commit_ms: u64,
+    /// Most submissions in one INSERT.
+    #[arg(long, env = "SKIPJACK_GROUP_COMMIT_MAX_BATCH", default_value_t = 500)]
+    pub group_commit_max_batch: usize,
+    /// INSERT batches in flight at once.
+    #[arg(long, env = "SKIPJACK_GROUP_COMMIT_FLUSHES", default_value_t = 4)]
+    pub group_commit_flushes: usize,
+    /// Seconds a key lookup is cached: revocations take effect within this.
+    #[arg(long, env = "SKIPJACK_AUTH_CACHE_SECONDS", default_value_t = 5.0)]
+    pub auth_cache_seconds: f64,
+    /// Attempts of each submitted job.
+    #[arg(long, env = "SKIPJACK_MAX_ATTEMPTS", default_value_t = NewJob::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: i32,
+    /// Time in-flight requests and long-polls get after SIGTERM.
+    #[arg(long, env = "SKIPJACK_SHUTDOWN_GRACE_SECONDS", default_value_t = 25.0)]
+    pub shutdown_grace_seconds: f64,
+}
+
+impl ApiArgs {
+    pub fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            max_body_bytes: self.max_body_bytes.max(1024),
+            max_message_bytes: self.max_message_bytes.max(1),
+            max_queue_depth: self.max_queue_depth.max(1),
+            max_tenant_queue_depth: self.max_tenant_queue_depth.max(1),
+            depth_refresh: Duration::from_millis(self.depth_refresh_ms.max(10)),
+            retry_after_secs: self.retry_after_seconds.max(1),
+            group_commit_window: Duration::from_millis(self.group_commit_ms),
+            group_commit_max_batch: self.group_commit_max_batch.clamp(1, 10_000),
+            group_commit_flushes: self.group_commit_flushes.max(1),
+            auth_cache_ttl: Duration::from_secs_f64(self.auth_cache_seconds.clamp(0.0, 300.0)),
+            max_attempts: self.max_attempts.clamp(1, 100),
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_seconds.max(0.0)),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The REST API: chat turns in, replies out.
+//!
+//! # Routes
+//! - `POST /v1/chat` ([`chat`]): validate, admit ([`admission`]), pick the
+//!   conversation ([`conversations::Resolver`]), enqueue through
+//!   [`group_commit`]; `202` with the job id and a `Location`.
+//! - `GET /v1/chat/{job_id}?wait=N`: the job, long-polled through
+//!   [`long_poll`] (one LISTEN connection per process).
+//! - `DELETE /v1/chat/{job_id}`: cancel a queued job.
+//! - `POST /v1/conversations`, `GET /v1/conversations/{id}/messages`.
+//! - `GET /v1/queue`: queue depth.
+//! - `GET /health`, `/ready`, `/metrics` ([`crate::health`]) and
+//!   `GET /openapi.json` ([`openapi`]).
+//!
+//! Every `/v1` route authenticates a bearer key ([`auth`]); a tenant sees
+//! only its own jobs and conversations, and another tenant's id is a 404
+//! exactly like a missing one. Errors are mapped to statuses in one place
+//! ([`error`]); bad input is a 4xx, never a 500 ([`extract`], [`validate`]).
+//!
+//! # Status codes for bad input
+//! Malformed JSON → 400; a body over `SKIPJACK_MAX_BODY_BYTES` → 413;
+//! well-formed JSON with missing or mistyped fields, values out of range,
+//! ids in paths that are not UUIDs, `wait` outside 0..=60 → 422.
+//!
+//! # Shutdown
+//! [`Api::serve`] stops accepting on `shutdown`, lets in-flight requests
+//! finish within `shutdown_grace`, and long-polls answer at once with the
+//! job's current state; then the background tasks stop and the process
+//! unregisters as a waiter.
+
+pub mod admission;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod conversations;
+pub mod error;
+pub mod extract;
+pub mod group_commit;
+pub mod long_poll;
+pub mod observe;
+pub mod openapi;
+pub mod queue;
+mod sql;
+pub mod validate;
+
+pub use config::{ApiArgs, ApiConfig, MAX_WAIT_SECONDS};
+pub use error::ApiError;
+
+use crate::health;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::any;
+use axum::Router;
+use group_commit::{GroupCommit, GroupCommitConfig};
+use long_poll::LongPoll;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<ApiConfig>,
+    pub auth: Arc<auth::Authenticator>,
+    pub conversations: Arc<conversations::Resolver>,
+    pub admission: Arc<admission::Admission>,
+    pub group_commit: Arc<GroupCommit>,
+    pub long_poll: Arc<LongPoll>,
+    /// Cancelled at shutdown: long-polls answer at once.
+    pub shutdown: CancellationToken,
+}
+
+/// A running API: its state and background tasks (group commit, LISTEN,
+/// admission refresh), ready to serve.
+pub struct Api {
+    state: AppState,
+    /// Stops the background tasks (after the server has drained).
+    background: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Api {
+    /// Starts the background tasks. `shutdown` is the signal to drain (see
+    /// [`Api::serve`]).
+    pub fn start(pool: PgPool, config: ApiConfig, shutdown: CancellationToken) -> Api {
+        let background = CancellationToken::new();
+        let (group_commit, gatherer) = GroupCommit::spawn(
+            pool.clone(),
+            GroupCommitConfig {
+                window: config.group_commit_window,
+                max_batch: config.group_commit_max_batch,
+                flushes: config.group_commit_flushes,
+            },
+            background.clone(),
+        );
+        let admission = Arc::new(admission::Admission::new(
+            config.max_queue_depth,
+            config.max_tenant_queue_depth,
+            config.retry_after_secs,
+        ));
+        let long_poll = LongPoll::new(pool.clone());
+        let mut tasks = vec![gatherer];
+        tasks.push(admission::spawn_refresher(
+            admission.clone(),
+            pool.clone(),
+            config.depth_refresh,
+            background.clone(),
+        ));
+        tasks.extend(long_poll.spawn(background.clone()));
+        let state = AppState {
+            auth: Arc::new(auth::Authenticator::new(
+                pool.clone(),
+                config.auth_cache_ttl,
+            )),
+            conversations: Arc::new(conversations::Resolver::new(pool.clone())),
+            admission,
+            group_commit: Arc::new(group_commit),
+            long_poll,
+            pool,
+            config: Arc::new(config),
+            shutdown,
+        };
+        Api {
+            state,
+            background,
+            tasks,
+        }
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Every route, with the body limit and the JSON 404/405 answers.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves on `listener` until the shutdown token is cancelled, then
+    /// drains: in-flight requests get `shutdown_grace`, after which the
+    /// remaining connections are dropped. Stops the background tasks last.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let grace = self.state.config.shutdown_grace;
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let result = tokio::select! {
+            // Drained (or failed) by itself.
+            result = server => result,
+            // Grace period over: drop what is left.
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_s = grace.as_secs_f64(), "grace period over; closing remaining connections");
+                Ok(())
+            }
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Stops the background tasks: pending submissions are written, the
+    /// LISTEN connection closes, the waiter registration is removed.
+    pub async fn stop(self) {
+        self.background.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The whole API as one router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let pool = state.pool.clone();
+    Router::new()
+        .merge(chat::router())
+        .merge(conversations::router())
+        .merge(queue::router())
+        .merge(openapi::router())
+        .fallback_service(observe::observed(observe::UNMATCHED, any(not_found)))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+        .merge(health::router(pool))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,35 @@
+//! `api`: the REST API server.
+
+use anyhow::Context;
+use clap::Parser;
+use skipjack::api::{Api, ApiArgs};
+use skipjack::config::DatabaseArgs;
+use skipjack::{db, signal, telemetry};
+
+#[derive(Parser)]
+#[command(name = "api", version, about = "skipjack REST API")]
+struct Args {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let args = Args::parse();
+    let pool = db::connect(&args.db.db_config("skipjack-api"))
+        .await
+        .context("connecting to the database")?;
+    db::check_schema(&pool).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.api.api_addr)
+        .await
+        .with_context(|| format!("binding {}", args.api.api_addr))?;
+    tracing::info!(addr = %args.api.api_addr, "API listening");
+    let api = Api::start(pool, args.api.api_config(), signal::shutdown_token());
+    api.serve(listener).await?;
+    tracing::info!("API stopped");
+    Ok(())
+}
