@@ -95,7 +95,9 @@ CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE state = 'queue
 CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'processing';
 -- Finding the next blocked job of a conversation.
 CREATE INDEX jobs_conversation ON jobs (conversation_id, conversation_seq) WHERE conversation_id IS NOT NULL;
-CREATE INDEX jobs_tenant ON jobs (tenant_id, state);
+-- Queued jobs per tenant (backpressure). Partial, so claims and finishes,
+-- which move jobs out of 'queued', never have to maintain it.
+CREATE INDEX jobs_tenant_queued ON jobs (tenant_id) WHERE state = 'queued';
 
 -- Per-conversation ordering state. An upsert on this row serialises the
 -- enqueues and finishes of one conversation, so `live_jobs` decides exactly

@@ -11,10 +11,11 @@
 -- to job_history in this same statement. Conversations whose head job left
 -- are unlocked by unblock.sql, run next in the same transaction.
 --
--- `j.id = ANY($2)` repeats the join on purpose: it lets the planner fetch the
--- batch through the primary key whatever its (often stale) estimate of how
--- many jobs are processing, instead of joining every processing job against
--- the batch.
+-- The fence names no state on purpose: a lease owner is set exactly while a
+-- job is processing (a CHECK constraint says so), and naming the state would
+-- let the planner walk the jobs_lease index, whose row estimate is usually
+-- stale, and rescan the batch for every processing job. Without it the only
+-- good plan is one primary-key lookup per batch row.
 WITH input AS (
     SELECT *
     FROM unnest($2::uuid[], $3::integer[], $4::text[], $5::jsonb[], $6::text[],
@@ -29,16 +30,14 @@ requeued AS (
         run_at = now() + make_interval(secs => i.retry_in),
         last_error = i.error
     FROM input i
-    WHERE j.id = ANY($2) AND j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
-      AND j.state = 'processing'
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
       AND i.outcome = 'retry' AND j.attempt < j.max_attempts
     RETURNING j.id, j.tenant_id, j.attempt, j.run_at, i.error
 ),
 done AS (
     DELETE FROM jobs j
     USING input i
-    WHERE j.id = ANY($2) AND j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
-      AND j.state = 'processing'
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
       AND NOT (i.outcome = 'retry' AND j.attempt < j.max_attempts)
     RETURNING j.*,
               (CASE i.outcome WHEN 'completed' THEN 'completed' ELSE 'failed' END)::job_state

@@ -2,7 +2,7 @@
 //!
 //! It takes everything that piled up while it wrote the previous batch, so
 //! at low load every outcome is written at once, alone, and under load they
-//! are written a thousand to a transaction.
+//! are written up to a thousand to a transaction, a few transactions at once.
 
 use super::{FinishedJob, Shared};
 use crate::ids::JobId;
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// What executors send the completer.
 pub(super) enum Done {
@@ -26,31 +27,55 @@ pub(super) enum Done {
 const WRITE_TRIES: u32 = 5;
 
 /// Runs until every sender is gone and everything received is written.
+///
+/// Up to `completer_parallelism` batches are written at once: jobs in
+/// different batches never share a conversation (a conversation has one job
+/// processing at a time), so concurrent batches touch disjoint rows.
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
     let max = shared.config.completer_batch.max(1);
-    let mut finished = Vec::with_capacity(max);
-    let mut released = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(done) = next.take() {
-            match done {
-                Done::Finished(f) => finished.push(f),
-                Done::Release(id) => released.push(id),
-            }
-            if finished.len() + released.len() < max {
-                next = rx.try_recv().ok();
+    let parallelism = shared.config.completer_parallelism.max(1);
+    let mut finished: Vec<FinishedJob> = Vec::new();
+    let mut writes = JoinSet::new();
+    let mut open = true;
+    loop {
+        // Take whatever is already waiting, up to a batch.
+        while open && finished.len() < max {
+            match rx.try_recv() {
+                Ok(Done::Finished(f)) => finished.push(f),
+                Ok(Done::Release(id)) => release(&shared, id).await,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        if !finished.is_empty() {
-            write_with_retries(&shared, &finished).await;
-            finished.clear();
+        if !finished.is_empty() && writes.len() < parallelism {
+            let batch = std::mem::take(&mut finished);
+            let shared = shared.clone();
+            writes.spawn(async move { write_with_retries(&shared, &batch).await });
+            continue;
         }
-        if !released.is_empty() {
-            match queue::release(&shared.pool, &shared.config.id, &released).await {
-                Ok(ids) => tracing::info!(released = ids.len(), "released leases"),
-                Err(error) => tracing::error!(%error, "releasing leases failed; they will expire"),
-            }
-            released.clear();
+        if !open && finished.is_empty() && writes.is_empty() {
+            return;
+        }
+        tokio::select! {
+            // More outcomes (only while the batch has room).
+            received = rx.recv(), if open && finished.len() < max => match received {
+                Some(Done::Finished(f)) => finished.push(f),
+                Some(Done::Release(id)) => release(&shared, id).await,
+                None => open = false,
+            },
+            // A write finished: room for the next batch.
+            Some(_) = writes.join_next(), if !writes.is_empty() => {}
+        }
+    }
+}
+
+/// Gives back the lease of a job abandoned at shutdown (rare: one at a time).
+async fn release(shared: &Shared, id: JobId) {
+    match queue::release(&shared.pool, &shared.config.id, &[id]).await {
+        Ok(ids) if !ids.is_empty() => tracing::info!(job_id = %id, "released lease"),
+        Ok(_) => tracing::warn!(job_id = %id, "lease already gone at release"),
+        Err(error) => {
+            tracing::error!(%error, job_id = %id, "releasing lease failed; it will expire")
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     pub backoff: Backoff,
     /// Most outcomes written in one transaction.
     pub completer_batch: usize,
+    /// Outcome transactions written at once.
+    pub completer_parallelism: usize,
     /// Rescue and housekeeping in this process; `None` leaves them to others.
     pub maintenance: Option<MaintenanceConfig>,
 }
@@ -75,6 +77,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(25),
             backoff: Backoff::default(),
             completer_batch: 1000,
+            completer_parallelism: 2,
             maintenance: Some(MaintenanceConfig::default()),
         }
     }
