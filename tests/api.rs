@@ -1,0 +1,1183 @@
+//! The REST API against a real Postgres: every route through the router
+//! (tower `oneshot`), error statuses, tenant isolation, long-polls, group
+//! commit, idempotency, backpressure, shutdown, and the whole path end to
+//! end with the chat worker.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use common::{count, eventually, TestDb};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use skipjack::api::{Api, ApiConfig};
+use skipjack::chat::handler::ChatHandler;
+use skipjack::ids::JobId;
+use skipjack::llm::simulated::SimulatedProvider;
+use skipjack::queue::{self, Backoff, FinishItem, Outcome, TokenUsage};
+use skipjack::tenants;
+use skipjack::worker::{Worker, WorkerConfig};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// An API over a fresh database, with one tenant ready.
+struct TestApi {
+    db: TestDb,
+    api: Option<Api>,
+    router: Router,
+    shutdown: CancellationToken,
+    key: String,
+}
+
+/// What a request came back with.
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApi {
+    async fn new() -> TestApi {
+        Self::with_config(ApiConfig::default()).await
+    }
+
+    async fn with_config(config: ApiConfig) -> TestApi {
+        let db = TestDb::new().await;
+        let shutdown = CancellationToken::new();
+        let api = Api::start(db.pool.clone(), config, shutdown.clone());
+        let router = api.router();
+        let key = new_tenant(&db.pool, "acme").await;
+        TestApi {
+            db,
+            api: Some(api),
+            router,
+            shutdown,
+            key,
+        }
+    }
+
+    fn api(&self) -> &Api {
+        self.api.as_ref().expect("api running")
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    async fn call(&self, method: &str, uri: &str, key: Option<&str>, body: Option<&str>) -> Answer {
+        call(&self.router, method, uri, key, body).await
+    }
+
+    async fn submit(&self, key: &str, body: Value) -> Answer {
+        self.call("POST", "/v1/chat", Some(key), Some(&body.to_string()))
+            .await
+    }
+
+    async fn get_job(&self, key: &str, id: &str) -> Answer {
+        self.call("GET", &format!("/v1/chat/{id}"), Some(key), None)
+            .await
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        // Stop the background tasks (listener, refresher) before the
+        // database is dropped.
+        self.shutdown.cancel();
+        if let Some(api) = self.api.take() {
+            tokio::spawn(api.stop());
+        }
+    }
+}
+
+async fn call(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn new_tenant(pool: &PgPool, name: &str) -> String {
+    tenants::create_tenant_with_key(pool, name, None)
+        .await
+        .unwrap()
+        .secret()
+        .to_owned()
+}
+
+fn job_id(answer: &Answer) -> String {
+    answer.body["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id in {}", answer.body))
+        .to_owned()
+}
+
+/// Claims every ready chat job as `worker` and completes it with `reply`.
+async fn complete_all(pool: &PgPool, reply: &str) -> Vec<JobId> {
+    let claimed = queue::claim(
+        pool,
+        "test-worker",
+        100,
+        Duration::from_secs(30),
+        &["chat".into()],
+    )
+    .await
+    .unwrap();
+    let outcome = Outcome::Completed {
+        result: json!({"response": reply, "model": "test"}),
+        usage: Some(TokenUsage {
+            input_tokens: 7,
+            output_tokens: 3,
+        }),
+    };
+    let items: Vec<FinishItem> = claimed
+        .iter()
+        .map(|job| FinishItem {
+            job: job.id,
+            attempt: job.attempt,
+            outcome: &outcome,
+        })
+        .collect();
+    queue::finish(pool, "test-worker", &items, &Backoff::default())
+        .await
+        .unwrap();
+    claimed.iter().map(|j| j.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_poll_queue_and_complete() {
+    let t = TestApi::new().await;
+    let submitted = t
+        .submit(
+            &t.key,
+            json!({"user_id": "u1", "message": "hello", "priority": 3, "metadata": {"k": 1}}),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::ACCEPTED, "{}", submitted.body);
+    let id = job_id(&submitted);
+    assert_eq!(
+        submitted.headers[header::LOCATION].to_str().unwrap(),
+        format!("/v1/chat/{id}")
+    );
+    assert_eq!(submitted.body["status"], "queued");
+    assert_eq!(submitted.body["priority"], 3);
+    assert!(submitted.body["conversation_id"].is_string());
+
+    let polled = t.get_job(&t.key, &id).await;
+    assert_eq!(polled.status, StatusCode::OK);
+    assert_eq!(polled.body["status"], "queued");
+    assert_eq!(polled.body["attempts"], 0);
+    // The submission's created_at is the job's, to the microsecond.
+    assert_eq!(polled.body["created_at"], submitted.body["created_at"]);
+    assert!(polled.body.get("response").is_none());
+
+    let queue = t.call("GET", "/v1/queue", Some(&t.key), None).await;
+    assert_eq!(queue.status, StatusCode::OK);
+    assert_eq!(queue.body["total"], 1);
+    assert_eq!(queue.body["depth"]["3"], 1);
+    assert_eq!(queue.body["processing"], 0);
+
+    complete_all(t.pool(), "hi there").await;
+    let done = t.get_job(&t.key, &id).await;
+    assert_eq!(done.body["status"], "completed");
+    assert_eq!(done.body["response"], "hi there");
+    assert_eq!(done.body["attempts"], 1);
+    assert_eq!(
+        done.body["usage"],
+        json!({"input_tokens": 7, "output_tokens": 3})
+    );
+    assert!(done.body["started_at"].is_string());
+    assert!(done.body["finished_at"].is_string());
+
+    // The default conversation exists and can be read (the test completed
+    // the job without the chat handler, so it has no messages).
+    let conversation = submitted.body["conversation_id"].as_str().unwrap();
+    let messages = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    assert_eq!(messages.status, StatusCode::OK);
+    assert_eq!(messages.body["messages"], json!([]));
+    assert_eq!(messages.body["user_id"], "u1");
+
+    // The enqueue counter moved.
+    let metrics = t.call("GET", "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(text.contains("skipjack_jobs_enqueued_total{priority=\"3\"}"));
+    assert!(text.contains(
+        "skipjack_http_requests_total{method=\"POST\",route=\"/v1/chat\",status=\"202\"}"
+    ));
+    assert!(text.contains("route=\"/v1/chat/{job_id}\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_openapi() {
+    let t = TestApi::new().await;
+    let health = t.call("GET", "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = t.call("GET", "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+
+    let doc = t.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc.body["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/chat", "post"),
+        ("/v1/chat/{job_id}", "get"),
+        ("/v1/chat/{job_id}", "delete"),
+        ("/v1/conversations", "post"),
+        ("/v1/conversations/{id}/messages", "get"),
+        ("/v1/queue", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from the OpenAPI document"
+        );
+    }
+    let submit = &paths["/v1/chat"]["post"]["responses"];
+    for status in ["202", "400", "401", "413", "422", "429", "503"] {
+        assert!(submit.get(status).is_some(), "POST /v1/chat lacks {status}");
+    }
+    let schemas = doc.body["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "ChatRequest",
+        "SubmitResponse",
+        "JobResponse",
+        "ErrorBody",
+        "QueueResponse",
+    ] {
+        assert!(schemas.contains_key(schema), "{schema} missing");
+    }
+    assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_4xx_json_errors() {
+    let t = TestApi::with_config(ApiConfig {
+        max_body_bytes: 4096,
+        max_message_bytes: 100,
+        ..ApiConfig::default()
+    })
+    .await;
+    let key = t.key.clone();
+    let post = |body: String| {
+        let t = &t;
+        let key = key.clone();
+        async move { t.call("POST", "/v1/chat", Some(&key), Some(&body)).await }
+    };
+
+    // 400: not JSON.
+    let a = post("{not json".into()).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.code(), "malformed_json");
+    // 413: body over the limit.
+    let big = json!({"user_id": "u", "message": "x".repeat(5000)}).to_string();
+    let a = post(big).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.code(), "payload_too_large");
+    // 422: wrong types, missing fields, out of range.
+    for (body, code) in [
+        (json!({"user_id": "u", "message": 5}), "invalid_body"),
+        (json!({"user_id": "u"}), "invalid_body"),
+        (
+            json!({"user_id": "u", "message": "hi", "priority": "high"}),
+            "invalid_body",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "priority": 1.5}),
+            "invalid_body",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "conversation_id": "nope"}),
+            "invalid_body",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "priority": 0}),
+            "invalid_priority",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "priority": 11}),
+            "invalid_priority",
+        ),
+        (json!({"user_id": "u", "message": ""}), "invalid_message"),
+        (json!({"user_id": "u", "message": "   "}), "invalid_message"),
+        (
+            json!({"user_id": "u", "message": "x".repeat(101)}),
+            "invalid_message",
+        ),
+        (
+            json!({"user_id": "u", "message": "nul\u{0}"}),
+            "invalid_message",
+        ),
+        (json!({"user_id": "", "message": "hi"}), "invalid_user_id"),
+        (
+            json!({"user_id": "u".repeat(257), "message": "hi"}),
+            "invalid_user_id",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "idempotency_key": ""}),
+            "invalid_idempotency_key",
+        ),
+        (
+            json!({"user_id": "u", "message": "hi", "metadata": {"a": "\u{0}"}}),
+            "invalid_metadata",
+        ),
+        (json!([1, 2]), "invalid_body"),
+    ] {
+        let a = post(body.to_string()).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} → {}",
+            a.body
+        );
+        assert_eq!(a.code(), code, "{body}");
+        assert!(a.body["error"]["message"].is_string());
+    }
+    // 422: ids and waits.
+    for uri in [
+        "/v1/chat/not-a-uuid",
+        "/v1/conversations/123/messages",
+        "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f?wait=61",
+        "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f?wait=-1",
+        "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f?wait=soon",
+    ] {
+        let a = t.call("GET", uri, Some(&key), None).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{uri}: {}",
+            a.body
+        );
+    }
+    let a = t.call("DELETE", "/v1/chat/xyz", Some(&key), None).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // 404: no such job, conversation or route.
+    let missing = uuid::Uuid::now_v7();
+    let a = t.get_job(&key, &missing.to_string()).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.code(), "not_found");
+    let a = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{missing}/messages"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = t
+        .call("DELETE", &format!("/v1/chat/{missing}"), Some(&key), None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = post(json!({"user_id": "u", "message": "hi", "conversation_id": missing}).to_string())
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = t.call("GET", "/v2/nothing", None, None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.code(), "not_found");
+    // 405, in the same shape.
+    let a = t.call("PUT", "/v1/queue", Some(&key), None).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.code(), "method_not_allowed");
+
+    // None of it was stored.
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_required_and_revocation_takes_effect() {
+    let t = TestApi::with_config(ApiConfig {
+        auth_cache_ttl: Duration::from_millis(200),
+        ..ApiConfig::default()
+    })
+    .await;
+    let body = json!({"user_id": "u", "message": "hi"}).to_string();
+    for key in [
+        None,
+        Some("sk_wrongwrongwrongwrongwrongwrongwrongwrongwro"),
+        Some("garbage"),
+        Some(""),
+    ] {
+        for (method, uri) in [
+            ("POST", "/v1/chat"),
+            ("GET", "/v1/queue"),
+            ("GET", "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f"),
+            ("DELETE", "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f"),
+            ("POST", "/v1/conversations"),
+            (
+                "GET",
+                "/v1/conversations/01a21beb-c532-7397-95fa-704937279d7f/messages",
+            ),
+        ] {
+            let a = t.call(method, uri, key, Some(&body)).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri} {key:?}");
+            assert_eq!(a.code(), "unauthorized");
+            assert_eq!(a.headers[header::WWW_AUTHENTICATE], "Bearer");
+        }
+    }
+    // A second key of the same tenant works; revoking it locks it out
+    // within the cache lifetime, while the first key keeps working.
+    let tenant = tenants::find_tenant(t.pool(), "acme").await.unwrap();
+    let second = tenants::create_key(t.pool(), tenant.id).await.unwrap();
+    let a = t
+        .call("GET", "/v1/queue", Some(second.secret()), None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    tenants::revoke_key(t.pool(), &second.prefix).await.unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(3), "revoked key refused", || async {
+        t.call("GET", "/v1/queue", Some(second.secret()), None)
+            .await
+            .status
+            == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let a = t.call("GET", "/v1/queue", Some(&t.key), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    // Revoking again: nothing left to revoke.
+    assert!(tenants::revoke_key(t.pool(), &second.prefix).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_only_their_own_jobs_and_conversations() {
+    let t = TestApi::new().await;
+    let other = new_tenant(t.pool(), "globex").await;
+    let a = t
+        .submit(&t.key, json!({"user_id": "u1", "message": "mine"}))
+        .await;
+    let id = job_id(&a);
+    let conversation = a.body["conversation_id"].as_str().unwrap().to_owned();
+    let missing = uuid::Uuid::now_v7().to_string();
+
+    // B's view of A's job is exactly B's view of a job that does not exist.
+    let theirs = t.get_job(&other, &id).await;
+    let none = t.get_job(&other, &missing).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.body, none.body);
+    let theirs = t
+        .call("GET", &format!("/v1/chat/{id}?wait=1"), Some(&other), None)
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    let theirs = t
+        .call("DELETE", &format!("/v1/chat/{id}"), Some(&other), None)
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    let theirs = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&other),
+            None,
+        )
+        .await;
+    let none = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{missing}/messages"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.body, none.body);
+    // B cannot post into A's conversation, even with the same user id.
+    let theirs = t
+        .submit(
+            &other,
+            json!({"user_id": "u1", "message": "hi", "conversation_id": conversation}),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    // B's user u1 is another person: another default conversation.
+    let b = t
+        .submit(&other, json!({"user_id": "u1", "message": "theirs"}))
+        .await;
+    assert_eq!(b.status, StatusCode::ACCEPTED);
+    assert_ne!(b.body["conversation_id"], a.body["conversation_id"]);
+    // A's job is untouched, and A still sees it.
+    let mine = t.get_job(&t.key, &id).await;
+    assert_eq!(mine.body["status"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_are_per_user_and_cancel_only_queued_jobs() {
+    let t = TestApi::new().await;
+    let created = t
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&t.key),
+            Some(r#"{"user_id": "alice"}"#),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let conversation = created.body["conversation_id"].as_str().unwrap().to_owned();
+    assert!(created.headers.contains_key(header::LOCATION));
+
+    let a = t
+        .submit(
+            &t.key,
+            json!({"user_id": "alice", "message": "one", "conversation_id": conversation}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.body["conversation_id"], conversation.as_str());
+    // Another user of the same tenant cannot use it.
+    let b = t
+        .submit(
+            &t.key,
+            json!({"user_id": "bob", "message": "two", "conversation_id": conversation}),
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    let wrong_user = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages?user_id=bob"),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    assert_eq!(wrong_user.status, StatusCode::NOT_FOUND);
+    let right_user = t
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages?user_id=alice"),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    assert_eq!(right_user.status, StatusCode::OK);
+
+    // Cancel: a queued job once, then 409.
+    let id = job_id(&a);
+    let cancelled = t
+        .call("DELETE", &format!("/v1/chat/{id}"), Some(&t.key), None)
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    let again = t
+        .call("DELETE", &format!("/v1/chat/{id}"), Some(&t.key), None)
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.code(), "not_cancellable");
+    // A job being processed cannot be cancelled either.
+    let c = t
+        .submit(&t.key, json!({"user_id": "carol", "message": "three"}))
+        .await;
+    let claimed = queue::claim(t.pool(), "w", 10, Duration::from_secs(30), &["chat".into()])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let busy = t
+        .call(
+            "DELETE",
+            &format!("/v1/chat/{}", job_id(&c)),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    assert_eq!(busy.status, StatusCode::CONFLICT);
+    assert_eq!(
+        t.get_job(&t.key, &job_id(&c)).await.body["status"],
+        "processing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_within_100ms_of_completion() {
+    let t = TestApi::new().await;
+    let id = job_id(
+        &t.submit(&t.key, json!({"user_id": "u", "message": "hi"}))
+            .await,
+    );
+    let router = t.router.clone();
+    let key = t.key.clone();
+    let uri = format!("/v1/chat/{id}?wait=20");
+    let poll = tokio::spawn(async move {
+        let answer = call(&router, "GET", &uri, Some(&key), None).await;
+        (answer, Instant::now())
+    });
+    // The wait is parked on its notification.
+    eventually(Duration::from_secs(5), "long-poll waiting", || async {
+        t.api().state().long_poll.in_flight() == 1
+    })
+    .await;
+    assert_eq!(
+        count(
+            t.pool(),
+            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'"
+        )
+        .await,
+        1
+    );
+    let completed = complete_all(t.pool(), "done").await;
+    let finished = Instant::now();
+    assert_eq!(completed.len(), 1);
+    let (answer, answered) = poll.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["status"], "completed");
+    assert_eq!(answer.body["response"], "done");
+    let latency = answered.saturating_duration_since(finished);
+    assert!(
+        latency < Duration::from_millis(100),
+        "woke after {latency:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_the_unfinished_job_when_the_wait_is_over() {
+    let t = TestApi::new().await;
+    let id = job_id(
+        &t.submit(&t.key, json!({"user_id": "u", "message": "hi"}))
+            .await,
+    );
+    let started = Instant::now();
+    let a = t
+        .call(
+            "GET",
+            &format!("/v1/chat/{id}?wait=0.3"),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "queued");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // A finished job answers at once, whatever the wait.
+    complete_all(t.pool(), "ok").await;
+    let started = Instant::now();
+    let a = t
+        .call("GET", &format!("/v1/chat/{id}?wait=60"), Some(&t.key), None)
+        .await;
+    assert_eq!(a.body["status"], "completed");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_survives_a_lost_listener_and_ends_at_shutdown() {
+    let t = TestApi::new().await;
+    let first = job_id(
+        &t.submit(&t.key, json!({"user_id": "u1", "message": "a"}))
+            .await,
+    );
+    let second = job_id(
+        &t.submit(&t.key, json!({"user_id": "u2", "message": "b"}))
+            .await,
+    );
+    let spawn_poll = |id: String| {
+        let router = t.router.clone();
+        let key = t.key.clone();
+        tokio::spawn(async move {
+            call(
+                &router,
+                "GET",
+                &format!("/v1/chat/{id}?wait=30"),
+                Some(&key),
+                None,
+            )
+            .await
+        })
+    };
+    let poll = spawn_poll(first.clone());
+    eventually(Duration::from_secs(5), "long-poll waiting", || async {
+        t.api().state().long_poll.in_flight() == 1
+    })
+    .await;
+    // Kill the LISTEN connection and complete the job while it is down:
+    // the reconnect makes the waiter look again.
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(t.pool())
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(t.pool())
+        .await
+        .unwrap();
+    complete_all(t.pool(), "after reconnect").await;
+    let a = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the waiter re-checked after the reconnect")
+        .unwrap();
+    assert_eq!(a.body["status"], "completed");
+
+    // Shutdown: a waiting long-poll answers at once with the current state.
+    let _ = second;
+    let third = job_id(
+        &t.submit(&t.key, json!({"user_id": "u3", "message": "c"}))
+            .await,
+    );
+    let poll = spawn_poll(third);
+    eventually(Duration::from_secs(5), "long-poll waiting", || async {
+        t.api().state().long_poll.in_flight() == 1
+    })
+    .await;
+    let started = Instant::now();
+    t.shutdown.cancel();
+    let a = poll.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "queued");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_yields_one_job_sequentially_and_concurrently() {
+    let t = TestApi::new().await;
+    let body = json!({"user_id": "u", "message": "once", "idempotency_key": "k-1"});
+    let first = t.submit(&t.key, body.clone()).await;
+    let again = t.submit(&t.key, body.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body, again.body);
+    assert!(!first.headers.contains_key("idempotent-replayed"));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The same key of another tenant is another job.
+    let other = new_tenant(t.pool(), "globex").await;
+    let theirs = t.submit(&other, body).await;
+    assert_ne!(theirs.body["job_id"], first.body["job_id"]);
+
+    // Concurrently: 20 submissions of one new key.
+    let body = json!({"user_id": "u", "message": "race", "idempotency_key": "k-2"}).to_string();
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let router = t.router.clone();
+        let key = t.key.clone();
+        let body = body.clone();
+        async move { call(&router, "POST", "/v1/chat", Some(&key), Some(&body)).await }
+    }))
+    .await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        assert_eq!(a.body, answers[0].body);
+    }
+    assert_eq!(
+        count(
+            t.pool(),
+            "SELECT count(*) FROM jobs WHERE idempotency_key = 'k-2'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_refuses_at_once_and_stores_nothing() {
+    let t = TestApi::with_config(ApiConfig {
+        max_tenant_queue_depth: 3,
+        max_queue_depth: 5,
+        retry_after_secs: 2,
+        ..ApiConfig::default()
+    })
+    .await;
+    let submit = |key: String, priority: i64| {
+        let t = &t;
+        async move {
+            t.submit(
+                &key,
+                json!({"user_id": "u", "message": "m", "priority": priority}),
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(submit(t.key.clone(), 1).await.status, StatusCode::ACCEPTED);
+    }
+    let refused = submit(t.key.clone(), 1).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.code(), "queue_full");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "2");
+    // Priority 5+ may fill 20% more: ceil(3 * 0.2) = 1 more.
+    assert_eq!(submit(t.key.clone(), 5).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        submit(t.key.clone(), 9).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 4);
+
+    // The global limit (5) binds another tenant too, after one more job.
+    let other = new_tenant(t.pool(), "globex").await;
+    assert_eq!(submit(other.clone(), 1).await.status, StatusCode::ACCEPTED);
+    let refused = submit(other.clone(), 1).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 5);
+
+    // The refresher sees jobs leave: room again.
+    complete_all(t.pool(), "ok").await;
+    eventually(
+        Duration::from_secs(5),
+        "admitted after the queue drained",
+        || async { submit(other.clone(), 1).await.status == StatusCode::ACCEPTED },
+    )
+    .await;
+    let metrics = t.call("GET", "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(text.contains("skipjack_backpressure_rejections_total{scope=\"tenant\"}"));
+    assert!(text.contains("skipjack_backpressure_rejections_total{scope=\"global\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_share_insert_statements() {
+    let t = TestApi::with_config(ApiConfig {
+        group_commit_window: Duration::from_millis(50),
+        ..ApiConfig::default()
+    })
+    .await;
+    // Warm the conversation cache so the submissions reach the batcher together.
+    let users = 10;
+    for u in 0..users {
+        t.submit(
+            &t.key,
+            json!({"user_id": format!("user-{u}"), "message": "warm"}),
+        )
+        .await;
+    }
+    let before = t.api().state().group_commit.statements();
+    let n = 60;
+    let answers = futures_util::future::join_all((0..n).map(|i| {
+        let router = t.router.clone();
+        let key = t.key.clone();
+        let body = json!({"user_id": format!("user-{}", i % users), "message": format!("m-{i}")})
+            .to_string();
+        async move {
+            (
+                i,
+                call(&router, "POST", "/v1/chat", Some(&key), Some(&body)).await,
+            )
+        }
+    }))
+    .await;
+    let statements = t.api().state().group_commit.statements() - before;
+    assert!(
+        statements < n as u64 / 2,
+        "{statements} statements for {n} submissions"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for (i, a) in &answers {
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        let id: JobId = job_id(a).parse().unwrap();
+        assert!(ids.insert(id), "duplicate id");
+        // Each id names the job that request submitted.
+        let job = queue::get(t.pool(), id, None).await.unwrap().unwrap();
+        assert_eq!(job.payload["message"], format!("m-{i}"));
+        assert_eq!(job.payload["user_id"], format!("user-{}", i % users));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_messages_share_one_default_conversation() {
+    let t = TestApi::new().await;
+    let body = json!({"user_id": "newcomer", "message": "hi"}).to_string();
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let router = t.router.clone();
+        let key = t.key.clone();
+        let body = body.clone();
+        async move { call(&router, "POST", "/v1/chat", Some(&key), Some(&body)).await }
+    }))
+    .await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        assert_eq!(
+            a.body["conversation_id"],
+            answers[0].body["conversation_id"]
+        );
+    }
+    assert_eq!(
+        count(
+            t.pool(),
+            "SELECT count(*) FROM conversations WHERE user_id = 'newcomer'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_is_a_quick_503() {
+    // A pool pointing at a port nobody listens on.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let api = Api::start(pool, ApiConfig::default(), shutdown.clone());
+    let router = api.router();
+    let key = "sk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for (method, uri, body) in [
+        (
+            "POST",
+            "/v1/chat",
+            Some(r#"{"user_id": "u", "message": "hi"}"#),
+        ),
+        ("GET", "/v1/queue", None),
+        (
+            "GET",
+            "/v1/chat/01a21beb-c532-7397-95fa-704937279d7f?wait=5",
+            None,
+        ),
+    ] {
+        let started = Instant::now();
+        let a = call(&router, method, uri, Some(key), body).await;
+        assert_eq!(
+            a.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {uri}: {}",
+            a.body
+        );
+        assert_eq!(a.code(), "unavailable");
+        assert!(a.headers.contains_key(header::RETRY_AFTER));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let ready = call(&router, "GET", "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    shutdown.cancel();
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_long_polls_at_shutdown() {
+    let t = TestApi::new().await;
+    let id = job_id(
+        &t.submit(&t.key, json!({"user_id": "u", "message": "hi"}))
+            .await,
+    );
+    let shutdown = CancellationToken::new();
+    let api = Api::start(
+        t.pool().clone(),
+        ApiConfig {
+            shutdown_grace: Duration::from_secs(5),
+            ..ApiConfig::default()
+        },
+        shutdown.clone(),
+    );
+    let long_poll = api.state().long_poll.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(api.serve(listener));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/chat/{id}?wait=30");
+    let key = t.key.clone();
+    let poll = tokio::spawn(async move {
+        client
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    eventually(Duration::from_secs(5), "long-poll waiting", || async {
+        long_poll.in_flight() == 1
+    })
+    .await;
+    let started = Instant::now();
+    shutdown.cancel();
+    let answer = poll.await.unwrap();
+    assert_eq!(answer["status"], "queued");
+    server.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The process unregistered as a waiter.
+    assert_eq!(
+        count(
+            t.pool(),
+            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'"
+        )
+        .await,
+        0
+    );
+    // And accepts nothing more.
+    assert!(reqwest::get(format!("http://{addr}/health")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tenants_create_prints_only_the_key() {
+    let db = TestDb::new().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .args(["tenants", "create", "initech"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.trim_end_matches('\n');
+    assert!(!key.contains('\n') && key.starts_with("sk_"), "{stdout:?}");
+    // The key authenticates, and never reached stderr.
+    let found = tenants::authenticate(&db.pool, key).await.unwrap();
+    assert!(found.is_some());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(key));
+
+    // keys create / revoke.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .args(["keys", "create", "initech"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let second = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(tenants::authenticate(&db.pool, &second)
+        .await
+        .unwrap()
+        .is_some());
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .args(["keys", "revoke", &second[..11]])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(tenants::authenticate(&db.pool, &second)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(tenants::authenticate(&db.pool, key)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_three_turns_with_the_chat_worker() {
+    let t = TestApi::new().await;
+    let provider = Arc::new(SimulatedProvider::new(Duration::ZERO, Duration::ZERO, 0.0));
+    let worker = Arc::new(
+        Worker::builder(t.pool().clone())
+            .register(ChatHandler::new(t.pool().clone(), provider))
+            .config(WorkerConfig {
+                maintenance: None,
+                poll_interval: Duration::from_millis(200),
+                ..WorkerConfig::default()
+            })
+            .build()
+            .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let run = {
+        let worker = worker.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { worker.run(stop).await.unwrap() })
+    };
+    let mut conversation = None;
+    for (turn, message) in ["first", "second", "third"].iter().enumerate() {
+        let a = t
+            .submit(&t.key, json!({"user_id": "e2e", "message": message}))
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        let c = a.body["conversation_id"].clone();
+        assert_eq!(*conversation.get_or_insert(c.clone()), c);
+        let done = t
+            .call(
+                "GET",
+                &format!("/v1/chat/{}?wait=30", job_id(&a)),
+                Some(&t.key),
+                None,
+            )
+            .await;
+        assert_eq!(done.body["status"], "completed", "{}", done.body);
+        assert_eq!(
+            done.body["response"],
+            format!("echo({}): {message}", 2 * turn + 1)
+        );
+    }
+    let conversation = conversation.unwrap();
+    let messages = t
+        .call(
+            "GET",
+            &format!(
+                "/v1/conversations/{}/messages",
+                conversation.as_str().unwrap()
+            ),
+            Some(&t.key),
+            None,
+        )
+        .await;
+    let roles: Vec<&str> = messages.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant"
+        ]
+    );
+    assert_eq!(messages.body["messages"][5]["content"], "echo(5): third");
+    stop.cancel();
+    run.await.unwrap();
+}
