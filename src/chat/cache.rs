@@ -39,11 +39,10 @@
 use super::store::{self, HistoryMessage, HistoryVersion};
 use crate::ids::ConversationId;
 use crate::metrics::metrics;
-use deadpool_redis::redis::{self, RedisResult};
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::redis::{self, FromRedisValue};
+use deadpool_redis::{Connection, Pool, Runtime};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -180,7 +179,8 @@ impl HistoryCache {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.op_timeout))
             .create_timeout(Some(config.op_timeout))
-            .recycle_timeout(Some(config.op_timeout))
+            // Checking a pooled connection (a PING) may use half the budget.
+            .recycle_timeout(Some(config.op_timeout / 2))
             .build()
             .map_err(|e| CacheError::Pool(e.to_string()))?;
         Ok(HistoryCache {
@@ -293,9 +293,7 @@ impl HistoryCache {
         let cache = self.clone();
         let written = puts.len() as u64;
         tokio::spawn(async move {
-            let done = cache
-                .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-                .await;
+            let done = cache.run::<()>(Op::Pipe(pipe)).await;
             if done.is_some() {
                 cache.inner.writes.fetch_add(written, Ordering::Relaxed);
             }
@@ -314,14 +312,9 @@ impl HistoryCache {
             return None;
         }
         let key = self.key(conversation);
-        let raw: Option<Vec<u8>> = self
-            .run(|mut conn| async move {
-                redis::cmd("GET")
-                    .arg(key)
-                    .query_async::<Option<Vec<u8>>>(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        let raw: Option<Vec<u8>> = self.run(Op::Cmd(get)).await?;
         let Some(raw) = raw else {
             self.count_miss();
             return None;
@@ -378,15 +371,21 @@ impl HistoryCache {
     }
 
     /// Runs one Redis operation under the timeout and records the outcome.
-    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
-    where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
+    async fn run<T: FromRedisValue>(&self, op: Op) -> Option<T> {
         let inner = &self.inner;
         let result = tokio::time::timeout(inner.op_timeout, async {
             let conn = inner.pool.get().await.map_err(|e| e.to_string())?;
-            op(conn).await.map_err(|e| e.to_string())
+            let mut conn = Discard(Some(conn));
+            let Some(c) = conn.0.as_mut() else {
+                unreachable!("set just above")
+            };
+            let value = match &op {
+                Op::Cmd(cmd) => cmd.query_async::<T>(c).await,
+                Op::Pipe(pipe) => pipe.query_async::<T>(c).await,
+            }
+            .map_err(|e| e.to_string())?;
+            conn.keep();
+            Ok::<T, String>(value)
         })
         .await;
         match result {
@@ -431,6 +430,33 @@ impl HistoryCache {
                 retry_ms = self.inner.retry_after.as_millis() as u64,
                 "Redis history cache unavailable; reading history from Postgres until it is back"
             );
+        }
+    }
+}
+
+/// One Redis round trip.
+enum Op {
+    Cmd(redis::Cmd),
+    Pipe(redis::Pipeline),
+}
+
+/// A pooled connection that goes back to the pool only if its operation
+/// succeeded: one that failed or timed out (the future was dropped) may be
+/// dead or still waiting for a hung server, and is closed instead, so a
+/// recovered Redis gets fresh connections at once.
+struct Discard(Option<Connection>);
+
+impl Discard {
+    fn keep(&mut self) {
+        // Dropping a pooled connection normally returns it to the pool.
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Connection::take(conn));
         }
     }
 }
