@@ -11,13 +11,15 @@
 -- to job_history in this same statement. Conversations whose head job left
 -- are unlocked by unblock.sql, run next in the same transaction.
 --
--- The fence names no state on purpose: a lease owner is set exactly while a
--- job is processing (a CHECK constraint says so), and naming the state would
--- let the planner walk the jobs_lease index, whose row estimate is usually
--- stale, and rescan the batch for every processing job. Without it the only
--- good plan is one primary-key lookup per batch row.
+-- Plan: the fence is written as join clauses only (the owner travels in the
+-- input rows, and no state is named: a lease owner is set exactly while a
+-- job is processing, a CHECK constraint says so). A restriction on `jobs`
+-- alone would be estimated from statistics that rarely see a processing job,
+-- and the planner would drive the join from `jobs`, rescanning the whole
+-- batch for every processing job. As written, the one good plan is a
+-- primary-key lookup per batch row, at any queue size.
 WITH input AS (
-    SELECT *
+    SELECT i.*, $1::text AS owner
     FROM unnest($2::uuid[], $3::integer[], $4::text[], $5::jsonb[], $6::text[],
                 $7::float8[], $8::integer[], $9::integer[])
          AS i (id, attempt, outcome, result, error, retry_in, input_tokens, output_tokens)
@@ -30,14 +32,14 @@ requeued AS (
         run_at = now() + make_interval(secs => i.retry_in),
         last_error = i.error
     FROM input i
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = i.owner
       AND i.outcome = 'retry' AND j.attempt < j.max_attempts
     RETURNING j.id, j.tenant_id, j.attempt, j.run_at, i.error
 ),
 done AS (
     DELETE FROM jobs j
     USING input i
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = $1
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = i.owner
       AND NOT (i.outcome = 'retry' AND j.attempt < j.max_attempts)
     RETURNING j.*,
               (CASE i.outcome WHEN 'completed' THEN 'completed' ELSE 'failed' END)::job_state
