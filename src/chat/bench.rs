@@ -1,1 +1,307 @@
-//! The chat worker benchmark (filled in by the chat-bench commit).
+//! The chat worker benchmark behind the `chat-bench` binary: one worker
+//! (this process) with the simulated LLM, many chat turns in flight.
+//!
+//! Runs in a scratch database of its own next to the one `DATABASE_URL`
+//! names (dropped and created fresh, dropped afterwards), like
+//! `skipjack bench`. Phases:
+//! 1. set-up: one tenant, `conversations` conversations, and `jobs` chat
+//!    turns enqueued in bulk, turn by turn (turn 1 of every conversation,
+//!    then turn 2, ...), so each conversation has `jobs / conversations`
+//!    turns queued behind each other before the worker starts;
+//! 2. run: a [`Worker`] with the [`ChatHandler`] and `concurrency` slots,
+//!    on a pool sized by [`super::worker::pool_size`] as the `worker` binary
+//!    does, until the queue is empty.
+//!
+//! Reported: jobs/s over the run (wall clock from the worker's start to an
+//! empty queue); the bound is `min(concurrency, conversations) / latency`;
+//! the per-job overhead and per-turn handoff as defined in
+//! `sql/chat/bench_report.sql`; this process's peak RSS (`VmHWM`, which
+//! includes the set-up phase) and CPU time.
+
+use super::handler::ChatHandler;
+use super::{store, ChatPayload, CHAT_KIND};
+use crate::db::{self, DbConfig};
+use crate::ids::TenantId;
+use crate::llm::{self, LlmConfig};
+use crate::queue::{self, NewJob};
+use crate::worker::{Worker, WorkerConfig};
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const REPORT: &str = include_str!("../../sql/chat/bench_report.sql");
+
+/// What to measure.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ChatBenchArgs {
+    /// Chat turns in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Conversations the turns are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub conversations: usize,
+    /// Worker slots (SKIPJACK_CONCURRENCY).
+    #[arg(long, default_value_t = 1_000)]
+    pub concurrency: usize,
+    /// Simulated LLM latency.
+    #[arg(long, default_value_t = 2_000)]
+    pub latency_ms: u64,
+    /// Simulated latency spread (uniform, mean ± jitter).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Jobs per claim statement.
+    #[arg(long, default_value_t = 500)]
+    pub max_claim: usize,
+    /// Database pool of the worker; default: what the worker binary uses
+    /// with SKIPJACK_DB_POOL_SIZE=16.
+    #[arg(long)]
+    pub db_pool_size: Option<u32>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Name of the scratch database (dropped and re-created).
+    #[arg(long, default_value = "skipjack_chat_bench")]
+    pub bench_database: String,
+}
+
+/// The numbers `chat-bench --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatBenchReport {
+    pub jobs: usize,
+    pub conversations: usize,
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    pub db_pool_size: u32,
+    pub completed: i64,
+    pub not_completed: i64,
+    pub elapsed_s: f64,
+    pub jobs_per_s: f64,
+    pub bound_jobs_per_s: f64,
+    pub overhead_p50_ms: f64,
+    pub overhead_p99_ms: f64,
+    pub overhead_max_ms: f64,
+    pub handoff_p50_ms: f64,
+    pub handoff_p99_ms: f64,
+    pub peak_rss_mb: f64,
+    pub rss_before_run_mb: f64,
+    pub cpu_s: f64,
+}
+
+impl ChatBenchReport {
+    /// The human table.
+    pub fn table(&self) -> String {
+        format!(
+            "chat-bench ({} turns over {} conversations, {} slots, simulated latency {} ± {} ms, {} DB connections)\n\
+             {:<34}{:>12}\n{:<34}{:>12.1} s\n{:<34}{:>12.1} jobs/s (bound {:.1})\n\
+             {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
+             {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
+             {:<34}{:>12.1} MB\n{:<34}{:>12.1} MB\n{:<34}{:>12.1} s",
+            self.jobs,
+            self.conversations,
+            self.concurrency,
+            self.latency_ms,
+            self.jitter_ms,
+            self.db_pool_size,
+            "completed",
+            self.completed,
+            "elapsed",
+            self.elapsed_s,
+            "throughput",
+            self.jobs_per_s,
+            self.bound_jobs_per_s,
+            "overhead p50",
+            self.overhead_p50_ms,
+            "overhead p99",
+            self.overhead_p99_ms,
+            "overhead max",
+            self.overhead_max_ms,
+            "handoff p50",
+            self.handoff_p50_ms,
+            "handoff p99",
+            self.handoff_p99_ms,
+            "peak RSS (VmHWM)",
+            self.peak_rss_mb,
+            "RSS before the run",
+            self.rss_before_run_mb,
+            "CPU time (user+sys)",
+            self.cpu_s,
+        )
+    }
+}
+
+/// Creates the scratch database, runs the benchmark, drops the database.
+pub async fn run(database_url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
+    let name = &args.bench_database;
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "bench database name must be alphanumeric"
+    );
+    anyhow::ensure!(
+        args.conversations > 0 && args.jobs >= args.conversations,
+        "need at least one turn per conversation"
+    );
+    let mut admin = PgConnectOptions::from_str(database_url)?.connect().await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let url = db::with_database(database_url, name);
+    db::migrate(&url).await?;
+    let result = measure(&url, args).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    result
+}
+
+async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
+    let db_pool_size = args
+        .db_pool_size
+        .unwrap_or_else(|| super::worker::pool_size(16, args.concurrency));
+    let config = |size: u32, app: &str| DbConfig {
+        url: url.to_owned(),
+        pool_size: size,
+        acquire_timeout: Duration::from_secs(30),
+        application_name: app.to_owned(),
+    };
+    let setup = db::connect(&config(2, "skipjack-chat-bench")).await?;
+    enqueue(&setup, args).await?;
+    sqlx::query("VACUUM ANALYZE").execute(&setup).await?;
+
+    let pool = db::connect(&config(db_pool_size, "skipjack-chat-bench-worker")).await?;
+    let provider = llm::build_provider(&LlmConfig {
+        simulated_latency_ms: args.latency_ms,
+        simulated_jitter_ms: Some(args.jitter_ms),
+        ..LlmConfig::default()
+    })?;
+    let worker = Worker::builder(pool.clone())
+        .register(ChatHandler::new(pool.clone(), provider))
+        .config(WorkerConfig {
+            concurrency: args.concurrency,
+            max_claim: args.max_claim,
+            maintenance: None,
+            ..WorkerConfig::default()
+        })
+        .build()?;
+    let rss_before_run = proc_status_kb("VmRSS").unwrap_or(0) as f64 / 1024.0;
+    let cpu_before = cpu_seconds().unwrap_or(0.0);
+
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let started = Instant::now();
+    let running = tokio::spawn(async move { worker.run(token).await });
+    loop {
+        let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs)")
+            .fetch_one(&setup)
+            .await?;
+        if !live {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await??;
+    let cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
+    pool.close().await;
+
+    type Row = (i64, i64, f64, f64, f64, f64, f64, f64);
+    let (completed, not_completed, o50, o99, omax, h50, h99, _span): Row = sqlx::query_as(REPORT)
+        .bind(args.latency_ms as f64 / 1000.0)
+        .fetch_one(&setup)
+        .await?;
+    setup.close().await;
+    let lanes = args.concurrency.min(args.conversations) as f64;
+    Ok(ChatBenchReport {
+        jobs: args.jobs,
+        conversations: args.conversations,
+        concurrency: args.concurrency,
+        latency_ms: args.latency_ms,
+        jitter_ms: args.jitter_ms,
+        db_pool_size,
+        completed,
+        not_completed,
+        elapsed_s: elapsed,
+        jobs_per_s: completed as f64 / elapsed,
+        bound_jobs_per_s: lanes / (args.latency_ms.max(1) as f64 / 1000.0),
+        overhead_p50_ms: o50 * 1000.0,
+        overhead_p99_ms: o99 * 1000.0,
+        overhead_max_ms: omax * 1000.0,
+        handoff_p50_ms: h50 * 1000.0,
+        handoff_p99_ms: h99 * 1000.0,
+        peak_rss_mb: proc_status_kb("VmHWM").unwrap_or(0) as f64 / 1024.0,
+        rss_before_run_mb: rss_before_run,
+        cpu_s: cpu,
+    })
+}
+
+/// One tenant, the conversations, and every turn, turn by turn.
+async fn enqueue(pool: &PgPool, args: &ChatBenchArgs) -> anyhow::Result<()> {
+    let tenant = TenantId::new();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'chat-bench')")
+        .bind(tenant)
+        .execute(pool)
+        .await?;
+    let mut conversations = Vec::with_capacity(args.conversations);
+    for i in 0..args.conversations {
+        let (id, _, _) = store::create_conversation(pool, tenant, &format!("user-{i}")).await?;
+        conversations.push(id);
+    }
+    let turns = args.jobs.div_ceil(args.conversations);
+    let mut jobs = Vec::with_capacity(args.jobs);
+    'all: for k in 1..=turns {
+        for (c, conversation) in conversations.iter().enumerate() {
+            if jobs.len() == args.jobs {
+                break 'all;
+            }
+            let payload = ChatPayload {
+                user_id: format!("user-{c}"),
+                message: format!("conversation {c}, turn {k}: how is the weather today?"),
+                metadata: None,
+            };
+            jobs.push(
+                NewJob::new(CHAT_KIND, serde_json::to_value(payload)?)
+                    .with_tenant(tenant)
+                    .with_conversation(*conversation),
+            );
+        }
+    }
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    for batch in jobs.chunks(5_000) {
+        queue::enqueue_many(&mut conn, batch).await?;
+    }
+    tracing::info!(
+        jobs = jobs.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "enqueued"
+    );
+    Ok(())
+}
+
+/// A `kB` field of /proc/self/status (Linux only).
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// User + system CPU time of this process so far (Linux only; assumes the
+/// usual 100 clock ticks per second).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; fields are counted after its ')'.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}

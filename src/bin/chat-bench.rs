@@ -1,0 +1,33 @@
+//! `chat-bench`: the chat worker benchmark (one worker, simulated LLM) in a
+//! scratch database; see `skipjack::chat::bench` and BENCHMARKS.md.
+
+use clap::Parser;
+use skipjack::chat::bench::{self, ChatBenchArgs};
+use skipjack::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "chat-bench",
+    version,
+    about = "Benchmark one chat worker with the simulated LLM"
+)]
+struct Cli {
+    /// Postgres to create the scratch database in.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    args: ChatBenchArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let cli = Cli::parse();
+    let report = bench::run(&cli.database_url, &cli.args).await?;
+    if cli.args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
