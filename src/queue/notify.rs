@@ -78,10 +78,12 @@ where
                     // Shutting down: drop the connection.
                     _ = shutdown.cancelled() => return,
                     received = listener.try_recv() => match received {
-                        Ok(Some(n)) => on_wakeup(Wakeup::Notification {
+                        Ok(Some(n)) => {
+                            tracing::trace!(channel = n.channel(), payload = n.payload(), "notification");
+                            on_wakeup(Wakeup::Notification {
                             channel: n.channel().to_owned(),
                             payload: n.payload().to_owned(),
-                        }),
+                        })},
                         // The connection dropped: open a new one.
                         Ok(None) | Err(_) => {
                             tracing::warn!("LISTEN connection lost; reconnecting");

@@ -16,7 +16,14 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
         }
         let ids = shared.running_ids();
-        match queue::heartbeat(&shared.pool, &shared.config.id, shared.config.lease, &ids).await {
+        match queue::heartbeat(
+            &shared.lease_pool,
+            &shared.config.id,
+            shared.config.lease,
+            &ids,
+        )
+        .await
+        {
             Ok(lost) => {
                 let running = shared.lock_running();
                 for id in lost {

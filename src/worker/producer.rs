@@ -39,16 +39,24 @@ pub(super) async fn run(
             }
         }
         let want = free.min(config.max_claim);
-        let jobs =
-            match queue::claim(&shared.pool, &config.id, want, config.lease, &shared.kinds).await {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    tracing::warn!(%error, "claim failed");
-                    sleep_or_stop(&stop, config.poll_interval).await;
-                    continue;
-                }
-            };
+        let jobs = match queue::claim(
+            &shared.lease_pool,
+            &config.id,
+            want,
+            config.lease,
+            &shared.kinds,
+        )
+        .await
+        {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, "claim failed");
+                sleep_or_stop(&stop, config.poll_interval).await;
+                continue;
+            }
+        };
         let got = jobs.len();
+        tracing::trace!(want, got, "claimed");
         shared.claims.fetch_add(1, Ordering::Relaxed);
         metrics().jobs_claimed.inc_by(got as u64);
         for job in jobs {
