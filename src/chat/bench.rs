@@ -65,6 +65,9 @@ pub struct ChatBenchArgs {
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "skipjack_chat_bench")]
     pub bench_database: String,
+    /// Keep the scratch database afterwards, to query job_history.
+    #[arg(long)]
+    pub keep_database: bool,
 }
 
 /// The numbers `chat-bench --json` prints.
@@ -86,6 +89,8 @@ pub struct ChatBenchReport {
     pub overhead_max_ms: f64,
     pub handoff_p50_ms: f64,
     pub handoff_p99_ms: f64,
+    /// Transactions that completed the jobs (distinct finished_at).
+    pub completion_batches: i64,
     pub peak_rss_mb: f64,
     pub rss_before_run_mb: f64,
     pub cpu_s: f64,
@@ -98,7 +103,7 @@ impl ChatBenchReport {
             "chat-bench ({} turns over {} conversations, {} slots, simulated latency {} ± {} ms, {} DB connections)\n\
              {:<34}{:>12}\n{:<34}{:>12.1} s\n{:<34}{:>12.1} jobs/s (bound {:.1})\n\
              {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
-             {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
+             {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n{:<34}{:>12}\n\
              {:<34}{:>12.1} MB\n{:<34}{:>12.1} MB\n{:<34}{:>12.1} s",
             self.jobs,
             self.conversations,
@@ -123,6 +128,8 @@ impl ChatBenchReport {
             self.handoff_p50_ms,
             "handoff p99",
             self.handoff_p99_ms,
+            "completion transactions",
+            self.completion_batches,
             "peak RSS (VmHWM)",
             self.peak_rss_mb,
             "RSS before the run",
@@ -154,9 +161,11 @@ pub async fn run(database_url: &str, args: &ChatBenchArgs) -> anyhow::Result<Cha
     let url = db::with_database(database_url, name);
     db::migrate(&url).await?;
     let result = measure(&url, args).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    if !args.keep_database {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
     result
 }
 
@@ -211,8 +220,8 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
     pool.close().await;
 
-    type Row = (i64, i64, f64, f64, f64, f64, f64, f64);
-    let (completed, not_completed, o50, o99, omax, h50, h99, _span): Row = sqlx::query_as(REPORT)
+    type Row = (i64, i64, f64, f64, f64, f64, f64, i64);
+    let (completed, not_completed, o50, o99, omax, h50, h99, batches): Row = sqlx::query_as(REPORT)
         .bind(args.latency_ms as f64 / 1000.0)
         .fetch_one(&setup)
         .await?;
@@ -235,6 +244,7 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
         overhead_max_ms: omax * 1000.0,
         handoff_p50_ms: h50 * 1000.0,
         handoff_p99_ms: h99 * 1000.0,
+        completion_batches: batches,
         peak_rss_mb: proc_status_kb("VmHWM").unwrap_or(0) as f64 / 1024.0,
         rss_before_run_mb: rss_before_run,
         cpu_s: cpu,
