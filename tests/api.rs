@@ -643,19 +643,19 @@ async fn long_poll_wakes_within_100ms_of_completion() {
         let answer = call(&router, "GET", &uri, Some(&key), None).await;
         (answer, Instant::now())
     });
-    // The wait is parked on its notification.
+    // The wait is in flight, the listener listens and the process is
+    // registered as a waiter.
     eventually(Duration::from_secs(5), "long-poll waiting", || async {
         t.api().state().long_poll.in_flight() == 1
+            && t.api().state().long_poll.is_listening()
+            && count(
+                t.pool(),
+                "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'",
+            )
+            .await
+                == 1
     })
     .await;
-    assert_eq!(
-        count(
-            t.pool(),
-            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'"
-        )
-        .await,
-        1
-    );
     let completed = complete_all(t.pool(), "done").await;
     let finished = Instant::now();
     assert_eq!(completed.len(), 1);
@@ -816,15 +816,29 @@ async fn backpressure_refuses_at_once_and_stores_nothing() {
         max_tenant_queue_depth: 3,
         max_queue_depth: 5,
         retry_after_secs: 2,
+        // Reads only where the test asks for them, so the counts are exact.
+        depth_refresh: Duration::from_secs(3600),
         ..ApiConfig::default()
     })
     .await;
+    let admission = t.api().state().admission.clone();
+    eventually(Duration::from_secs(5), "start-up read done", || async {
+        admission.refreshes() >= 1
+    })
+    .await;
+    // A user per submission: one conversation each, so every job is
+    // claimable when the test drains the queue.
+    let users = std::sync::atomic::AtomicUsize::new(0);
     let submit = |key: String, priority: i64| {
         let t = &t;
+        let user = format!(
+            "u{}",
+            users.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         async move {
             t.submit(
                 &key,
-                json!({"user_id": "u", "message": "m", "priority": priority}),
+                json!({"user_id": user, "message": "m", "priority": priority}),
             )
             .await
         }
@@ -854,12 +868,9 @@ async fn backpressure_refuses_at_once_and_stores_nothing() {
 
     // The refresher sees jobs leave: room again.
     complete_all(t.pool(), "ok").await;
-    eventually(
-        Duration::from_secs(5),
-        "admitted after the queue drained",
-        || async { submit(other.clone(), 1).await.status == StatusCode::ACCEPTED },
-    )
-    .await;
+    admission.refresh(t.pool()).await.unwrap();
+    assert_eq!(admission.global_estimate(), 0);
+    assert_eq!(submit(other.clone(), 1).await.status, StatusCode::ACCEPTED);
     let metrics = t.call("GET", "/metrics", None, None).await;
     let text = metrics.body.as_str().unwrap();
     assert!(text.contains("skipjack_backpressure_rejections_total{scope=\"tenant\"}"));

@@ -4,12 +4,18 @@
 //! No request counts anything in the database. A background task re-reads
 //! the queued jobs per tenant every `depth_refresh` (250 ms) with one
 //! grouped query (`sql/tenants/queued_by_tenant.sql`), and between two reads
-//! the process adds its own admissions. The estimate for a scope (global or
-//! one tenant) is `depth at the last read + admissions since that read
-//! began`; a submission is admitted while the estimate is below the limit.
-//! Other API processes' admissions show up at the next read, so with N
-//! processes the queue may overshoot by at most what they admit in one
-//! refresh interval.
+//! the process adds its own work. The estimate for a scope (global or one
+//! tenant) is
+//!
+//! `depth at the last read + jobs inserted since that read began + pending`
+//!
+//! where pending are the admitted submissions whose INSERT has not answered
+//! yet. A submission is admitted while the estimate stays within the limit.
+//! Only an INSERT that commits while a read runs can be counted twice (in
+//! the read and as inserted after it began), until the next read: the error
+//! is on the safe side and lasts one interval. Other API processes' jobs
+//! show up at the next read, so with N processes the queue may overshoot by
+//! what the others admit in one refresh interval.
 //!
 //! Higher priorities may go further: priority 5 and above is admitted up to
 //! 120% of each limit ([`HIGH_PRIORITY`], [`HIGH_PRIORITY_HEADROOM`]), so
@@ -26,7 +32,7 @@ use crate::queue::Priority;
 use crate::tenants;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,21 +58,22 @@ impl Scope {
     }
 }
 
-/// One scope's estimate: `depth + (admitted - base)`.
+/// One scope's estimate: `depth + (inserted - base) + pending`.
 #[derive(Debug, Default)]
 struct Count {
     /// Queued jobs at the last read.
     depth: i64,
-    /// This process's admissions, ever (minus the given-back tickets).
-    admitted: i64,
-    /// `admitted` when the last read began: admissions before that are in
-    /// `depth` already (or were never inserted).
+    /// Jobs this process inserted, ever.
+    inserted: i64,
+    /// `inserted` when the last read began: those are in `depth`.
     base: i64,
+    /// Admitted, INSERT not answered yet.
+    pending: i64,
 }
 
 impl Count {
     fn estimate(&self) -> i64 {
-        self.depth + (self.admitted - self.base)
+        self.depth + (self.inserted - self.base) + self.pending
     }
 }
 
@@ -75,16 +82,19 @@ pub struct Admission {
     global_limit: i64,
     tenant_default_limit: i64,
     retry_after_secs: u64,
-    /// Global depth at the last read.
+    /// The global [`Count`], as atomics: no lock on the hot path.
     global_depth: AtomicI64,
-    /// Global admissions ever, and their value when the last read began.
-    global_admitted: AtomicI64,
+    global_inserted: AtomicI64,
     global_base: AtomicI64,
+    global_pending: AtomicI64,
     tenants: Mutex<HashMap<TenantId, Count>>,
+    /// Reads completed, for tests and diagnostics.
+    refreshes: AtomicU64,
 }
 
-/// An admitted submission; dropped without [`Ticket::keep`], it gives its
-/// place back.
+/// An admitted submission. [`Ticket::keep`] once its job is inserted;
+/// dropped without it (an idempotent repeat, an error), it gives its place
+/// back.
 pub struct Ticket {
     admission: Arc<Admission>,
     tenant: TenantId,
@@ -92,17 +102,17 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// The job was inserted: its place stays taken until the next read
-    /// counts it.
+    /// The job was inserted: its place stays taken until a read counts it.
     pub fn keep(mut self) {
         self.kept = true;
+        self.admission.settle(self.tenant, true);
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.kept {
-            self.admission.give_back(self.tenant);
+            self.admission.settle(self.tenant, false);
         }
     }
 }
@@ -122,9 +132,11 @@ impl Admission {
             tenant_default_limit,
             retry_after_secs,
             global_depth: AtomicI64::new(0),
-            global_admitted: AtomicI64::new(0),
+            global_inserted: AtomicI64::new(0),
             global_base: AtomicI64::new(0),
+            global_pending: AtomicI64::new(0),
             tenants: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
         }
     }
 
@@ -139,11 +151,9 @@ impl Admission {
         let global_limit = with_headroom(self.global_limit, priority);
         // Take the place first, then check, so concurrent submissions cannot
         // all slip into the last free place.
-        let admitted = self.global_admitted.fetch_add(1, Ordering::SeqCst) + 1;
-        let global = self.global_depth.load(Ordering::SeqCst)
-            + (admitted - self.global_base.load(Ordering::SeqCst));
-        if global > global_limit {
-            self.global_admitted.fetch_sub(1, Ordering::SeqCst);
+        self.global_pending.fetch_add(1, Ordering::SeqCst);
+        if self.global_estimate() > global_limit {
+            self.global_pending.fetch_sub(1, Ordering::SeqCst);
             return Err(self.refuse(Scope::Global));
         }
         let tenant_limit = with_headroom(
@@ -155,10 +165,10 @@ impl Admission {
             let count = tenants.entry(tenant).or_default();
             if count.estimate() + 1 > tenant_limit {
                 drop(tenants);
-                self.global_admitted.fetch_sub(1, Ordering::SeqCst);
+                self.global_pending.fetch_sub(1, Ordering::SeqCst);
                 return Err(self.refuse(Scope::Tenant));
             }
-            count.admitted += 1;
+            count.pending += 1;
         }
         Ok(Ticket {
             admission: self.clone(),
@@ -178,23 +188,30 @@ impl Admission {
         }
     }
 
-    fn give_back(&self, tenant: TenantId) {
-        self.global_admitted.fetch_sub(1, Ordering::SeqCst);
-        if let Some(count) = self.lock().get_mut(&tenant) {
-            count.admitted -= 1;
+    /// A pending submission was inserted, or not.
+    fn settle(&self, tenant: TenantId, inserted: bool) {
+        // Count it inserted before it stops being pending, so the estimate
+        // never dips below the truth in between.
+        if inserted {
+            self.global_inserted.fetch_add(1, Ordering::SeqCst);
         }
+        self.global_pending.fetch_sub(1, Ordering::SeqCst);
+        let mut tenants = self.lock();
+        let count = tenants.entry(tenant).or_default();
+        if inserted {
+            count.inserted += 1;
+        }
+        count.pending -= 1;
     }
 
     /// Re-reads the queued jobs per tenant.
     pub async fn refresh(&self, pool: &PgPool) -> sqlx::Result<()> {
-        // Admissions up to now are either committed (and will be counted)
-        // or still in flight (and may not be): counting the in-flight ones
-        // twice for one interval errs on the safe side.
-        let global_base = self.global_admitted.load(Ordering::SeqCst);
+        // Jobs inserted up to now are committed: the read will count them.
+        let global_base = self.global_inserted.load(Ordering::SeqCst);
         let tenant_bases: HashMap<TenantId, i64> = self
             .lock()
             .iter()
-            .map(|(tenant, count)| (*tenant, count.admitted))
+            .map(|(tenant, count)| (*tenant, count.inserted))
             .collect();
         let rows = tenants::queued_by_tenant(pool).await?;
         let total: i64 = rows.iter().map(|(_, n)| n).sum();
@@ -212,16 +229,24 @@ impl Admission {
         for (tenant, depth) in depths {
             tenants.entry(tenant).or_default().depth = depth;
         }
-        // Forget tenants with nothing queued and nothing pending, so the map
-        // does not grow with every tenant ever seen.
-        tenants.retain(|_, c| c.depth > 0 || c.admitted != c.base);
+        // Forget tenants with nothing queued and nothing in flight, so the
+        // map does not grow with every tenant ever seen.
+        tenants.retain(|_, c| c.depth > 0 || c.pending > 0 || c.inserted != c.base);
+        drop(tenants);
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    /// The global estimate (depth + own admissions since the last read).
+    /// The global estimate.
     pub fn global_estimate(&self) -> i64 {
-        self.global_depth.load(Ordering::SeqCst) + self.global_admitted.load(Ordering::SeqCst)
+        self.global_depth.load(Ordering::SeqCst) + self.global_inserted.load(Ordering::SeqCst)
             - self.global_base.load(Ordering::SeqCst)
+            + self.global_pending.load(Ordering::SeqCst)
+    }
+
+    /// Reads completed so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Count>> {
@@ -230,7 +255,13 @@ impl Admission {
     }
 }
 
-/// Refreshes `admission` every `every` until `stop`.
+/// At most this share of the refresher's time goes to its query: when the
+/// grouped count gets slow (a backlog far past the limits, say 1M jobs at
+/// ~250 ms), the refresher backs off instead of keeping a core busy.
+const MAX_DUTY_CYCLE: f64 = 0.1;
+
+/// Refreshes `admission` every `every` (or less often while the query is
+/// slow, see [`MAX_DUTY_CYCLE`]) until `stop`.
 pub fn spawn_refresher(
     admission: Arc<Admission>,
     pool: PgPool,
@@ -238,16 +269,16 @@ pub fn spawn_refresher(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause = Duration::ZERO;
         let mut failing = false;
         loop {
             tokio::select! {
                 // Shutting down.
                 _ = stop.cancelled() => return,
                 // Time for the next read.
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+            let started = std::time::Instant::now();
             match admission.refresh(&pool).await {
                 Ok(()) => failing = false,
                 Err(error) => {
@@ -259,6 +290,8 @@ pub fn spawn_refresher(
                     failing = true;
                 }
             }
+            let took = started.elapsed();
+            pause = every.max(took.mul_f64((1.0 - MAX_DUTY_CYCLE) / MAX_DUTY_CYCLE));
         }
     })
 }

@@ -165,6 +165,14 @@ async fn gather(
     }
     // Wait for the flushes still writing.
     let _ = flushes.acquire_many(config.flushes as u32).await;
+    let statements = stats.statements.load(Ordering::Relaxed);
+    let jobs = stats.jobs.load(Ordering::Relaxed);
+    tracing::info!(
+        statements,
+        jobs,
+        jobs_per_statement = jobs as f64 / statements.max(1) as f64,
+        "group commit stopped"
+    );
 }
 
 /// Waits for a free flush, adding arriving jobs to `batch` meanwhile.

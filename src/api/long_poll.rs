@@ -38,8 +38,10 @@ use tokio_util::sync::CancellationToken;
 pub const REFRESH: Duration = Duration::from_secs(30);
 /// Payload prefix of the listener probe; never a job id.
 const PROBE_PREFIX: &str = "probe:";
-/// How long to wait for one probe before sending another.
-const PROBE_RETRY: Duration = Duration::from_millis(500);
+/// How long to wait for the first probe before sending another; doubles
+/// up to [`PROBE_RETRY_MAX`] (the listener may still be connecting).
+const PROBE_RETRY_MIN: Duration = Duration::from_millis(10);
+const PROBE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// One job's waiters.
 struct Slot {
@@ -241,6 +243,7 @@ impl LongPoll {
     async fn probe(self: Arc<Self>, stop: CancellationToken) {
         let payload = format!("{PROBE_PREFIX}{}", self.name);
         let mut listening = self.listening.subscribe();
+        let mut retry = PROBE_RETRY_MIN;
         while !self.is_listening() {
             if let Err(error) = sqlx::query(sql::LISTENER_PROBE)
                 .bind(queue::DONE_CHANNEL)
@@ -256,7 +259,7 @@ impl LongPoll {
                 // Heard: done.
                 _ = listening.wait_for(|l| *l) => return,
                 // Not heard yet (still connecting, or the database is down).
-                _ = tokio::time::sleep(PROBE_RETRY) => {}
+                _ = tokio::time::sleep(retry) => retry = (retry * 2).min(PROBE_RETRY_MAX),
             }
         }
     }
