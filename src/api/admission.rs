@@ -23,7 +23,10 @@
 //!
 //! A refused submission stores nothing. An admitted one holds a [`Ticket`]
 //! that is given back if the job turns out not to be inserted (an
-//! idempotent repeat, an error).
+//! idempotent repeat, an error). Admission comes first, before any database
+//! work, so an idempotent repeat is admitted like a new submission: while
+//! the queue is full, a repeat gets a 429 too, and retrying it later is
+//! safe.
 
 use super::error::ApiError;
 use crate::ids::TenantId;
