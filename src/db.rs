@@ -95,6 +95,18 @@ pub fn expected_version() -> i32 {
         .unwrap_or(0)
 }
 
+/// A fingerprint of the migrations compiled into this build (versions,
+/// names and checksums): tools that keep migrated template databases name
+/// them after it, so a template always matches the build that uses it.
+pub fn migrations_fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for m in embedded::migrations::runner().get_migrations() {
+        (m.version(), m.name(), m.checksum()).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// Applies the pending migrations; returns the names of those applied.
 pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

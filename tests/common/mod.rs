@@ -1,7 +1,8 @@
 //! Test support: a fresh, migrated database per test.
 //!
-//! The migrations run once into a template database (named after a hash of
-//! `migrations/`, so a changed migration gets a new template); each test then
+//! The migrations run once into a template database (named after a
+//! fingerprint of the migrations compiled in, so a changed migration gets a
+//! new template); each test then
 //! gets `CREATE DATABASE … TEMPLATE …`, which takes tens of milliseconds, and
 //! drops it when the `TestDb` goes out of scope (also when the test panics).
 //! Postgres is the one `SKIPJACK_TEST_DATABASE_URL` names (default: the
@@ -12,7 +13,6 @@
 use skipjack::db;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -92,20 +92,9 @@ impl Drop for TestDb {
 }
 
 async fn ensure_template(conn: &mut PgConnection) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations dir")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    for file in files {
-        file.file_name().hash(&mut hasher);
-        std::fs::read(&file)
-            .expect("read migration")
-            .hash(&mut hasher);
-    }
-    let template = format!("skipjack_tpl_{:016x}", hasher.finish());
+    // Named after the migrations compiled into this test binary (not the
+    // files on disk, which may be newer than the binary).
+    let template = format!("skipjack_tpl_{:016x}", db::migrations_fingerprint());
 
     // One test process migrates the template; the others wait for it.
     sqlx::query("SELECT pg_advisory_lock(hashtext('skipjack-test-template'))")
