@@ -229,6 +229,15 @@ impl HistoryCache {
     /// Postgres has, else from Postgres (and then written back in the
     /// background). Errors are Postgres's only; Redis failures are misses.
     pub async fn load(&self, pool: &PgPool, conversation: ConversationId) -> sqlx::Result<Loaded> {
+        if !self.admit() {
+            // Redis is down: one query, as without a cache.
+            let (messages, version) = store::history_with_version(pool, conversation).await?;
+            return Ok(Loaded {
+                messages: Arc::new(messages),
+                version,
+                source: Source::Postgres,
+            });
+        }
         let version = store::history_version(pool, conversation).await?;
         if version.seq == 0 {
             return Ok(Loaded {
@@ -306,11 +315,9 @@ impl HistoryCache {
     }
 
     /// The cached entry, if Redis has one that decodes. Counts misses and
-    /// errors; the caller counts hits (an entry may still be stale).
+    /// errors; the caller counts hits (an entry may still be stale) and has
+    /// checked that Redis is not down.
     async fn get(&self, conversation: ConversationId) -> Option<Entry> {
-        if !self.admit() {
-            return None;
-        }
         let key = self.key(conversation);
         let mut get = redis::cmd("GET");
         get.arg(key);
