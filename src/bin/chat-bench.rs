@@ -23,7 +23,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let cli = Cli::parse();
-    let report = bench::run(&cli.database_url, &cli.args).await?;
+    let Some(report) = bench::run(&cli.database_url, &cli.args).await? else {
+        return Ok(());
+    };
     if cli.args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -68,6 +68,10 @@ pub struct ChatBenchArgs {
     /// Keep the scratch database afterwards, to query job_history.
     #[arg(long)]
     pub keep_database: bool,
+    /// Only set up and enqueue (implies --keep-database), for running the
+    /// `worker` binary on the backlog and measuring it from outside.
+    #[arg(long)]
+    pub enqueue_only: bool,
 }
 
 /// The numbers `chat-bench --json` prints.
@@ -91,6 +95,12 @@ pub struct ChatBenchReport {
     pub handoff_p99_ms: f64,
     /// Transactions that completed the jobs (distinct finished_at).
     pub completion_batches: i64,
+    /// Mean time of a chat attempt outside the LLM call (history read,
+    /// request building): mean attempt run time minus mean LLM call time.
+    pub mean_outside_llm_ms: f64,
+    /// Mean LLM call time beyond the simulated latency (timer slack,
+    /// scheduling on a busy runtime).
+    pub mean_llm_slack_ms: f64,
     pub peak_rss_mb: f64,
     pub rss_before_run_mb: f64,
     pub cpu_s: f64,
@@ -104,6 +114,7 @@ impl ChatBenchReport {
              {:<34}{:>12}\n{:<34}{:>12.1} s\n{:<34}{:>12.1} jobs/s (bound {:.1})\n\
              {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
              {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n{:<34}{:>12}\n\
+             {:<34}{:>12.1} ms\n{:<34}{:>12.1} ms\n\
              {:<34}{:>12.1} MB\n{:<34}{:>12.1} MB\n{:<34}{:>12.1} s",
             self.jobs,
             self.conversations,
@@ -130,6 +141,10 @@ impl ChatBenchReport {
             self.handoff_p99_ms,
             "completion transactions",
             self.completion_batches,
+            "mean attempt time outside the LLM",
+            self.mean_outside_llm_ms,
+            "mean LLM timer slack",
+            self.mean_llm_slack_ms,
             "peak RSS (VmHWM)",
             self.peak_rss_mb,
             "RSS before the run",
@@ -141,7 +156,11 @@ impl ChatBenchReport {
 }
 
 /// Creates the scratch database, runs the benchmark, drops the database.
-pub async fn run(database_url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
+/// With `enqueue_only`, stops after the enqueue and returns `None`.
+pub async fn run(
+    database_url: &str,
+    args: &ChatBenchArgs,
+) -> anyhow::Result<Option<ChatBenchReport>> {
     let name = &args.bench_database;
     anyhow::ensure!(
         name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
@@ -160,13 +179,27 @@ pub async fn run(database_url: &str, args: &ChatBenchArgs) -> anyhow::Result<Cha
         .await?;
     let url = db::with_database(database_url, name);
     db::migrate(&url).await?;
+    if args.enqueue_only {
+        let setup = db::connect(&DbConfig {
+            url: url.clone(),
+            pool_size: 2,
+            acquire_timeout: Duration::from_secs(30),
+            application_name: "skipjack-chat-bench".into(),
+        })
+        .await?;
+        enqueue(&setup, args).await?;
+        sqlx::query("VACUUM ANALYZE").execute(&setup).await?;
+        setup.close().await;
+        tracing::info!(database = %name, jobs = args.jobs, "enqueued only; the database is kept");
+        return Ok(None);
+    }
     let result = measure(&url, args).await;
     if !args.keep_database {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .execute(&mut admin)
             .await?;
     }
-    result
+    result.map(Some)
 }
 
 async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
@@ -218,6 +251,10 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
     stop.cancel();
     running.await??;
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let m = crate::metrics::metrics();
+    let mean = |h: prometheus::Histogram| h.get_sample_sum() / h.get_sample_count().max(1) as f64;
+    let run_mean = mean(m.job_run.with_label_values(&[CHAT_KIND]));
+    let llm_mean = mean(m.llm_request.with_label_values(&["simulated"]));
     pool.close().await;
 
     type Row = (i64, i64, f64, f64, f64, f64, f64, i64);
@@ -245,6 +282,8 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
         handoff_p50_ms: h50 * 1000.0,
         handoff_p99_ms: h99 * 1000.0,
         completion_batches: batches,
+        mean_outside_llm_ms: (run_mean - llm_mean) * 1000.0,
+        mean_llm_slack_ms: (llm_mean - args.latency_ms as f64 / 1000.0) * 1000.0,
         peak_rss_mb: proc_status_kb("VmHWM").unwrap_or(0) as f64 / 1024.0,
         rss_before_run_mb: rss_before_run,
         cpu_s: cpu,
