@@ -18,6 +18,7 @@
 //! - [`metrics`]: Prometheus metric names and the registry.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`.
+//! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`ids`]: id newtypes.
 //!
 //! The binaries in `src/bin/` only parse settings and wire these together.
@@ -30,6 +31,7 @@ pub mod db;
 pub mod health;
 pub mod ids;
 pub mod llm;
+pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod signal;

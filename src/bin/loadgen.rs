@@ -1,0 +1,48 @@
+//! `loadgen`: virtual chat users against a skipjack API (see
+//! `skipjack::loadgen`). Prints the summary on stdout, writes the report
+//! directory, and exits 1 when the run found problems.
+
+use clap::Parser;
+use skipjack::loadgen::{self, LoadgenArgs};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    skipjack::telemetry::init();
+    let args = LoadgenArgs::parse();
+    let mut config = match args.run_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Ctrl-C or SIGTERM: stop early, still report.
+    config.interrupt = skipjack::signal::shutdown_token();
+    let dir = args.report_dir(&config.scenario);
+    eprintln!(
+        "loadgen: {} against {} (run {}), report in {}",
+        config.profile.describe(),
+        config.base_url,
+        config.run_id,
+        dir.display()
+    );
+    let report = match loadgen::run(config).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report.summary());
+    if let Err(e) = report.write(&dir) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+    eprintln!("loadgen: report written to {}", dir.display());
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
