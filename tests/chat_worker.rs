@@ -949,6 +949,67 @@ async fn redis_hanging_mid_run_neither_stops_nor_corrupts_the_turns() {
     );
 }
 
+// ------------------------------------------------------------ history loader
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_loader_reads_a_burst_of_histories_in_few_queries() {
+    let db = TestDb::new().await;
+    let convs = conversations(&db.pool, 300).await;
+    // Conversation i has i % 4 turns.
+    let mut jobs = Vec::new();
+    let mut texts = Vec::new();
+    for (i, conv) in convs.iter().enumerate() {
+        for k in 0..i % 4 {
+            jobs.push((*conv, JobId::new()));
+            texts.push((format!("q{i}.{k}"), format!("a{i}.{k}")));
+        }
+    }
+    let turns: Vec<store::Turn<'_>> = jobs
+        .iter()
+        .zip(&texts)
+        .map(|((conv, job), (q, a))| store::Turn {
+            conversation: *conv,
+            job: *job,
+            user_message: q,
+            assistant_message: a,
+            user_tokens: None,
+            assistant_tokens: None,
+        })
+        .collect();
+    // One turn per conversation per statement, as completions do.
+    let mut conn = db.pool.acquire().await.unwrap();
+    for k in 0..3 {
+        let round: Vec<store::Turn<'_>> = turns
+            .iter()
+            .filter(|t| t.user_message.ends_with(&format!(".{k}")))
+            .cloned()
+            .collect();
+        store::append_turns(&mut conn, &round).await.unwrap();
+    }
+
+    let loader = skipjack::chat::loader::HistoryLoader::spawn(db.pool.clone());
+    let reads = convs.iter().map(|c| loader.history(*c));
+    let histories = futures_util::future::join_all(reads).await;
+    for (i, history) in histories.into_iter().enumerate() {
+        let history = history.unwrap();
+        let expected: Vec<(String, String)> = (0..i % 4)
+            .flat_map(|k| {
+                [
+                    ("user".to_owned(), format!("q{i}.{k}")),
+                    ("assistant".to_owned(), format!("a{i}.{k}")),
+                ]
+            })
+            .collect();
+        let got: Vec<(String, String)> = history.into_iter().map(|m| (m.role, m.content)).collect();
+        assert_eq!(got, expected, "conversation {i}");
+    }
+    assert!(
+        loader.queries() <= 10,
+        "{} queries for 300 histories read at once",
+        loader.queries()
+    );
+}
+
 // ------------------------------------------------------------- killed worker
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,12 @@
 //! The chat handler: runs chat jobs (kind [`CHAT_KIND`]).
 //!
 //! One attempt: parse the payload, load the conversation's history (through
-//! the Redis cache when there is one), send history + the user's message to
-//! the LLM, and turn the answer or the error into an [`Outcome`]. No
-//! transaction is open while the LLM works: the history read is one short
-//! statement on a pooled connection, given back before the call.
+//! the Redis cache when there is one, else through the [`HistoryLoader`],
+//! which reads the histories of jobs that start together in one query),
+//! send history + the user's message to the LLM, and turn the answer or the
+//! error into an [`Outcome`]. No transaction is open while the LLM works:
+//! the history read is a short statement on a pooled connection, given
+//! back before the call.
 //!
 //! The turn is written by [`Handler::on_completed`], inside the transaction
 //! that completes the batch and only for jobs that passed the lease fence:
@@ -18,6 +20,7 @@
 //! error text, the provider's own message included, is kept on the job.
 
 use super::cache::{CacheWrite, HistoryCache};
+use super::loader::HistoryLoader;
 use super::store::{self, HistoryMessage, HistoryVersion, Turn};
 use super::{ChatPayload, ChatResult, CHAT_KIND};
 use crate::ids::{ConversationId, JobId};
@@ -38,8 +41,11 @@ const STASH_PRUNE_EVERY: u64 = 1024;
 
 /// Runs chat jobs.
 pub struct ChatHandler {
-    /// For history reads; each holds a connection for one short statement.
+    /// For history reads through the cache; each holds a connection for one
+    /// short statement.
     pool: PgPool,
+    /// Coalesces the history reads of jobs that start together.
+    loader: HistoryLoader,
     /// The LLM, shared by every job of the process.
     provider: Arc<dyn Provider>,
     /// The optional Redis history cache.
@@ -63,9 +69,11 @@ struct Stashed {
 }
 
 impl ChatHandler {
-    /// A handler that reads history from Postgres.
+    /// A handler that reads history from Postgres. Call it within a Tokio
+    /// runtime: it starts the history loader's task.
     pub fn new(pool: PgPool, provider: Arc<dyn Provider>) -> Self {
         ChatHandler {
+            loader: HistoryLoader::spawn(pool.clone()),
             pool,
             provider,
             cache: None,
@@ -92,17 +100,17 @@ impl ChatHandler {
     async fn load_history(
         &self,
         conversation: ConversationId,
-    ) -> sqlx::Result<(Arc<Vec<HistoryMessage>>, Option<HistoryVersion>)> {
+    ) -> Result<(Arc<Vec<HistoryMessage>>, Option<HistoryVersion>), String> {
         match &self.cache {
             Some(cache) => {
-                let loaded = cache.load(&self.pool, conversation).await?;
+                let loaded = cache
+                    .load(&self.pool, conversation)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::trace!(%conversation, source = ?loaded.source, "history loaded");
                 Ok((loaded.messages, Some(loaded.version)))
             }
-            None => Ok((
-                Arc::new(store::history(&self.pool, conversation).await?),
-                None,
-            )),
+            None => Ok((Arc::new(self.loader.history(conversation).await?), None)),
         }
     }
 

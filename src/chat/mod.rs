@@ -3,6 +3,7 @@
 //! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
 //! - [`handler`]: [`handler::ChatHandler`], the worker's handler for chat jobs.
 //! - [`cache`]: the optional Redis cache-aside for histories.
+//! - [`loader`]: reads the histories of jobs that start together in one query.
 //! - [`config`]: the cache settings (`REDIS_URL`, `SKIPJACK_CACHE_*`).
 //! - [`worker`]: wiring of the worker process (handler, pool size, readiness).
 //! - [`bench`]: the chat worker benchmark behind the `chat-bench` binary.
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod handler;
+pub mod loader;
 pub mod store;
 pub mod worker;
 

@@ -10,6 +10,7 @@ mod sql {
     pub const CREATE_CONVERSATION: &str = include_str!("../../sql/chat/create_conversation.sql");
     pub const CONVERSATION_USER: &str = include_str!("../../sql/chat/conversation_user.sql");
     pub const HISTORY: &str = include_str!("../../sql/chat/history.sql");
+    pub const HISTORIES: &str = include_str!("../../sql/chat/histories.sql");
     pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
     pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
     pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
@@ -129,6 +130,26 @@ pub async fn history<'e>(
         .bind(conversation)
         .fetch_all(executor)
         .await
+}
+
+/// The messages of several conversations, each in order, for the LLM.
+/// Conversations without messages are absent from the map.
+pub async fn histories<'e>(
+    executor: impl PgExecutor<'e>,
+    conversations: &[ConversationId],
+) -> sqlx::Result<std::collections::HashMap<ConversationId, Vec<HistoryMessage>>> {
+    let rows: Vec<(ConversationId, String, String)> = sqlx::query_as(sql::HISTORIES)
+        .bind(conversations)
+        .fetch_all(executor)
+        .await?;
+    let mut out: std::collections::HashMap<ConversationId, Vec<HistoryMessage>> =
+        std::collections::HashMap::new();
+    for (conversation, role, content) in rows {
+        out.entry(conversation)
+            .or_default()
+            .push(HistoryMessage { role, content });
+    }
+    Ok(out)
 }
 
 /// The conversation's messages in order, for the LLM, with the version read.
