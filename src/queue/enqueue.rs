@@ -29,6 +29,12 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
         validate(job)?;
     }
     let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
+    if jobs
+        .iter()
+        .all(|j| j.idempotency_key.is_none() && j.conversation_id.is_none())
+    {
+        return enqueue_simple(conn, jobs, ids).await;
+    }
     let tenants: Vec<Option<TenantId>> = jobs.iter().map(|j| j.tenant_id).collect();
     let conversations: Vec<Option<ConversationId>> =
         jobs.iter().map(|j| j.conversation_id).collect();
@@ -93,6 +99,35 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
             })
         })
         .collect()
+}
+
+/// Jobs with neither idempotency key nor conversation: a leaner statement.
+async fn enqueue_simple(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    ids: Vec<JobId>,
+) -> Result<Vec<Enqueued>> {
+    let tenants: Vec<Option<TenantId>> = jobs.iter().map(|j| j.tenant_id).collect();
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let priorities: Vec<i16> = jobs.iter().map(|j| j.priority.get()).collect();
+    let payloads: Vec<&Value> = jobs.iter().map(|j| &j.payload).collect();
+    let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
+    let run_at: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let inserted: Vec<JobId> = sqlx::query_scalar(sql::ENQUEUE_SIMPLE)
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&kinds)
+        .bind(&priorities)
+        .bind(&payloads)
+        .bind(&max_attempts)
+        .bind(&run_at)
+        .fetch_all(conn)
+        .await?;
+    debug_assert_eq!(inserted, ids);
+    Ok(inserted
+        .into_iter()
+        .map(|id| Enqueued { id, inserted: true })
+        .collect())
 }
 
 fn validate(job: &NewJob) -> Result<()> {

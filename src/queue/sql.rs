@@ -10,6 +10,7 @@ macro_rules! statements {
 
 statements! {
     ENQUEUE => "enqueue.sql",
+    ENQUEUE_SIMPLE => "enqueue_simple.sql",
     IDEMPOTENCY_LOOKUP => "idempotency_lookup.sql",
     CLAIM => "claim.sql",
     FINISH => "finish.sql",
@@ -22,6 +23,7 @@ statements! {
     GET => "get.sql",
     EVENTS => "events.sql",
     STATS => "stats.sql",
+    GAUGES_LEAD => "gauges_lead.sql",
     WAITER_REGISTER => "waiter_register.sql",
     WAITER_UNREGISTER => "waiter_unregister.sql",
     PRUNE_WAITERS => "prune_waiters.sql",
