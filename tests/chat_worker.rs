@@ -373,6 +373,16 @@ async fn openai_compatible_turn_runs_through_the_worker() {
         vec![("user".to_owned(), "hi there".to_owned())]
     );
     assert_eq!(messages(&db.pool, conv).await.len(), 2);
+    // The metrics are process-wide (other tests add to them): check that
+    // this call's series exist.
+    let text = skipjack::metrics::render();
+    for series in [
+        "skipjack_llm_request_seconds_count{provider=\"openai\"}",
+        "skipjack_llm_tokens_total{direction=\"input\"}",
+        "skipjack_llm_tokens_total{direction=\"output\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing from /metrics");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,6 +502,7 @@ async fn bad_request_fails_at_once_and_a_bad_payload_too() {
     assert_eq!((view.state, view.attempts), (JobState::Failed, 1));
     assert!(view.error.unwrap().contains("invalid chat payload"));
     assert_eq!(mock.count(), 1, "the bad payload never reached the LLM");
+    assert!(skipjack::metrics::render().contains("skipjack_llm_errors_total{class=\"client\"}"));
     assert_eq!(count(&db.pool, "SELECT count(*) FROM messages").await, 0);
 }
 
@@ -723,6 +734,7 @@ async fn a_cache_hit_serves_the_history_without_reading_the_messages() {
         "history served from Redis"
     );
     assert_eq!((cache.stats().hits, cache.stats().misses), (1, 0));
+    assert!(skipjack::metrics::render().contains("skipjack_cache_requests_total{result=\"hit\"}"));
 
     // Control: without the cached entry the same read shows Postgres's rows.
     eventually(Duration::from_secs(5), "second turn cached", || async {
@@ -826,6 +838,7 @@ async fn redis_on_a_closed_port_does_not_stop_the_turns() {
     assert_eq!(stats.hits, 0);
     assert!(stats.errors > 0);
     assert!(!cache.is_up());
+    assert!(skipjack::metrics::render().contains("skipjack_cache_requests_total{result=\"error\"}"));
 }
 
 /// A TCP proxy to Redis that the test can make hang: connections stop
