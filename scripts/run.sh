@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs skipjack on this machine: makes sure Postgres answers (starting the
 # local cluster if needed), creates the database, migrates it, and starts the
-# worker. Stop with Ctrl-C (the processes drain and exit).
+# API (:8000) and a worker (health and metrics on :8080). Stop with Ctrl-C
+# (both drain and exit). Create an API key with
+#   target/release/skipjack tenants create NAME
 #
 #   DATABASE_URL      default postgres://postgres@127.0.0.1:5432/skipjack
 #   SKIPJACK_PROFILE  cargo profile to build, default release
@@ -28,8 +30,10 @@ stop() {
 }
 trap stop INT TERM
 
+"$bin/api" &
+pids+=($!)
 "$bin/worker" &
 pids+=($!)
-echo "worker running (health and metrics on ${SKIPJACK_WORKER_ADDR:-0.0.0.0:8080}); Ctrl-C to stop" >&2
+echo "api on ${SKIPJACK_API_ADDR:-0.0.0.0:8000}, worker health and metrics on ${SKIPJACK_WORKER_ADDR:-0.0.0.0:8080}; Ctrl-C to stop" >&2
 wait -n "${pids[@]}" || true
 stop
