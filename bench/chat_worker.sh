@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 ADMIN_URL=${SKIPJACK_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=skipjack_chat_worker_bench
 DB_URL=${ADMIN_URL%/*}/$DB
-RUNS=${RUNS:-1}
+RUNS=${RUNS:-1}  # 0: only the worker binary
 LATENCY_MS=${LATENCY_MS:-2000}
 [ -x target/release/chat-bench ] && [ -x target/release/worker ] || cargo build --release --bin chat-bench --bin worker
 
@@ -34,7 +34,7 @@ DATABASE_URL=$DB_URL SKIPJACK_CONCURRENCY=1000 SKIPJACK_SIMULATED_LATENCY_MS=$LA
     target/release/worker &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true' EXIT
-while [ "$(psql "$DB_URL" -Atc 'SELECT count(*) FROM jobs')" != 0 ]; do sleep 0.1; done
+while [ "$(psql "$DB_URL" -Atc 'SELECT count(*) FROM jobs')" != 0 ]; do sleep 0.5; done
 HWM=$(awk '/^VmHWM/ {print $2}' "/proc/$PID/status")
 kill -TERM "$PID"
 wait "$PID" || true
