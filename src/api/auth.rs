@@ -101,6 +101,8 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
+        // The request span (api::observe) logs whose request this is.
+        tracing::Span::current().record("tenant_id", tracing::field::display(found.tenant));
         Ok(Caller {
             tenant: found.tenant,
             max_queued: found.max_queued,

@@ -1,6 +1,7 @@
 //! The API's settings: [`ApiArgs`] (flags and environment) and the
 //! [`ApiConfig`] the library runs on.
 
+use crate::queue::gauges::GaugesConfig;
 use crate::queue::NewJob;
 use clap::Args;
 use std::net::SocketAddr;
@@ -38,6 +39,10 @@ pub struct ApiConfig {
     pub max_attempts: i32,
     /// Time in-flight requests and long-polls get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Take part in refreshing the queue gauges (one process leads, see
+    /// [`crate::queue::gauges`]): with the API in the running, the gauges
+    /// and autoscaling on them work while no worker runs.
+    pub queue_gauges: Option<GaugesConfig>,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +60,7 @@ impl Default for ApiConfig {
             auth_cache_ttl: Duration::from_secs(5),
             max_attempts: NewJob::DEFAULT_MAX_ATTEMPTS,
             shutdown_grace: Duration::from_secs(25),
+            queue_gauges: Some(GaugesConfig::default()),
         }
     }
 }
@@ -124,6 +130,7 @@ impl ApiArgs {
             auth_cache_ttl: Duration::from_secs_f64(self.auth_cache_seconds.clamp(0.0, 300.0)),
             max_attempts: self.max_attempts.clamp(1, 100),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_seconds.max(0.0)),
+            queue_gauges: Some(GaugesConfig::default()),
         }
     }
 }

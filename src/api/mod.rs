@@ -109,6 +109,13 @@ impl Api {
             background.clone(),
         ));
         tasks.extend(long_poll.spawn(background.clone()));
+        if let Some(gauges) = config.queue_gauges.clone() {
+            tasks.push(crate::queue::gauges::spawn(
+                pool.clone(),
+                gauges,
+                background.clone(),
+            ));
+        }
         let state = AppState {
             auth: Arc::new(auth::Authenticator::new(
                 pool.clone(),

@@ -1,6 +1,9 @@
 //! HTTP metrics: requests by route template, method and status, and their
 //! latency.
 //!
+//! Each request also runs in a `request` span (route, method, tenant), so
+//! its log lines say which request they belong to.
+//!
 //! Each route is wrapped with its own template (`/v1/chat/{job_id}`), so
 //! labels never carry an id and the series count stays bounded; requests
 //! that match no route count as `unmatched`.
@@ -12,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Route label of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -29,7 +33,17 @@ where
 async fn record(route: &'static str, req: Request, next: Next) -> Response {
     let method = method_label(req.method());
     let started = Instant::now();
-    let response = next.run(req).await;
+    // Every log line of the request carries its route and, once the key is
+    // checked (api::auth), its tenant.
+    let span = tracing::info_span!("request", route, method, tenant_id = tracing::field::Empty);
+    let response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "request answered"
+        )
+    });
     let m = metrics();
     m.http_request_seconds
         .with_label_values(&[route, method])

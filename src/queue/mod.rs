@@ -8,6 +8,8 @@
 //! - [`lease`]: heartbeats, the rescuer, releases at shutdown.
 //! - [`read`]: a job live or finished, its events, queue statistics.
 //! - [`notify`]: LISTEN/NOTIFY wake-ups and waiter registration.
+//! - [`gauges`]: the queue depth gauges for Prometheus, refreshed by one
+//!   process at a time.
 //! - [`maintenance`]: the background loop that rescues and prunes.
 //!
 //! # Transactions, locks and timeouts
@@ -28,6 +30,7 @@
 pub mod claim;
 pub mod enqueue;
 pub mod finish;
+pub mod gauges;
 pub mod lease;
 pub mod maintenance;
 pub mod notify;

@@ -4,7 +4,7 @@
 //! at low load every outcome is written at once, alone, and under load they
 //! are written up to a thousand to a transaction, a few transactions at once.
 
-use super::{FinishedJob, Shared};
+use super::{executor, FinishedJob, Shared};
 use crate::ids::JobId;
 use crate::metrics::metrics;
 use crate::queue::{self, JobState, Outcome, QueueError};
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// What executors send the completer.
 pub(super) enum Done {
@@ -81,6 +82,13 @@ async fn release(shared: &Shared, id: JobId) {
 }
 
 async fn write_with_retries(shared: &Shared, finished: &[FinishedJob]) {
+    let span = tracing::info_span!("complete", worker = %shared.config.id, jobs = finished.len());
+    write_with_retries_in_span(shared, finished)
+        .instrument(span)
+        .await
+}
+
+async fn write_with_retries_in_span(shared: &Shared, finished: &[FinishedJob]) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WRITE_TRIES {
         match write(shared, finished).await {
@@ -153,7 +161,10 @@ pub(super) async fn write(
             Some(state) => m.jobs_finished.with_label_values(&[state.as_str()]).inc(),
             None => {
                 m.jobs_lease_lost.inc();
-                tracing::warn!(job_id = %f.job.id, attempt = f.job.attempt, "outcome discarded: lease lost");
+                // The job's span puts its conversation, tenant and worker on
+                // the line; made only when there is something to say.
+                let _job = executor::job_span(&shared.config.id, &f.job).entered();
+                tracing::warn!("outcome discarded: lease lost");
             }
         }
         if let (
@@ -161,7 +172,8 @@ pub(super) async fn write(
             Outcome::Retry { error, .. } | Outcome::Failed { error },
         ) = (state, &f.outcome)
         {
-            tracing::warn!(job_id = %f.job.id, attempt = f.job.attempt, %error, state = ?state, "attempt failed");
+            let _job = executor::job_span(&shared.config.id, &f.job).entered();
+            tracing::warn!(%error, state = ?state, "attempt failed");
         }
     }
     Ok(states)

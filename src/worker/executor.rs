@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 /// How an attempt ended, from the worker's side.
 pub(super) enum Attempt {
@@ -49,8 +50,37 @@ pub(super) fn spawn(
     });
 }
 
-/// Runs one attempt of `job` to its end, its cancellation or a panic.
+/// Runs one attempt of `job` to its end, its cancellation or a panic, in a
+/// `job` span that puts the job, its conversation, tenant, attempt and
+/// worker on every log line written meanwhile (the handler's included).
 pub(super) async fn attempt(shared: &Shared, job: ClaimedJob) -> Attempt {
+    let span = job_span(&shared.config.id, &job);
+    attempt_in_span(shared, job).instrument(span).await
+}
+
+/// The span of one attempt. Ids are fields of log lines, never metric
+/// labels.
+pub(super) fn job_span(worker: &str, job: &ClaimedJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        kind = %job.kind,
+        attempt = job.attempt,
+        priority = job.priority.get(),
+        worker = %worker,
+        tenant_id = tracing::field::Empty,
+        conversation_id = tracing::field::Empty,
+    );
+    if let Some(tenant) = job.tenant_id {
+        span.record("tenant_id", tracing::field::display(tenant));
+    }
+    if let Some(conversation) = job.conversation_id {
+        span.record("conversation_id", tracing::field::display(conversation));
+    }
+    span
+}
+
+async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
     let cancel = shared.hard_stop.child_token();
     shared.lock_running().insert(
         job.id,
@@ -94,6 +124,16 @@ pub(super) async fn attempt(shared: &Shared, job: ClaimedJob) -> Attempt {
     observe_since(
         &metrics().job_run.with_label_values(&[job.kind.as_str()]),
         started,
+    );
+    tracing::debug!(
+        outcome = match &outcome {
+            Some(Outcome::Completed { .. }) => "completed",
+            Some(Outcome::Retry { .. }) => "retry",
+            Some(Outcome::Failed { .. }) => "failed",
+            None => "cancelled",
+        },
+        run_s = (chrono::Utc::now() - started).num_milliseconds() as f64 / 1e3,
+        "attempt finished"
     );
     match outcome {
         Some(outcome) => Attempt::Finished(FinishedJob { job, outcome }),

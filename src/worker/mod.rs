@@ -26,7 +26,9 @@ pub use noop::NoopHandler;
 
 use crate::ids::JobId;
 use crate::metrics::metrics;
-use crate::queue::{self, maintenance::MaintenanceConfig, notify, Backoff, Outcome};
+use crate::queue::{
+    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, Backoff, Outcome,
+};
 use handler::DynHandler;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -64,6 +66,9 @@ pub struct WorkerConfig {
     pub completer_parallelism: usize,
     /// Rescue and housekeeping in this process; `None` leaves them to others.
     pub maintenance: Option<MaintenanceConfig>,
+    /// Take part in refreshing the queue gauges (one process leads, see
+    /// [`queue::gauges`]); `None` leaves them to others.
+    pub queue_gauges: Option<GaugesConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -80,6 +85,7 @@ impl Default for WorkerConfig {
             completer_batch: 1000,
             completer_parallelism: 2,
             maintenance: Some(MaintenanceConfig::default()),
+            queue_gauges: Some(GaugesConfig::default()),
         }
     }
 }
@@ -263,6 +269,10 @@ impl Worker {
         let maintenance = shared.config.maintenance.clone().map(|config| {
             queue::maintenance::spawn(shared.pool.clone(), config, background.clone())
         });
+        let gauges =
+            shared.config.queue_gauges.clone().map(|config| {
+                queue::gauges::spawn(shared.pool.clone(), config, background.clone())
+            });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(shared.clone(), done_rx));
 
@@ -302,6 +312,9 @@ impl Worker {
         let _ = heartbeat.await;
         if let Some(maintenance) = maintenance {
             let _ = maintenance.await;
+        }
+        if let Some(gauges) = gauges {
+            let _ = gauges.await;
         }
         tracing::info!(worker = %shared.config.id, "worker stopped");
         Ok(())
