@@ -29,6 +29,9 @@
 #   --duration D         steady/soak/ramp duration [DURATION]
 #   --think D            mean think time [THINK]; --think-jitter D [THINK_JITTER]
 #   --max-queue-depth N  API's SKIPJACK_MAX_QUEUE_DEPTH [MAX_QUEUE_DEPTH]
+#   --vacuum-every D     run VACUUM (ANALYZE) on the churning tables (jobs,
+#                        conversation_queues) this often, for a server with
+#                        autovacuum off [VACUUM_EVERY; default none]
 #   --report-dir DIR     default reports/<scenario>-<timestamp> [REPORT_DIR]
 #   --no-build           use the existing release binaries ($CARGO_TARGET_DIR/release)
 #   --keep-db            do not drop the database at the end
@@ -95,6 +98,7 @@ while [ $# -gt 0 ]; do
     --think-jitter) THINK_JITTER="$2"; shift 2 ;;
     --max-queue-depth) MAX_QUEUE_DEPTH="$2"; shift 2 ;;
     --report-dir) REPORT_DIR="$2"; shift 2 ;;
+    --vacuum-every) VACUUM_EVERY="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     --keep-db) keep_db=1; shift ;;
     --) shift; loadgen_args+=("$@"); break ;;
@@ -185,9 +189,15 @@ THINK=$THINK
 THINK_JITTER=$THINK_JITTER
 MAX_QUEUE_DEPTH=$MAX_QUEUE_DEPTH
 LOADGEN_ARGS=${loadgen_args[*]:-}
+VACUUM_EVERY=${VACUUM_EVERY:-}
 ENV
 
 ensure_postgres "$admin"
+autovacuum="$(psql "$admin" -Atc "SHOW autovacuum")"
+echo "server: autovacuum $autovacuum, fsync $(psql "$admin" -Atc "SHOW fsync"), synchronous_commit $(psql "$admin" -Atc "SHOW synchronous_commit")" >>"$dir/machine.txt"
+if [ "$autovacuum" != on ] && [ -z "${VACUUM_EVERY:-}" ]; then
+  echo "warning: autovacuum is off on this server: the jobs table will fill with dead tuples (see --vacuum-every)" >&2
+fi
 if [ "$build" = 1 ]; then
   cargo build --release --bin api --bin worker --bin skipjack --bin loadgen
 fi
@@ -216,9 +226,18 @@ for p in $(seq "$port" $((port + WORKERS))); do
 done
 echo "api on 127.0.0.1:$port, $WORKERS worker(s) × $CONCURRENCY slots, simulated latency ${LATENCY_MS} ± ${JITTER_MS} ms" >&2
 
-# Where the CPU goes: a snapshot of the busiest processes every 10 s.
+# Where the CPU goes: a snapshot of the busiest processes every 10 s; and
+# the vacuum that a server without autovacuum lacks, when asked for.
 ( while sleep 10; do { date -u +%T; top -b -n 1 -w 200 | sed -n '1,3p;7,17p'; echo; } >>"$dir/top.txt"; done ) &
 sampler_pid=$!
+if [ -n "${VACUUM_EVERY:-}" ]; then
+  every="${VACUUM_EVERY%s}"
+  case "$every" in *m) every=$(( ${every%m} * 60 )) ;; esac
+  ( while sleep "$every"; do
+      { date -u +%T; psql "$DATABASE_URL" -qc "VACUUM (ANALYZE) jobs, conversation_queues" 2>&1; } >>"$dir/vacuum.log"
+    done ) &
+  pids+=($!)
+fi
 
 set +e
 SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario "$scenario" \
@@ -227,6 +246,18 @@ SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario
 status=$?
 set -e
 unset key
+
+# The servers' own view of where the time went: job wait (submit → start)
+# and run time (history load + LLM call) from the workers' metrics.
+curl -sf "http://127.0.0.1:$port/metrics" >"$dir/metrics-api.txt" 2>/dev/null || true
+for i in $(seq 1 "$WORKERS"); do
+  curl -sf "http://127.0.0.1:$((port + i))/metrics" >"$dir/metrics-worker-$i.txt" 2>/dev/null || true
+done
+cat "$dir"/metrics-worker-*.txt 2>/dev/null | awk '
+  /^skipjack_job_wait_seconds_sum/ { ws += $2 } /^skipjack_job_wait_seconds_count/ { wc += $2 }
+  /^skipjack_job_run_seconds_sum/ { rs += $2 }  /^skipjack_job_run_seconds_count/ { rc += $2 }
+  END { if (wc > 0 && rc > 0) printf "workers: %d jobs started, mean wait (submit → start) %.1f ms, mean run (history + LLM) %.1f ms\n", wc, ws / wc * 1000, rs / rc * 1000 }' \
+  | tee -a "$dir/summary.txt"
 
 # Table sizes at the end (job_history is partitioned: sum its partitions).
 psql "$DATABASE_URL" -Atc "

@@ -295,6 +295,10 @@ async fn the_report_has_the_documented_fields() {
         "{}",
         &svg[..200.min(svg.len())]
     );
+    // The report reads back (what `loadgen replot` does).
+    let back = skipjack::loadgen::Report::read(&dir).unwrap();
+    assert_eq!(back.counts.completed, 15);
+    assert_eq!(back.timeline.len(), report.timeline.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

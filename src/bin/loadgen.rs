@@ -3,13 +3,27 @@
 //! directory, and exits 1 when the run found problems.
 
 use clap::Parser;
-use skipjack::loadgen::{self, LoadgenArgs};
+use skipjack::loadgen::args::ProfileCommand;
+use skipjack::loadgen::{self, LoadgenArgs, Report};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     skipjack::telemetry::init();
     let args = LoadgenArgs::parse();
+    if let ProfileCommand::Replot { dir } = &args.profile {
+        let chart = dir.join("chart.svg");
+        return match Report::read(dir).and_then(|report| loadgen::chart::draw(&report, &chart)) {
+            Ok(()) => {
+                eprintln!("loadgen: redrew {}", chart.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut config = match args.run_config() {
         Ok(config) => config,
         Err(e) => {

@@ -77,9 +77,15 @@ pub struct LoadgenArgs {
     pub profile: ProfileCommand,
 }
 
-/// The load profile.
+/// The load profile (or `replot`).
 #[derive(Subcommand, Debug, Clone)]
 pub enum ProfileCommand {
+    /// Redraw chart.svg of an earlier run from its report.json (no load is
+    /// generated).
+    Replot {
+        /// The run's report directory.
+        dir: PathBuf,
+    },
     /// N users for a duration.
     Steady {
         #[arg(long, default_value_t = 100)]
@@ -134,8 +140,10 @@ fn parse_millis(text: &str) -> Result<Duration, String> {
 }
 
 impl ProfileCommand {
-    pub fn profile(&self) -> Profile {
-        match *self {
+    /// The profile to run; `None` for `replot`.
+    pub fn profile(&self) -> Option<Profile> {
+        Some(match *self {
+            ProfileCommand::Replot { .. } => return None,
             ProfileCommand::Steady { users, duration } => Profile::Steady { users, duration },
             ProfileCommand::Ramp { from, to, duration } => Profile::Ramp { from, to, duration },
             ProfileCommand::Spike {
@@ -160,17 +168,18 @@ impl ProfileCommand {
                 duration,
                 report_every,
             },
-        }
+        })
     }
 }
 
 impl LoadgenArgs {
-    /// The run's configuration; fails without an API key.
+    /// The run's configuration; fails without an API key (or for
+    /// `replot`, which runs nothing).
     pub fn run_config(&self) -> Result<RunConfig, String> {
+        let profile = self.profile.profile().ok_or("replot runs no load")?;
         let api_key = self.api_key.clone().ok_or(
             "no API key: set SKIPJACK_API_KEY (e.g. KEY=$(skipjack tenants create loadgen))",
         )?;
-        let profile = self.profile.profile();
         Ok(RunConfig {
             base_url: self.url.clone(),
             api_key,

@@ -10,7 +10,17 @@ use std::path::Path;
 
 const WIDTH: u32 = 1000;
 const PANEL_HEIGHT: u32 = 220;
-const TITLE_HEIGHT: u32 = 40;
+const TITLE_HEIGHT: u32 = 50;
+
+/// Where a panel's y axis starts.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// At zero: counts and rates.
+    Zero,
+    /// Just below the smallest value: latencies dominated by a constant
+    /// (the LLM's 2 s) whose variations would be flattened from zero.
+    Data,
+}
 
 /// One line of a panel.
 struct Line {
@@ -26,10 +36,11 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), LoadgenError> {
     let series = |f: &dyn Fn(&super::report::TimelinePoint) -> Option<f64>| -> Vec<(f64, f64)> {
         t.iter().filter_map(|p| f(p).map(|v| (p.t, v))).collect()
     };
-    let panels: Vec<(&str, &str, Vec<Line>)> = vec![
+    let panels: Vec<(&str, &str, Floor, Vec<Line>)> = vec![
         (
             "Virtual users",
             "users",
+            Floor::Zero,
             vec![Line {
                 label: "users",
                 color: RGBColor(31, 119, 180),
@@ -39,6 +50,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), LoadgenError> {
         (
             "Throughput (5 s average)",
             "per second",
+            Floor::Zero,
             vec![
                 Line {
                     label: "turns/s",
@@ -53,8 +65,9 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), LoadgenError> {
             ],
         ),
         (
-            "End-to-end latency, p95 of the last 5 s",
+            "End-to-end latency, p95 of the last 5 s (axis from the lowest value)",
             "ms",
+            Floor::Data,
             vec![Line {
                 label: "p95",
                 color: RGBColor(255, 127, 14),
@@ -64,6 +77,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), LoadgenError> {
         (
             "Queue (GET /v1/queue)",
             "jobs",
+            Floor::Zero,
             vec![
                 Line {
                     label: "queued",
@@ -83,38 +97,47 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), LoadgenError> {
     root.fill(&WHITE).map_err(|e| chart_err(e.to_string()))?;
     let (title, body) = root.split_vertically(TITLE_HEIGHT);
     let heading = format!(
-        "skipjack loadgen: {} ({}), {:.1} turns/s, end-to-end p95 {:.0} ms, p99 {:.0} ms, {} errors, {} mismatches, {} 429s",
-        report.scenario,
-        report.profile_description,
+        "skipjack loadgen: {} ({})",
+        report.scenario, report.profile_description
+    );
+    let numbers = format!(
+        "{:.1} turns/s over the run, end-to-end p95 {:.0} ms, p99 {:.0} ms; {} errors, {} mismatches, {} lost, {} 429s",
         report.throughput_turns_per_s,
         report.latency_ms.end_to_end.p95_ms,
         report.latency_ms.end_to_end.p99_ms,
         report.counts.errors,
         report.counts.mismatches,
+        report.counts.lost,
         report.counts.rejected_429,
     );
-    title
-        .draw_text(
-            &heading,
-            &("sans-serif", 14).into_font().color(&BLACK),
-            (10, 14),
-        )
-        .map_err(|e| chart_err(e.to_string()))?;
+    let font = ("sans-serif", 14).into_font().color(&BLACK);
+    for (text, y) in [(&heading, 8), (&numbers, 28)] {
+        title
+            .draw_text(text, &font, (10, y))
+            .map_err(|e| chart_err(e.to_string()))?;
+    }
 
     let x_max = t.last().map_or(1.0, |p| p.t + 1.0).max(1.0);
     let areas = body.split_evenly((panels.len(), 1));
-    for (area, (caption, unit, lines)) in areas.iter().zip(panels) {
-        let y_max = lines
-            .iter()
-            .flat_map(|l| l.points.iter().map(|p| p.1))
-            .fold(0.0f64, f64::max);
-        let y_max = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
+    for (area, (caption, unit, floor, lines)) in areas.iter().zip(panels) {
+        let values = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+        let y_max = values().fold(0.0f64, f64::max);
+        let y_min = match floor {
+            Floor::Zero => 0.0,
+            Floor::Data => values().fold(f64::INFINITY, f64::min),
+        };
+        let (y_min, y_max) = if y_max > 0.0 && y_min.is_finite() && y_min < y_max {
+            let pad = (y_max - y_min) * 0.1;
+            ((y_min - pad).max(0.0), y_max + pad)
+        } else {
+            (0.0, if y_max > 0.0 { y_max * 1.1 } else { 1.0 })
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 14))
             .margin(6)
             .x_label_area_size(28)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .build_cartesian_2d(0.0..x_max, y_min..y_max)
             .map_err(|e| chart_err(e.to_string()))?;
         chart
             .configure_mesh()

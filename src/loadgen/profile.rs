@@ -237,7 +237,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `90 s`, `5 min`, `1 h 30 min`, `250 ms`: for summaries.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs < 1.0 {
+    if d.is_zero() {
+        "0 s".to_owned()
+    } else if secs < 1.0 {
         format!("{} ms", d.as_millis())
     } else if secs < 120.0 || secs.fract() != 0.0 {
         format!("{} s", trim_float(secs))
@@ -305,5 +307,7 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert_eq!(format_duration(secs(1800)), "30 min");
         assert_eq!(format_duration(secs(90)), "90 s");
+        assert_eq!(format_duration(Duration::ZERO), "0 s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250 ms");
     }
 }

@@ -45,7 +45,7 @@ use super::stats::{
 };
 use super::{chart, LoadgenError, RunConfig};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -71,7 +71,7 @@ pub struct Inputs<'a> {
 }
 
 /// A finished run. See the module documentation for the fields.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
     pub run_id: String,
@@ -99,7 +99,7 @@ pub struct Report {
 }
 
 /// The run's settings, as far as they shape the numbers.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Settings {
     pub base_url: String,
     pub users_max: usize,
@@ -115,7 +115,7 @@ pub struct Settings {
     pub priority: u8,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub submitted: u64,
     pub completed: u64,
@@ -130,14 +130,14 @@ pub struct Counts {
     pub transcript_problems: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Latencies {
     pub end_to_end: LatencySummary,
     pub submit: LatencySummary,
     pub rejected_429: LatencySummary,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PhaseReport {
     pub name: String,
     pub from_s: f64,
@@ -153,7 +153,7 @@ pub struct PhaseReport {
 }
 
 /// One stretch of a run: a soak's interim report, or a drift window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IntervalReport {
     pub from_s: f64,
     pub to_s: f64,
@@ -184,7 +184,7 @@ impl IntervalReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Drift {
     pub window_s: f64,
     pub first: IntervalReport,
@@ -194,7 +194,7 @@ pub struct Drift {
     pub p95_drift_pct: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelinePoint {
     pub t: f64,
     pub users: usize,
@@ -211,7 +211,7 @@ pub struct TimelinePoint {
     pub load1: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoadAverage {
     pub start: Option<[f64; 3]>,
     pub end: Option<[f64; 3]>,
@@ -598,6 +598,13 @@ impl Report {
             let _ = writeln!(out, "result: FAIL ({})", self.failures.join(", "));
         }
         out
+    }
+
+    /// Reads the `report.json` of an earlier run (to redraw its chart).
+    pub fn read(dir: &Path) -> Result<Report, LoadgenError> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("report.json"),
+        )?)?)
     }
 
     /// Writes `report.json`, `summary.txt` and `chart.svg` into `dir`

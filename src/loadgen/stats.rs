@@ -8,7 +8,7 @@
 //! after the fact, instead of fixing the windows in advance.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -31,7 +31,7 @@ pub struct Sample {
 }
 
 /// Count, mean, p50/p95/p99 and max of some latencies, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub mean_ms: f64,
@@ -86,7 +86,7 @@ pub fn in_window(
 }
 
 /// One reading of `GET /v1/queue`, plus what the run looked like then.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueSample {
     /// Seconds since the start of the run.
     pub t: f64,
