@@ -38,6 +38,14 @@ struct System {
 
 impl System {
     async fn start(provider: Arc<dyn Provider>, config: ApiConfig) -> System {
+        Self::with_concurrency(provider, config, 50).await
+    }
+
+    async fn with_concurrency(
+        provider: Arc<dyn Provider>,
+        config: ApiConfig,
+        concurrency: usize,
+    ) -> System {
         let db = TestDb::new().await;
         let key = tenants::create_tenant_with_key(&db.pool, "loadgen", None)
             .await
@@ -54,7 +62,7 @@ impl System {
                 .register(ChatHandler::new(db.pool.clone(), provider))
                 .config(WorkerConfig {
                     maintenance: None,
-                    concurrency: 50,
+                    concurrency,
                     poll_interval: Duration::from_millis(200),
                     ..WorkerConfig::default()
                 })
@@ -182,20 +190,21 @@ async fn a_provider_that_loses_history_fails_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_turns_are_retried_after_retry_after_and_counted_once() {
-    // A queue of at most one job, and a slow worker: most submissions of
-    // 8 users get 429 at first.
+    // A queue of at most one job and a worker that runs one job at a time
+    // for 300 ms: 8 users cannot all get in, whatever their timing.
     let slow: Arc<dyn Provider> = Arc::new(SimulatedProvider::new(
         Duration::from_millis(300),
         Duration::ZERO,
         0.0,
     ));
-    let system = System::start(
+    let system = System::with_concurrency(
         slow,
         ApiConfig {
             max_queue_depth: 1,
             depth_refresh: Duration::from_millis(20),
             ..ApiConfig::default()
         },
+        1,
     )
     .await;
     let mut config = system.short_run();
