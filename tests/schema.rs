@@ -272,3 +272,45 @@ async fn a_late_partition_takes_over_rows_from_the_default_one() {
         1
     );
 }
+
+#[tokio::test]
+async fn maintenance_vacuums_the_jobs_table_when_dead_rows_pile_up() {
+    use skipjack::queue::maintenance::vacuum_if_needed;
+    let db = TestDb::new().await;
+    let dead = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        !vacuum_if_needed(&db.pool, 1000).await.unwrap(),
+        "nothing to vacuum yet"
+    );
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<NewJob> = (0..3000)
+        .map(|i| NewJob::new("test", json!({ "i": i })))
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    sqlx::query("DELETE FROM jobs")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // Statistics reach the shared counters when a session flushes them.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    common::eventually(Duration::from_secs(10), "dead tuples counted", || async {
+        dead().await >= 3000
+    })
+    .await;
+    assert!(vacuum_if_needed(&db.pool, 1000).await.unwrap());
+    common::eventually(Duration::from_secs(10), "dead tuples gone", || async {
+        dead().await == 0
+    })
+    .await;
+}

@@ -1,7 +1,8 @@
 //! Maintenance: the background loop every worker process runs.
 //!
-//! Each tick rescues jobs whose lease expired. Less often it does the
-//! housekeeping: creates `job_history` partitions ahead of time, drops the
+//! Each tick rescues jobs whose lease expired. Every minute it vacuums
+//! `jobs` if dead row versions piled up (autovacuum off or behind). Less
+//! often it does the housekeeping: creates `job_history` partitions ahead of time, drops the
 //! partitions older than the retention, and prunes idempotency keys, events
 //! and stale waiters past their time. Every step is safe to run in all
 //! processes at once (SKIP LOCKED, advisory locks, idempotent deletes).
@@ -30,6 +31,13 @@ pub struct MaintenanceConfig {
     pub partitions_ahead_days: u32,
     /// Waiters not refreshed for this long are forgotten.
     pub waiter_ttl: Duration,
+    /// Vacuum `jobs` when it holds more dead row versions than this (checked
+    /// every `vacuum_check_interval`). Autovacuum normally does it, driven by
+    /// the table's own settings; this covers servers where it is off or
+    /// falls behind, where the claim would otherwise walk past ever more
+    /// dead index entries.
+    pub vacuum_dead_tuples: i64,
+    pub vacuum_check_interval: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -41,6 +49,8 @@ impl Default for MaintenanceConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             partitions_ahead_days: 7,
             waiter_ttl: Duration::from_secs(120),
+            vacuum_dead_tuples: 50_000,
+            vacuum_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -137,6 +147,33 @@ pub async fn housekeeping(
     Ok(report)
 }
 
+/// Vacuums `jobs` when it holds more than `threshold` dead row versions and
+/// no other process is vacuuming it; returns whether it vacuumed.
+pub async fn vacuum_if_needed(pool: &PgPool, threshold: i64) -> Result<bool> {
+    let dead: i64 = sqlx::query_scalar(sql::DEAD_TUPLES).fetch_one(pool).await?;
+    if dead <= threshold {
+        return Ok(false);
+    }
+    // A session lock, on one connection throughout: VACUUM cannot run inside
+    // a transaction, so a transaction-scoped lock would not cover it.
+    let mut conn = pool.acquire().await?;
+    let held: bool = sqlx::query_scalar(sql::VACUUM_LOCK)
+        .bind(true)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !held {
+        return Ok(false);
+    }
+    let vacuumed = sqlx::query(sql::VACUUM_JOBS).execute(&mut *conn).await;
+    sqlx::query_scalar::<_, bool>(sql::VACUUM_LOCK)
+        .bind(false)
+        .fetch_one(&mut *conn)
+        .await?;
+    vacuumed?;
+    tracing::info!(dead_tuples = dead, "vacuumed the jobs table");
+    Ok(true)
+}
+
 /// Runs rescue passes and housekeeping until `shutdown` is cancelled.
 pub fn spawn(
     pool: PgPool,
@@ -145,6 +182,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_housekeeping: Option<tokio::time::Instant> = None;
+        let mut last_vacuum_check = tokio::time::Instant::now();
         loop {
             if let Err(error) = rescue_expired(&pool, config.rescue_batch).await {
                 tracing::warn!(%error, "rescue pass failed");
@@ -156,6 +194,12 @@ pub fn spawn(
                     Err(error) => tracing::warn!(%error, "housekeeping failed"),
                 }
                 last_housekeeping = Some(tokio::time::Instant::now());
+            }
+            if last_vacuum_check.elapsed() >= config.vacuum_check_interval {
+                if let Err(error) = vacuum_if_needed(&pool, config.vacuum_dead_tuples).await {
+                    tracing::warn!(%error, "vacuum check failed");
+                }
+                last_vacuum_check = tokio::time::Instant::now();
             }
             let jitter = rand::thread_rng().gen_range(0.8..1.2);
             tokio::select! {

@@ -31,4 +31,7 @@ statements! {
     DROP_PARTITIONS => "drop_partitions.sql",
     PRUNE_IDEMPOTENCY_KEYS => "prune_idempotency_keys.sql",
     PRUNE_EVENTS => "prune_events.sql",
+    DEAD_TUPLES => "dead_tuples.sql",
+    VACUUM_JOBS => "vacuum_jobs.sql",
+    VACUUM_LOCK => "vacuum_lock.sql",
 }
