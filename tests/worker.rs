@@ -395,6 +395,7 @@ async fn the_jittered_poll_brings_delayed_jobs_without_a_notify() {
     );
     let (stop, run) = spawn_worker(worker.clone());
     // A delayed job sends no NOTIFY, now or when it comes due.
+    let before = chrono::Utc::now();
     let id = enqueue(
         &db.pool,
         NewJob::new("test", json!({})).with_delay(Duration::from_millis(300)),
@@ -405,7 +406,10 @@ async fn the_jittered_poll_brings_delayed_jobs_without_a_notify() {
         .expect("picked up by the poll");
     assert_eq!(got, Some(id));
     let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
-    assert!(view.started_at.unwrap() >= view.created_at + chrono::Duration::milliseconds(300));
+    // run_at = (a clock reading after `before`) + 300 ms, and a claim needs
+    // now() >= run_at (the database and the test share the machine's clock).
+    // (1 ms for the database's microsecond rounding.)
+    assert!(view.started_at.unwrap() >= before + chrono::Duration::milliseconds(299));
     stop.cancel();
     run.await.unwrap();
 }
