@@ -465,11 +465,11 @@ async fn a_worker_never_runs_more_jobs_than_its_concurrency() {
 async fn heartbeats_keep_a_long_job_alive_past_its_lease() {
     let db = TestDb::new().await;
     let (handler, _rx) = TestHandler::new(|_| async {
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         completed()
     });
     let config = WorkerConfig {
-        lease: Duration::from_millis(600),
+        lease: Duration::from_millis(1200),
         ..quiet_config()
     };
     let worker = Arc::new(
