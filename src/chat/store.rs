@@ -9,7 +9,6 @@ mod sql {
     pub const DEFAULT_CONVERSATION: &str = include_str!("../../sql/chat/default_conversation.sql");
     pub const CREATE_CONVERSATION: &str = include_str!("../../sql/chat/create_conversation.sql");
     pub const CONVERSATION_USER: &str = include_str!("../../sql/chat/conversation_user.sql");
-    pub const HISTORY: &str = include_str!("../../sql/chat/history.sql");
     pub const HISTORIES: &str = include_str!("../../sql/chat/histories.sql");
     pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
     pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
@@ -118,17 +117,6 @@ pub async fn conversation_user<'e>(
         .bind(conversation)
         .bind(tenant)
         .fetch_optional(executor)
-        .await
-}
-
-/// The conversation's messages in order, for the LLM.
-pub async fn history<'e>(
-    executor: impl PgExecutor<'e>,
-    conversation: ConversationId,
-) -> sqlx::Result<Vec<HistoryMessage>> {
-    sqlx::query_as(sql::HISTORY)
-        .bind(conversation)
-        .fetch_all(executor)
         .await
 }
 
