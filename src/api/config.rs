@@ -1,6 +1,7 @@
 //! The API's settings: [`ApiArgs`] (flags and environment) and the
 //! [`ApiConfig`] the library runs on.
 
+use crate::db::Schema;
 use crate::queue::gauges::GaugesConfig;
 use crate::queue::NewJob;
 use clap::Args;
@@ -43,6 +44,11 @@ pub struct ApiConfig {
     /// [`crate::queue::gauges`]): with the API in the running, the gauges
     /// and autoscaling on them work while no worker runs.
     pub queue_gauges: Option<GaugesConfig>,
+    /// The schema the process runs at ([`crate::db::check_schema`] at
+    /// start-up): `/ready` checks the database against it, and features of
+    /// newer migrations stay off below them. Default: the newest schema
+    /// this build knows.
+    pub schema: Schema,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +67,7 @@ impl Default for ApiConfig {
             max_attempts: NewJob::DEFAULT_MAX_ATTEMPTS,
             shutdown_grace: Duration::from_secs(25),
             queue_gauges: Some(GaugesConfig::default()),
+            schema: Schema::current(),
         }
     }
 }
@@ -131,6 +138,7 @@ impl ApiArgs {
             max_attempts: self.max_attempts.clamp(1, 100),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_seconds.max(0.0)),
             queue_gauges: Some(GaugesConfig::default()),
+            schema: Schema::current(),
         }
     }
 }

@@ -66,6 +66,10 @@ pub struct MessageOut {
     pub content: String,
     /// The chat job whose completion appended this message.
     pub job_id: Option<Uuid>,
+    /// The model that wrote an assistant message; absent for user messages
+    /// and for replies written before the server recorded models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -146,13 +150,14 @@ pub async fn messages(
     if query.user_id.as_deref().is_some_and(|u| u != owner) {
         return Err(ApiError::NotFound("conversation"));
     }
-    let messages = store::list_messages(&state.pool, id)
+    let messages = store::list_messages_at(&state.pool, id, state.config.schema)
         .await?
         .into_iter()
         .map(|m| MessageOut {
             role: m.role,
             content: m.content,
             job_id: m.job_id.map(|j: JobId| j.0),
+            model: m.model,
             created_at: m.created_at,
         })
         .collect();

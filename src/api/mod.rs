@@ -179,7 +179,7 @@ impl Api {
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let pool = state.pool.clone();
+    let schema = health::SchemaWatch::new(state.pool.clone(), state.config.schema);
     Router::new()
         .merge(chat::router())
         .merge(conversations::router())
@@ -189,7 +189,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-        .merge(health::router(pool))
+        .merge(health::router_for(schema, None))
 }
 
 async fn not_found() -> ApiError {

@@ -22,13 +22,16 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::connect(&args.db.db_config("skipjack-api"))
         .await
         .context("connecting to the database")?;
-    db::check_schema(&pool).await?;
+    let schema = db::check_schema(&pool).await?;
+    tracing::info!(schema_version = schema.version(), "database schema checked");
 
     let listener = tokio::net::TcpListener::bind(args.api.api_addr)
         .await
         .with_context(|| format!("binding {}", args.api.api_addr))?;
     tracing::info!(addr = %args.api.api_addr, "API listening");
-    let api = Api::start(pool, args.api.api_config(), signal::shutdown_token());
+    let mut config = args.api.api_config();
+    config.schema = schema;
+    let api = Api::start(pool, config, signal::shutdown_token());
     api.serve(listener).await?;
     tracing::info!("API stopped");
     Ok(())

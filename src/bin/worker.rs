@@ -34,9 +34,10 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::connect(&db_config)
         .await
         .context("connecting to the database")?;
-    db::check_schema(&pool).await?;
+    let schema = db::check_schema(&pool).await?;
+    tracing::info!(schema_version = schema.version(), "database schema checked");
 
-    let handler = chat_worker::chat_handler(pool.clone(), &args.llm, &args.cache)
+    let handler = chat_worker::chat_handler(pool.clone(), &args.llm, &args.cache, schema)
         .context("setting up the chat handler")?;
     let shutdown = signal::shutdown_token();
     // Three idle polls without a claim (while slots are free) means the claim
@@ -57,7 +58,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.worker.worker_addr, "health server listening");
     let server_stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, health::router_with_check(pool, Some(ready)))
+        let health = health::router_for(health::SchemaWatch::new(pool, schema), Some(ready));
+        axum::serve(listener, health)
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
             .await
     });

@@ -8,6 +8,9 @@
 //! the history read is a short statement on a pooled connection, given
 //! back before the call.
 //!
+//! At a schema with [`store::MODEL_VERSION`], the turn also records the
+//! model that wrote the reply.
+//!
 //! The turn is written by [`Handler::on_completed`], inside the transaction
 //! that completes the batch and only for jobs that passed the lease fence:
 //! the user message and the reply are appended together, or not at all, so
@@ -23,6 +26,7 @@ use super::cache::{CacheWrite, HistoryCache};
 use super::loader::HistoryLoader;
 use super::store::{self, HistoryMessage, HistoryVersion, Turn};
 use super::{ChatPayload, ChatResult, CHAT_KIND};
+use crate::db::Schema;
 use crate::ids::{ConversationId, JobId};
 use crate::llm::{self, ChatMessage, ChatRequest, LlmError, Provider, Role};
 use crate::metrics::metrics;
@@ -54,6 +58,9 @@ pub struct ChatHandler {
     /// completion can write history + turn to the cache without reading the
     /// history again.
     stash: Mutex<Stash>,
+    /// The schema the process runs at: decides whether the model of a
+    /// reply is recorded.
+    schema: Schema,
 }
 
 #[derive(Default)]
@@ -78,7 +85,15 @@ impl ChatHandler {
             provider,
             cache: None,
             stash: Mutex::default(),
+            schema: Schema::current(),
         }
+    }
+
+    /// Writes what `schema` allows (default: the newest schema this build
+    /// knows).
+    pub fn with_schema(mut self, schema: Schema) -> Self {
+        self.schema = schema;
+        self
     }
 
     /// Reads history through `cache`.
@@ -256,6 +271,7 @@ impl Handler for ChatHandler {
             reply: String,
             user_tokens: i32,
             reply_tokens: Option<i32>,
+            model: String,
         }
         let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
         for f in jobs {
@@ -280,6 +296,7 @@ impl Handler for ChatHandler {
                 user: payload.message,
                 reply: result.response,
                 reply_tokens: usage.map(|u| u.output_tokens),
+                model: result.model,
             });
         }
         let turns: Vec<Turn<'_>> = done
@@ -293,7 +310,11 @@ impl Handler for ChatHandler {
                 assistant_tokens: d.reply_tokens,
             })
             .collect();
-        let appended = store::append_turns(tx, &turns).await?;
+        let models: Option<Vec<&str>> = self
+            .schema
+            .has(store::MODEL_VERSION)
+            .then(|| done.iter().map(|d| d.model.as_str()).collect());
+        let appended = store::append_turns_with_models(tx, &turns, models.as_deref()).await?;
 
         let Some(cache) = &self.cache else {
             return Ok(());

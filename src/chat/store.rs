@@ -1,5 +1,6 @@
 //! Conversations and messages in Postgres.
 
+use crate::db::Schema;
 use crate::ids::{ConversationId, JobId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,9 +13,17 @@ mod sql {
     pub const HISTORIES: &str = include_str!("../../sql/chat/histories.sql");
     pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
     pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
+    pub const APPEND_TURNS_WITH_MODEL: &str =
+        include_str!("../../sql/chat/append_turns_with_model.sql");
+    pub const LIST_MESSAGES_WITH_MODEL: &str =
+        include_str!("../../sql/chat/list_messages_with_model.sql");
     pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
     pub const HISTORY_WITH_VERSION: &str = include_str!("../../sql/chat/history_with_version.sql");
 }
+
+/// The migration that added `messages.model`: processes running at an
+/// older schema neither write nor read it.
+pub const MODEL_VERSION: i32 = 6;
 
 /// One message of a conversation, as the LLM sees it (and as the history
 /// cache stores it).
@@ -34,6 +43,11 @@ pub struct StoredMessage {
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
     pub tokens: Option<i32>,
+    /// The model that wrote an assistant message; `None` for user
+    /// messages, for replies written before [`MODEL_VERSION`], and when read
+    /// at an older schema.
+    #[sqlx(default)]
+    pub model: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -183,7 +197,22 @@ pub async fn list_messages<'e>(
     executor: impl PgExecutor<'e>,
     conversation: ConversationId,
 ) -> sqlx::Result<Vec<StoredMessage>> {
-    sqlx::query_as(sql::LIST_MESSAGES)
+    list_messages_at(executor, conversation, Schema::current()).await
+}
+
+/// [`list_messages`] by a process running at `schema`: the model of each
+/// message only from [`MODEL_VERSION`] on.
+pub async fn list_messages_at<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: ConversationId,
+    schema: Schema,
+) -> sqlx::Result<Vec<StoredMessage>> {
+    let statement = if schema.has(MODEL_VERSION) {
+        sql::LIST_MESSAGES_WITH_MODEL
+    } else {
+        sql::LIST_MESSAGES
+    };
+    sqlx::query_as(statement)
         .bind(conversation)
         .fetch_all(executor)
         .await
@@ -194,6 +223,17 @@ pub async fn list_messages<'e>(
 pub async fn append_turns(
     conn: &mut PgConnection,
     turns: &[Turn<'_>],
+) -> sqlx::Result<Vec<Appended>> {
+    append_turns_with_models(conn, turns, None).await
+}
+
+/// [`append_turns`], also recording with each reply the model that wrote
+/// it when `models` (one per turn) is given: only at a schema that has
+/// [`MODEL_VERSION`].
+pub async fn append_turns_with_models(
+    conn: &mut PgConnection,
+    turns: &[Turn<'_>],
+    models: Option<&[&str]>,
 ) -> sqlx::Result<Vec<Appended>> {
     if turns.is_empty() {
         return Ok(Vec::new());
@@ -211,15 +251,22 @@ pub async fn append_turns(
         i32,
         DateTime<Utc>,
     );
-    let rows: Vec<Row> = sqlx::query_as(sql::APPEND_TURNS)
+    let query = match models {
+        Some(_) => sqlx::query_as(sql::APPEND_TURNS_WITH_MODEL),
+        None => sqlx::query_as(sql::APPEND_TURNS),
+    };
+    let query = query
         .bind(&conversations)
         .bind(&jobs)
         .bind(&users)
         .bind(&assistants)
         .bind(&user_tokens)
-        .bind(&assistant_tokens)
-        .fetch_all(conn)
-        .await?;
+        .bind(&assistant_tokens);
+    let query = match models {
+        Some(models) => query.bind(models),
+        None => query,
+    };
+    let rows: Vec<Row> = query.fetch_all(conn).await?;
     Ok(rows
         .into_iter()
         .map(|(conversation, prev_seq, prev_at, seq, at)| Appended {

@@ -6,6 +6,7 @@
 use super::cache::{CacheError, HistoryCache};
 use super::config::CacheArgs;
 use super::handler::ChatHandler;
+use crate::db::Schema;
 use crate::health::ReadyCheck;
 use crate::llm::{self, ConfigError, LlmConfig};
 use crate::metrics::metrics;
@@ -26,11 +27,13 @@ pub enum SetupError {
 
 /// The chat handler of a worker process: one provider (and so one HTTP
 /// client) for the whole process, and the Redis cache when `REDIS_URL` is
-/// set. Logs what it built, never a key or the Redis URL.
+/// set, writing what the process's `schema` allows. Logs what it built,
+/// never a key or the Redis URL.
 pub fn chat_handler(
     pool: PgPool,
     llm: &LlmConfig,
     cache: &CacheArgs,
+    schema: Schema,
 ) -> Result<ChatHandler, SetupError> {
     let provider = llm::build_provider(llm)?;
     tracing::info!(
@@ -40,7 +43,7 @@ pub fn chat_handler(
         max_rps = llm.max_rps,
         "LLM provider ready"
     );
-    let mut handler = ChatHandler::new(pool, provider);
+    let mut handler = ChatHandler::new(pool, provider).with_schema(schema);
     if let Some(config) = cache.cache_config() {
         tracing::info!(
             ttl_s = config.ttl.as_secs(),
