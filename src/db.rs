@@ -205,6 +205,12 @@ impl Schema {
         }
     }
 
+    /// A process running at `version`: for tests and tools (processes get
+    /// theirs from [`check_schema`]).
+    pub fn at(version: i32) -> Schema {
+        Schema { version }
+    }
+
     /// The schema version.
     pub fn version(self) -> i32 {
         self.version
@@ -311,7 +317,7 @@ fn first_incompatible(
 ) -> Result<(), DbError> {
     for (version, name) in applied.iter().filter(|(v, _)| *v > running) {
         let oldest = declared.get(version).copied();
-        if !oldest.is_some_and(|oldest| oldest <= running) {
+        if oldest.is_none_or(|oldest| oldest > running) {
             return Err(DbError::Incompatible {
                 migration: migration_label(*version, name),
                 running,
