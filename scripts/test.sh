@@ -2,10 +2,11 @@
 # Runs every check and test: formatting, clippy, the operations files
 # (Prometheus rules with promtool, Kubernetes manifests with
 # deploy/validate.py, docker-compose.yml when `docker compose` exists), and
-# the test suite against a real Postgres (and Redis), each started here when
-# it is not running. Tools that are missing are installed (promtool from
-# Debian's prometheus package, kubernetes-validate from PyPI into
-# target/ops-venv), or the script says what to install and fails.
+# the migrations with squawk, and the test suite against a real Postgres
+# (and Redis), each started here when it is not running. Tools that are
+# missing are installed (promtool from Debian's prometheus package,
+# kubernetes-validate and squawk-cli from PyPI into target/ops-venv and
+# target/squawk-venv), or the script says what to install and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -73,6 +74,28 @@ if ! "$venv/bin/python" -c 'import kubernetes_validate' >/dev/null 2>&1; then
   }
 fi
 "$venv/bin/python" deploy/validate.py
+
+# --- Migrations ---------------------------------------------------------------
+
+# squawk lints every migration for statements that lock busy tables or
+# cannot be rerun (.squawk.toml lists the exceptions and why). Installed
+# from PyPI into target/squawk-venv once; offline after that.
+squawk_venv=target/squawk-venv
+if ! "$squawk_venv/bin/squawk" --version >/dev/null 2>&1; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv || {
+      echo "error: python3 (with the venv module) is needed to lint migrations: apt-get install python3-venv" >&2
+      exit 1
+    }
+  fi
+  rm -rf "$squawk_venv"
+  python3 -m venv "$squawk_venv"
+  "$squawk_venv/bin/pip" install --quiet --disable-pip-version-check 'squawk-cli==2.70.0' || {
+    echo "error: cannot install squawk-cli from PyPI into $squawk_venv (network?)" >&2
+    exit 1
+  }
+fi
+"$squawk_venv/bin/squawk" --config .squawk.toml migrations/*.sql
 
 if docker compose version >/dev/null 2>&1; then
   docker compose config --quiet
