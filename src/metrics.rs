@@ -31,6 +31,8 @@ pub const JOB_RUN_SECONDS: &str = "skipjack_job_run_seconds";
 pub const WORKER_SLOTS_BUSY: &str = "skipjack_worker_slots_busy";
 pub const WORKER_SLOTS_TOTAL: &str = "skipjack_worker_slots_total";
 pub const LISTENER_RECONNECTS_TOTAL: &str = "skipjack_listener_reconnects_total";
+pub const LONG_POLLS_REFUSED_TOTAL: &str = "skipjack_long_polls_refused_total";
+pub const LONG_POLL_RECHECK_WAKEUPS_TOTAL: &str = "skipjack_long_poll_recheck_wakeups_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "skipjack_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "skipjack_http_request_seconds";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "skipjack_backpressure_rejections_total";
@@ -72,6 +74,11 @@ pub struct Metrics {
     pub worker_slots_busy: IntGauge,
     pub worker_slots_total: IntGauge,
     pub listener_reconnects: IntCounter,
+    /// Long-polls refused (429) because a cap was reached, by scope.
+    pub long_polls_refused: IntCounterVec,
+    /// Long-polls woken by the periodic re-check rather than a NOTIFY: each
+    /// is a completion whose NOTIFY was not heard.
+    pub long_poll_rechecks_woken: IntCounter,
     /// API requests by `route` (the route template, never a raw path),
     /// `method` and `status`.
     pub http_requests: IntCounterVec,
@@ -216,6 +223,15 @@ impl Metrics {
                 LISTENER_RECONNECTS_TOTAL,
                 "Times the LISTEN connection was re-established.",
             ),
+            long_polls_refused: counter_vec(
+                LONG_POLLS_REFUSED_TOTAL,
+                "Long-polls refused with 429 because the process or tenant cap was reached.",
+                &["scope"],
+            ),
+            long_poll_rechecks_woken: counter(
+                LONG_POLL_RECHECK_WAKEUPS_TOTAL,
+                "Long-polls woken by the periodic re-check: completions whose NOTIFY was not heard.",
+            ),
             http_requests: counter_vec(
                 HTTP_REQUESTS_TOTAL,
                 "API requests answered.",
@@ -298,6 +314,8 @@ impl Metrics {
         r.add(&m.worker_slots_busy, K::Gauge);
         r.add(&m.worker_slots_total, K::Gauge);
         r.add(&m.listener_reconnects, K::Counter);
+        r.add(&m.long_polls_refused, K::Counter);
+        r.add(&m.long_poll_rechecks_woken, K::Counter);
         r.add(&m.http_requests, K::Counter);
         r.add(&m.http_request_seconds, K::Histogram);
         r.add(&m.backpressure_rejections, K::Counter);

@@ -3,9 +3,11 @@
 -- $1 ids uuid[], $2 tenant ids uuid[], $3 conversation ids uuid[],
 -- $4 kinds text[], $5 priorities smallint[], $6 payloads jsonb[],
 -- $7 idempotency keys text[], $8 max attempts integer[], $9 run_at timestamptz[]
--- (a NULL run_at means now). One row per input, in input order:
--- (ord, job_id, inserted). `inserted` is false when the idempotency key
--- already named a job; job_id is then that job, or NULL when the key was
+-- (a NULL run_at means now), $10 request fingerprints bytea[] (stored with
+-- new keys). One row per input, in input order: (ord, job_id, inserted,
+-- fingerprint). `inserted` is false when the idempotency key already named a
+-- job; job_id is then that job and fingerprint the one stored with the key
+-- (the caller compares it with its own), or job_id is NULL when the key was
 -- taken by a transaction this statement's snapshot cannot see yet (the
 -- caller looks it up again).
 --
@@ -18,13 +20,15 @@
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::smallint[],
-                $6::jsonb[], $7::text[], $8::integer[], $9::timestamptz[])
+                $6::jsonb[], $7::text[], $8::integer[], $9::timestamptz[], $10::bytea[])
          WITH ORDINALITY AS i (id, tenant_id, conversation_id, kind, priority,
-                               payload, idempotency_key, max_attempts, run_at, ord)
+                               payload, idempotency_key, max_attempts, run_at,
+                               fingerprint, ord)
 ),
 new_keys AS (
-    INSERT INTO idempotency_keys (tenant_id, key, job_id)
-    SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'), idempotency_key, id
+    INSERT INTO idempotency_keys (tenant_id, key, job_id, fingerprint)
+    SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'), idempotency_key, id,
+           fingerprint
     FROM input
     WHERE idempotency_key IS NOT NULL
     ORDER BY 1, 2
@@ -68,7 +72,8 @@ wake AS (
     HAVING count(*) > 0
        AND EXISTS (SELECT 1 FROM queue_waiters WHERE channel = 'skipjack_jobs')
 )
-SELECT i.ord, coalesce(n.id, k.job_id) AS job_id, n.id IS NOT NULL AS inserted
+SELECT i.ord, coalesce(n.id, k.job_id) AS job_id, n.id IS NOT NULL AS inserted,
+       k.fingerprint
 FROM input i
 LEFT JOIN inserted n ON n.id = i.id
 LEFT JOIN idempotency_keys k

@@ -47,7 +47,11 @@ pub struct ChatRequest {
     /// 1..=10, higher first; default 1.
     #[schema(minimum = 1, maximum = 10)]
     pub priority: Option<i64>,
-    /// Submitting the same key again (per tenant) returns the first job.
+    /// Submitting the same request again with the same key (per tenant)
+    /// returns the first job. The key is bound to the request's user_id,
+    /// message, conversation_id, priority and metadata: the same key with
+    /// any of them different is refused with 409 `idempotency_key_reused`.
+    /// Keys are kept for the history retention (30 days by default).
     pub idempotency_key: Option<String>,
     /// Free-form JSON kept with the job for auditing.
     #[schema(value_type = Option<Object>)]
@@ -70,7 +74,8 @@ pub struct SubmitResponse {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WaitQuery {
     /// Seconds to wait for the job to finish, 0 to 60; answers as soon as it
-    /// is finished, or with its current state when the time is up.
+    /// is finished, or with its current state when the time is up. Waits
+    /// are capped per API process and per tenant (429 above the cap).
     pub wait: Option<f64>,
 }
 
@@ -152,12 +157,16 @@ impl From<JobView> for JobResponse {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "conversation_id is not this user's conversation", body = ErrorBody),
-        (status = 409, description = "The idempotency key's first job was rolled back; retry", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused`: the idempotency key was first used for a \
+different request (another user_id, message, conversation_id, priority or metadata), so no job is \
+created; or `conflict`: the key's first job was rolled back; retry", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is missing, mistyped or out of range", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the commit's outcome could not be \
+established; retrying with the same idempotency key is safe", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn submit(
@@ -170,6 +179,10 @@ pub async fn submit(
     validate::idempotency_key(req.idempotency_key.as_deref())?;
     validate::metadata(req.metadata.as_ref())?;
     let priority = validate::priority(req.priority)?;
+    let fingerprint = req
+        .idempotency_key
+        .as_ref()
+        .map(|_| request_fingerprint(&req, priority));
 
     // Refuse at once when full, before any database work.
     let ticket = state
@@ -198,7 +211,19 @@ pub async fn submit(
     if let Some(key) = req.idempotency_key {
         job = job.with_idempotency_key(key);
     }
+    if let Some(fingerprint) = fingerprint {
+        job = job.with_idempotency_fingerprint(fingerprint);
+    }
     let submitted = state.group_commit.submit(job).await?;
+    if submitted.key_reused {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: "this idempotency key was first used for a different request \
+                      (user_id, message, conversation_id, priority or metadata differ); \
+                      use a new key for a new request"
+                .to_owned(),
+        });
+    }
 
     let body = if submitted.inserted {
         ticket.keep();
@@ -233,6 +258,36 @@ pub async fn submit(
     Ok(response)
 }
 
+/// The fingerprint stored with an idempotency key: SHA-256 of the request's
+/// canonical fields (the priority as applied, object keys of the metadata
+/// sorted), so a resent request matches whatever its JSON formatting.
+fn request_fingerprint(req: &ChatRequest, priority: crate::queue::Priority) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::json!([
+        "chat/v1",
+        req.user_id,
+        req.message,
+        req.conversation_id,
+        priority.get(),
+        req.metadata.as_ref().map(sorted),
+    ]);
+    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+}
+
+/// `value` with the keys of every object in sorted order, however the JSON
+/// map keeps them.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A chat job and, once completed, its reply. With `wait`, answers as soon
 /// as the job is finished or when the wait is over, whichever comes first.
 #[utoipa::path(
@@ -244,6 +299,11 @@ pub async fn submit(
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
         (status = 422, description = "Bad job id or wait", body = ErrorBody),
+        (status = 429, description = "`too_many_long_polls`: this process already holds \
+`SKIPJACK_MAX_LONG_POLLS` long-polls (default 10000), or this tenant \
+`SKIPJACK_MAX_TENANT_LONG_POLLS` (default 1000); poll again after Retry-After (or without `wait`)",
+         body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]

@@ -2,7 +2,9 @@
 //! [`ApiConfig`] the library runs on.
 
 use crate::db::Schema;
+use super::long_poll::LongPollConfig;
 use crate::queue::gauges::GaugesConfig;
+use crate::queue::notify::ListenerConfig;
 use crate::queue::NewJob;
 use clap::Args;
 use std::net::SocketAddr;
@@ -40,6 +42,9 @@ pub struct ApiConfig {
     pub max_attempts: i32,
     /// Time in-flight requests and long-polls get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Long-polls: the re-check interval, the caps per process and per
+    /// tenant, and how the LISTEN connection is probed.
+    pub long_poll: LongPollConfig,
     /// Take part in refreshing the queue gauges (one process leads, see
     /// [`crate::queue::gauges`]): with the API in the running, the gauges
     /// and autoscaling on them work while no worker runs.
@@ -66,6 +71,7 @@ impl Default for ApiConfig {
             auth_cache_ttl: Duration::from_secs(5),
             max_attempts: NewJob::DEFAULT_MAX_ATTEMPTS,
             shutdown_grace: Duration::from_secs(25),
+            long_poll: LongPollConfig::default(),
             queue_gauges: Some(GaugesConfig::default()),
             schema: Schema::current(),
         }
@@ -120,6 +126,20 @@ pub struct ApiArgs {
     /// Time in-flight requests and long-polls get after SIGTERM.
     #[arg(long, env = "SKIPJACK_SHUTDOWN_GRACE_SECONDS", default_value_t = 25.0)]
     pub shutdown_grace_seconds: f64,
+    /// Long-polls in flight per API process; more get 429 with Retry-After.
+    #[arg(long, env = "SKIPJACK_MAX_LONG_POLLS", default_value_t = 10_000)]
+    pub max_long_polls: usize,
+    /// Long-polls in flight per tenant and API process; more get 429.
+    #[arg(long, env = "SKIPJACK_MAX_TENANT_LONG_POLLS", default_value_t = 1_000)]
+    pub max_tenant_long_polls: usize,
+    /// Seconds between re-checks of the jobs being long-polled (one query
+    /// for all): the longest a lost NOTIFY can delay an answer.
+    #[arg(long, env = "SKIPJACK_LONG_POLL_RECHECK_SECONDS", default_value_t = 5.0)]
+    pub long_poll_recheck_seconds: f64,
+    /// Seconds between self-probes of the LISTEN connection, and how long a
+    /// probe may take before the connection is replaced.
+    #[arg(long, env = "SKIPJACK_LISTENER_PROBE_SECONDS", default_value_t = 5.0)]
+    pub listener_probe_seconds: f64,
 }
 
 impl ApiArgs {
@@ -137,6 +157,21 @@ impl ApiArgs {
             auth_cache_ttl: Duration::from_secs_f64(self.auth_cache_seconds.clamp(0.0, 300.0)),
             max_attempts: self.max_attempts.clamp(1, 100),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_seconds.max(0.0)),
+            long_poll: LongPollConfig {
+                recheck: Duration::from_secs_f64(self.long_poll_recheck_seconds.clamp(0.1, 60.0)),
+                max_waits: self.max_long_polls.max(1),
+                max_tenant_waits: self.max_tenant_long_polls.max(1),
+                retry_after_secs: self.retry_after_seconds.max(1),
+                listener: ListenerConfig {
+                    probe_interval: Duration::from_secs_f64(
+                        self.listener_probe_seconds.clamp(0.1, 300.0),
+                    ),
+                    probe_timeout: Duration::from_secs_f64(
+                        self.listener_probe_seconds.clamp(0.1, 300.0),
+                    ),
+                    ..ListenerConfig::default()
+                },
+            },
             queue_gauges: Some(GaugesConfig::default()),
             schema: Schema::current(),
         }

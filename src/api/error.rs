@@ -44,6 +44,13 @@ pub enum ApiError {
         scope: &'static str,
         retry_after_secs: u64,
     },
+    /// 429: too many long-polls in flight (in this process or for this
+    /// tenant); retry later or poll without `wait`.
+    #[error("too many long-polls in flight ({scope} limit); retry in {retry_after_secs} s")]
+    TooManyWaits {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
     /// 503: the database is unreachable or overloaded, or the process is
     /// shutting down.
     #[error("service unavailable: {0}")]
@@ -67,8 +74,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `unauthorized`,
     /// `not_found`, `method_not_allowed`, `not_cancellable`,
-    /// `payload_too_large`, `invalid_*`, `queue_full`, `unavailable`,
-    /// `internal`.
+    /// `idempotency_key_reused`, `payload_too_large`, `invalid_*`,
+    /// `queue_full`, `too_many_long_polls`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
     pub message: String,
@@ -92,7 +99,9 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Backpressure { .. } | ApiError::TooManyWaits { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +117,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Invalid { code, .. } => code,
             ApiError::Backpressure { .. } => "queue_full",
+            ApiError::TooManyWaits { .. } => "too_many_long_polls",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -183,6 +193,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         match &self {
             ApiError::Backpressure {
+                retry_after_secs, ..
+            }
+            | ApiError::TooManyWaits {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

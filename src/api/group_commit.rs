@@ -15,6 +15,13 @@
 //! batch statement fails anyway, each job is retried alone so that only the
 //! culprit fails. A batch that fails because the database is unreachable
 //! answers 503 to all its requests at once instead.
+//!
+//! A COMMIT that fails with a lost connection has an unknown outcome: the
+//! server may have committed and only the answer was lost (a restart, a
+//! failover, a terminated backend, a synchronous standby given up on). The
+//! flush does not guess: it asks, on a new connection, which of the jobs it
+//! inserted exist, and answers 202 for those and 503 for the rest. A client
+//! that retries a 503 with its idempotency key then finds its job either way.
 
 use super::error::ApiError;
 use super::sql;
@@ -22,7 +29,7 @@ use crate::ids::JobId;
 use crate::metrics::metrics;
 use crate::queue::{self, is_transient, Enqueued, NewJob, QueueError};
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +43,23 @@ use tokio_util::sync::CancellationToken;
 const CHANNEL_CAPACITY: usize = 16 * 1024;
 /// Times a batch is retried after a deadlock or serialization failure.
 const TRANSIENT_RETRIES: usize = 3;
+/// Attempts, and the pause between them, to learn a lost commit's outcome
+/// before answering 503.
+const RESOLVE_ATTEMPTS: u32 = 5;
+const RESOLVE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Why an insert failed.
+enum InsertError {
+    /// The statement or the transaction failed: nothing was written.
+    Failed(QueueError),
+    /// The COMMIT was sent but its answer was lost: the statement's results
+    /// hold if, and only if, the server committed.
+    Ambiguous {
+        error: sqlx::Error,
+        created_at: DateTime<Utc>,
+        enqueued: Vec<Enqueued>,
+    },
+}
 
 /// What happened to one submitted job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +67,9 @@ pub struct Submitted {
     pub id: JobId,
     /// False when the idempotency key named an earlier job: `id` is that one.
     pub inserted: bool,
+    /// True when that earlier job was another request's (the key was
+    /// reused for a different body): the caller must refuse.
+    pub key_reused: bool,
     /// The job's `created_at` when it was inserted now.
     pub created_at: DateTime<Utc>,
 }
@@ -215,24 +242,117 @@ async fn flush(
                 let _ = reply.send(Ok(answer(job, enqueued, created_at)));
             }
         }
-        Err(QueueError::Database(error)) if ApiError::is_unavailable(&error) => {
+        Err(InsertError::Ambiguous {
+            error,
+            created_at,
+            enqueued,
+        }) => {
+            let answers = resolve(&pool, &jobs, enqueued, created_at, &error).await;
+            for (reply, result) in replies.into_iter().zip(answers) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(InsertError::Failed(QueueError::Database(error)))
+            if ApiError::is_unavailable(&error) =>
+        {
             tracing::warn!(%error, jobs = jobs.len(), "database unavailable for a batch");
             for reply in replies {
                 let _ = reply.send(Err(ApiError::Unavailable("database unavailable")));
             }
         }
-        Err(error) => {
+        Err(InsertError::Failed(error)) => {
             // Someone's job broke the batch: find whose, one job at a time.
             tracing::warn!(%error, jobs = jobs.len(), "batch insert failed; retrying jobs one by one");
             for (job, reply) in jobs.iter().zip(replies) {
-                let result = insert(&pool, std::slice::from_ref(job), &stats)
-                    .await
-                    .map(|(created_at, mut one)| answer(job, one.remove(0), created_at))
-                    .map_err(ApiError::from);
+                let one = std::slice::from_ref(job);
+                let result = match insert(&pool, one, &stats).await {
+                    Ok((created_at, mut one)) => Ok(answer(job, one.remove(0), created_at)),
+                    Err(InsertError::Failed(error)) => Err(ApiError::from(error)),
+                    Err(InsertError::Ambiguous {
+                        error,
+                        created_at,
+                        enqueued,
+                    }) => resolve(&pool, one, enqueued, created_at, &error)
+                        .await
+                        .remove(0),
+                };
                 let _ = reply.send(result);
             }
         }
     }
+}
+
+/// The answers of a batch whose COMMIT's outcome is unknown: the jobs it
+/// inserted that exist were committed (202); the others were not, or
+/// cannot be told apart from that while the database is away (503). Jobs
+/// whose idempotency key named an earlier job keep that answer: that job was
+/// committed before.
+async fn resolve(
+    pool: &PgPool,
+    jobs: &[NewJob],
+    enqueued: Vec<Enqueued>,
+    created_at: DateTime<Utc>,
+    error: &sqlx::Error,
+) -> Vec<Result<Submitted, ApiError>> {
+    let inserted: Vec<JobId> = enqueued
+        .iter()
+        .filter(|e| e.inserted)
+        .map(|e| e.id)
+        .collect();
+    let stored = stored_among(pool, &inserted).await;
+    let known = stored.is_some();
+    let stored = stored.unwrap_or_default();
+    tracing::warn!(
+        %error,
+        jobs = jobs.len(),
+        inserted = inserted.len(),
+        stored = stored.len(),
+        known,
+        "COMMIT outcome was unknown; resolved from the database"
+    );
+    jobs.iter()
+        .zip(enqueued)
+        .map(|(job, enqueued)| {
+            if !enqueued.inserted || stored.contains(&enqueued.id) {
+                Ok(answer(job, enqueued, created_at))
+            } else {
+                Err(ApiError::Unavailable(
+                    "database unavailable; the job was not stored",
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Which of `ids` exist (live or finished), asked on a new connection;
+/// `None` if the database cannot be asked within a few attempts.
+async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<JobId>> {
+    if ids.is_empty() {
+        return Some(Vec::new());
+    }
+    let options = pool.connect_options();
+    for attempt in 1..=RESOLVE_ATTEMPTS {
+        // Not a pooled connection: those may be as dead as the one that
+        // lost the commit.
+        let found = async {
+            let mut conn = options.connect().await?;
+            let found: Vec<JobId> = sqlx::query_scalar(sql::JOBS_STORED)
+                .bind(ids)
+                .fetch_all(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            Ok::<_, sqlx::Error>(found)
+        }
+        .await;
+        match found {
+            Ok(found) => return Some(found),
+            Err(error) => {
+                tracing::debug!(%error, attempt, "cannot learn a lost commit's outcome yet");
+                tokio::time::sleep(RESOLVE_PAUSE).await;
+            }
+        }
+    }
+    None
 }
 
 fn answer(job: &NewJob, enqueued: Enqueued, created_at: DateTime<Utc>) -> Submitted {
@@ -245,6 +365,7 @@ fn answer(job: &NewJob, enqueued: Enqueued, created_at: DateTime<Utc>) -> Submit
     Submitted {
         id: enqueued.id,
         inserted: enqueued.inserted,
+        key_reused: enqueued.key_reused,
         created_at,
     }
 }
@@ -255,13 +376,15 @@ async fn insert(
     pool: &PgPool,
     jobs: &[NewJob],
     stats: &Stats,
-) -> Result<(DateTime<Utc>, Vec<Enqueued>), QueueError> {
+) -> Result<(DateTime<Utc>, Vec<Enqueued>), InsertError> {
     let mut tries = 0;
     loop {
         stats.statements.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match try_insert(pool, jobs).await {
-            Err(QueueError::Database(e)) if is_transient(&e) && tries < TRANSIENT_RETRIES => {
+            Err(InsertError::Failed(QueueError::Database(e)))
+                if is_transient(&e) && tries < TRANSIENT_RETRIES =>
+            {
                 tries += 1
             }
             other => return other,
@@ -272,12 +395,23 @@ async fn insert(
 async fn try_insert(
     pool: &PgPool,
     jobs: &[NewJob],
-) -> Result<(DateTime<Utc>, Vec<Enqueued>), QueueError> {
-    let mut tx = pool.begin().await?;
+) -> Result<(DateTime<Utc>, Vec<Enqueued>), InsertError> {
+    let failed = |e: QueueError| InsertError::Failed(e);
+    let mut tx = pool.begin().await.map_err(|e| failed(e.into()))?;
     let created_at: DateTime<Utc> = sqlx::query_scalar(sql::TRANSACTION_TIME)
         .fetch_one(&mut *tx)
-        .await?;
-    let enqueued = queue::enqueue_many(&mut tx, jobs).await?;
-    tx.commit().await?;
-    Ok((created_at, enqueued))
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let enqueued = queue::enqueue_many(&mut tx, jobs).await.map_err(failed)?;
+    match tx.commit().await {
+        Ok(()) => Ok((created_at, enqueued)),
+        // The connection went away with the COMMIT in flight.
+        Err(error) if ApiError::is_unavailable(&error) => Err(InsertError::Ambiguous {
+            error,
+            created_at,
+            enqueued,
+        }),
+        // The server answered: it did not commit.
+        Err(error) => Err(failed(error.into())),
+    }
 }

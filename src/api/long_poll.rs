@@ -1,31 +1,41 @@
 //! Long-polls: `GET /v1/chat/{id}?wait=N` answers as soon as the job is
-//! finished, woken by NOTIFY, with no polling of the database.
+//! finished, woken by NOTIFY, with a cheap re-check as the safety net.
 //!
-//! One LISTEN connection per process ([`queue::notify::spawn_listener`] on
+//! One LISTEN connection per process ([`queue::notify::spawn_listener_with`] on
 //! [`queue::DONE_CHANNEL`]) receives the ids of finished jobs and wakes the
 //! requests waiting on them through a map `job id → Notify`.
 //!
 //! Why no completion is missed:
 //! - Finishing statements NOTIFY only while the channel has a registered
 //!   waiter. The process registers itself (`queue_waiters`) before a wait's
-//!   first read, keeps the row fresh every [`REFRESH`] while waits are in
-//!   flight (stale rows are pruned after 120 s), and unregisters after a
-//!   quiet interval and at shutdown.
-//! - The listener must really be listening: at start the process NOTIFYs
-//!   itself a probe until the listener hears it, and waits hold their first
-//!   read until then. A reconnected listener reports `Reconnected` only once
-//!   it listens again, and every waiter then re-reads its job.
+//!   read, keeps the row fresh every [`REFRESH`] while waits are in flight
+//!   (stale rows are pruned after 120 s), and unregisters after a quiet
+//!   interval and at shutdown.
+//! - The listener must really be listening: waits hold their first read
+//!   until the listener reports that its LISTEN is in effect.
+//! - A lost listener connection (found by its end of stream or by the
+//!   listener's self-probe) is replaced; once the new one listens, the
+//!   registration is taken as gone (after a crash, the unlogged
+//!   `queue_waiters` is empty), and every waiter registers again and
+//!   re-reads its job.
 //! - A wait enables its `Notified` future *before* reading the job, so a
 //!   notification that arrives between the read and the wait still wakes it.
+//! - Whatever else goes wrong, every [`LongPollConfig::recheck`] one
+//!   statement asks which of the jobs being waited on are finished and wakes
+//!   their waiters: no long-poll outwaits a lost NOTIFY by more than that.
+//!
+//! Long-polls hold a request open each, so they are capped per process and
+//! per tenant; over the cap a wait is refused at once with 429 and
+//! `Retry-After`, never queued.
 
 use super::error::ApiError;
-use super::sql;
 use crate::ids::{JobId, TenantId};
 use crate::metrics::metrics;
-use crate::queue::{self, notify, JobView};
+use crate::queue::notify::{self, ListenerConfig};
+use crate::queue::{self, JobView};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -36,12 +46,35 @@ use tokio_util::sync::CancellationToken;
 /// How often the waiter registration is refreshed (the queue prunes
 /// registrations older than 120 s).
 pub const REFRESH: Duration = Duration::from_secs(30);
-/// Payload prefix of the listener probe; never a job id.
-const PROBE_PREFIX: &str = "probe:";
-/// How long to wait for the first probe before sending another; doubles
-/// up to [`PROBE_RETRY_MAX`] (the listener may still be connecting).
-const PROBE_RETRY_MIN: Duration = Duration::from_millis(10);
-const PROBE_RETRY_MAX: Duration = Duration::from_millis(500);
+/// `registered` when no registration is believed to exist.
+const UNREGISTERED: u64 = u64::MAX;
+
+/// Settings of the long-poll machinery.
+#[derive(Clone, Debug)]
+pub struct LongPollConfig {
+    /// Time between the re-checks of all waiting jobs (one statement).
+    pub recheck: Duration,
+    /// Long-polls in flight in this process; more get 429.
+    pub max_waits: usize,
+    /// Long-polls in flight of one tenant in this process; more get 429.
+    pub max_tenant_waits: usize,
+    /// `Retry-After` of a refused long-poll, in seconds.
+    pub retry_after_secs: u64,
+    /// How the LISTEN connection is checked.
+    pub listener: ListenerConfig,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            recheck: Duration::from_secs(5),
+            max_waits: 10_000,
+            max_tenant_waits: 1_000,
+            retry_after_secs: 1,
+            listener: ListenerConfig::default(),
+        }
+    }
+}
 
 /// One job's waiters.
 struct Slot {
@@ -53,27 +86,44 @@ struct Slot {
 /// The process's long-poll machinery.
 pub struct LongPoll {
     pool: PgPool,
-    /// This process's name in `queue_waiters` and in its probes.
+    config: LongPollConfig,
+    /// This process's name in `queue_waiters`.
     name: String,
     slots: Mutex<HashMap<JobId, Slot>>,
     /// Waits in flight.
     in_flight: AtomicUsize,
-    /// True while the `queue_waiters` row is believed to exist. Cleared
-    /// *before* the row is deleted, and a wait counts itself in `in_flight`
-    /// before reading this, so a wait that sees `true` is always covered.
-    registered: AtomicBool,
+    /// Waits in flight per tenant; its lock also serialises admissions.
+    tenants: Mutex<HashMap<TenantId, usize>>,
+    /// Listener connections so far: bumped at every reconnect, after which
+    /// earlier registrations may be gone.
+    epoch: AtomicU64,
+    /// The `epoch` in which the `queue_waiters` row was last written, or
+    /// [`UNREGISTERED`]. Cleared *before* the row is deleted, and a wait
+    /// counts itself in `in_flight` before reading this, so a wait that sees
+    /// the current epoch is always covered.
+    registered: AtomicU64,
     /// Serialises registering and unregistering.
     registration: tokio::sync::Mutex<()>,
     /// True once the listener is known to be listening.
     listening: watch::Sender<bool>,
 }
 
-/// Counts a wait in flight while it lives.
-struct InFlight<'a>(&'a LongPoll);
+/// Counts a wait in flight (in total and for its tenant) while it lives.
+struct InFlight<'a> {
+    long_poll: &'a LongPoll,
+    tenant: TenantId,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut tenants = self.long_poll.lock_tenants();
+        if let Some(n) = tenants.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+        self.long_poll.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -97,34 +147,37 @@ impl Drop for Subscription<'_> {
 }
 
 impl LongPoll {
-    pub fn new(pool: PgPool) -> Arc<Self> {
+    pub fn new(pool: PgPool, config: LongPollConfig) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "api".to_owned());
         let suffix: u32 = rand::random();
         Arc::new(LongPoll {
             pool,
+            config,
             name: format!("api-{host}-{}-{:08x}", std::process::id(), suffix),
             slots: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
-            registered: AtomicBool::new(false),
+            tenants: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            registered: AtomicU64::new(UNREGISTERED),
             registration: tokio::sync::Mutex::new(()),
             listening: watch::channel(false).0,
         })
     }
 
-    /// Starts the listener, the probe that confirms it, and the
-    /// registration upkeep; all end on `stop`, and the registration is
-    /// removed then.
+    /// Starts the listener, the re-check and the registration upkeep; all
+    /// end on `stop`, and the registration is removed then.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
         let waker = self.clone();
-        let listener = notify::spawn_listener(
+        let listener = notify::spawn_listener_with(
             self.pool.clone(),
             vec![queue::DONE_CHANNEL],
+            self.config.listener.clone(),
             move |wakeup| waker.on_wakeup(wakeup),
             stop.clone(),
         );
-        let probe = tokio::spawn(self.clone().probe(stop.clone()));
+        let recheck = tokio::spawn(self.clone().recheck(stop.clone()));
         let upkeep = tokio::spawn(self.clone().upkeep(stop));
-        vec![listener, probe, upkeep]
+        vec![listener, recheck, upkeep]
     }
 
     /// Waits in flight now.
@@ -137,8 +190,15 @@ impl LongPoll {
         *self.listening.borrow()
     }
 
+    /// Listener reconnects so far.
+    pub fn reconnects(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// The job, once it is finished or at `deadline` (or at `shutdown`),
-    /// whichever comes first; `None` if the tenant has no such job.
+    /// whichever comes first; `None` if the tenant has no such job. Refused
+    /// with 429 while the process or the tenant has its maximum of waits in
+    /// flight.
     pub async fn wait(
         &self,
         job: JobId,
@@ -146,12 +206,10 @@ impl LongPoll {
         deadline: Instant,
         shutdown: &CancellationToken,
     ) -> Result<Option<JobView>, ApiError> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let _in_flight = InFlight(self);
-        self.ensure_registered().await?;
+        let _in_flight = self.admit(tenant)?;
         let mut listening = self.listening.subscribe();
         tokio::select! {
-            // Normally at once: the probe succeeded long ago.
+            // Normally at once: the listener connected long ago.
             _ = listening.wait_for(|l| *l) => {}
             // No listener yet: give the current state rather than hang.
             _ = tokio::time::sleep_until(deadline) => {}
@@ -164,21 +222,64 @@ impl LongPoll {
             tokio::pin!(notified);
             // Registered for wake-ups before the read: none can be lost.
             notified.as_mut().enable();
-            let view = queue::get(&self.pool, job, Some(tenant)).await?;
-            match view {
-                None => return Ok(None),
-                Some(view) if view.state.is_final() || last_look => return Ok(Some(view)),
-                Some(_) => {}
-            }
+            let looked = match self.ensure_registered().await {
+                Ok(()) => queue::get(&self.pool, job, Some(tenant))
+                    .await
+                    .map_err(ApiError::from),
+                Err(error) => Err(error),
+            };
+            let failed = match looked {
+                Ok(None) => return Ok(None),
+                Ok(Some(view)) if view.state.is_final() || last_look => return Ok(Some(view)),
+                Ok(Some(_)) => false,
+                Err(error) if last_look => return Err(error),
+                // The database is away (a restart?): look again later
+                // rather than fail a wait that has time left.
+                Err(error) => {
+                    tracing::debug!(%error, "long-poll read failed; retrying");
+                    true
+                }
+            };
             tokio::select! {
-                // The job finished (or the listener reconnected): look again.
+                // The job finished (or the listener reconnected, or the
+                // re-check found it finished): look again.
                 _ = &mut notified => {}
+                // After a failed read: try again shortly.
+                _ = tokio::time::sleep(self.config.recheck), if failed => {}
                 // Time is up: one last look.
                 _ = tokio::time::sleep_until(deadline) => last_look = true,
                 // Shutting down: answer with the current state now.
                 _ = shutdown.cancelled() => last_look = true,
             }
         }
+    }
+
+    /// Counts a wait in, or refuses it when a cap is reached.
+    fn admit(&self, tenant: TenantId) -> Result<InFlight<'_>, ApiError> {
+        let mut tenants = self.lock_tenants();
+        let refuse = |scope| {
+            metrics()
+                .long_polls_refused
+                .with_label_values(&[scope])
+                .inc();
+            Err(ApiError::TooManyWaits {
+                scope,
+                retry_after_secs: self.config.retry_after_secs,
+            })
+        };
+        if self.in_flight() >= self.config.max_waits {
+            return refuse("process");
+        }
+        let mine = tenants.entry(tenant).or_insert(0);
+        if *mine >= self.config.max_tenant_waits {
+            return refuse("tenant");
+        }
+        *mine += 1;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Ok(InFlight {
+            long_poll: self,
+            tenant,
+        })
     }
 
     fn subscribe(&self, job: JobId) -> Subscription<'_> {
@@ -197,13 +298,10 @@ impl LongPoll {
 
     fn on_wakeup(&self, wakeup: notify::Wakeup) {
         match wakeup {
+            notify::Wakeup::Listening => {
+                self.listening.send_replace(true);
+            }
             notify::Wakeup::Notification { payload, .. } => {
-                if let Some(name) = payload.strip_prefix(PROBE_PREFIX) {
-                    if name == self.name {
-                        self.listening.send_replace(true);
-                    }
-                    return;
-                }
                 let slots = self.lock_slots();
                 if slots.is_empty() {
                     return;
@@ -217,49 +315,64 @@ impl LongPoll {
                 }
             }
             notify::Wakeup::Reconnected => {
-                // Notifications may have been lost: everyone looks again.
+                // Notifications may have been lost and the registration
+                // with them: everyone registers again and looks again.
                 metrics().listener_reconnects.inc();
+                self.epoch.fetch_add(1, Ordering::SeqCst);
                 self.listening.send_replace(true);
-                for slot in self.lock_slots().values() {
-                    slot.notify.notify_waiters();
-                }
+                self.wake_all();
             }
         }
     }
 
+    fn wake_all(&self) {
+        for slot in self.lock_slots().values() {
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Makes sure the `queue_waiters` row exists in the current listener
+    /// epoch.
     async fn ensure_registered(&self) -> Result<(), ApiError> {
-        if self.registered.load(Ordering::SeqCst) {
+        if self.registered.load(Ordering::SeqCst) == self.epoch.load(Ordering::SeqCst) {
             return Ok(());
         }
         let _guard = self.registration.lock().await;
-        if !self.registered.load(Ordering::SeqCst) {
+        // Read before writing: a reconnect during the write moves the epoch
+        // on, and the next wait registers again.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if self.registered.load(Ordering::SeqCst) != epoch {
             notify::register_waiter(&self.pool, queue::DONE_CHANNEL, &self.name).await?;
-            self.registered.store(true, Ordering::SeqCst);
+            self.registered.store(epoch, Ordering::SeqCst);
         }
         Ok(())
     }
 
-    /// NOTIFYs this process until its listener hears it.
-    async fn probe(self: Arc<Self>, stop: CancellationToken) {
-        let payload = format!("{PROBE_PREFIX}{}", self.name);
-        let mut listening = self.listening.subscribe();
-        let mut retry = PROBE_RETRY_MIN;
-        while !self.is_listening() {
-            if let Err(error) = sqlx::query(sql::LISTENER_PROBE)
-                .bind(queue::DONE_CHANNEL)
-                .bind(&payload)
-                .execute(&self.pool)
-                .await
-            {
-                tracing::debug!(%error, "listener probe failed");
-            }
+    /// Every `recheck`: wakes the waiters of jobs that finished without
+    /// their NOTIFY being heard.
+    async fn recheck(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.recheck);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
             tokio::select! {
-                // Shutting down.
                 _ = stop.cancelled() => return,
-                // Heard: done.
-                _ = listening.wait_for(|l| *l) => return,
-                // Not heard yet (still connecting, or the database is down).
-                _ = tokio::time::sleep(retry) => retry = (retry * 2).min(PROBE_RETRY_MAX),
+                _ = tick.tick() => {}
+            }
+            let waiting: Vec<JobId> = self.lock_slots().keys().copied().collect();
+            if waiting.is_empty() {
+                continue;
+            }
+            match notify::finished_among(&self.pool, &waiting).await {
+                Ok(finished) => {
+                    let slots = self.lock_slots();
+                    for id in finished {
+                        if let Some(slot) = slots.get(&id) {
+                            metrics().long_poll_rechecks_woken.inc();
+                            slot.notify.notify_waiters();
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "long-poll re-check failed"),
             }
         }
     }
@@ -278,21 +391,25 @@ impl LongPoll {
                 _ = tick.tick() => {}
             }
             let _guard = self.registration.lock().await;
-            if !self.registered.load(Ordering::SeqCst) {
+            if self.registered.load(Ordering::SeqCst) == UNREGISTERED {
                 continue;
             }
             let idle = self.in_flight() == 0;
             if idle && was_idle {
                 self.unregister().await;
-            } else if let Err(error) =
-                notify::register_waiter(&self.pool, queue::DONE_CHANNEL, &self.name).await
-            {
-                tracing::warn!(%error, "cannot refresh the long-poll waiter registration");
+            } else {
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                match notify::register_waiter(&self.pool, queue::DONE_CHANNEL, &self.name).await {
+                    Ok(()) => self.registered.store(epoch, Ordering::SeqCst),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot refresh the long-poll waiter registration")
+                    }
+                }
             }
             was_idle = idle;
         }
         let _guard = self.registration.lock().await;
-        self.registered.store(false, Ordering::SeqCst);
+        self.registered.store(UNREGISTERED, Ordering::SeqCst);
         if let Err(error) =
             notify::unregister_waiter(&self.pool, queue::DONE_CHANNEL, &self.name).await
         {
@@ -303,10 +420,10 @@ impl LongPoll {
     /// Drops the registration unless a wait slipped in; call with the
     /// registration lock held.
     async fn unregister(&self) {
-        self.registered.store(false, Ordering::SeqCst);
+        let was = self.registered.swap(UNREGISTERED, Ordering::SeqCst);
         if self.in_flight() > 0 {
             // A wait started after the idle check and may rely on the row.
-            self.registered.store(true, Ordering::SeqCst);
+            self.registered.store(was, Ordering::SeqCst);
             return;
         }
         if let Err(error) =
@@ -319,5 +436,9 @@ impl LongPoll {
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Slot>> {
         // The map stays consistent even if a holder panicked.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tenants(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, usize>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

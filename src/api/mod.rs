@@ -100,7 +100,7 @@ impl Api {
             config.max_tenant_queue_depth,
             config.retry_after_secs,
         ));
-        let long_poll = LongPoll::new(pool.clone());
+        let long_poll = LongPoll::new(pool.clone(), config.long_poll.clone());
         let mut tasks = vec![gatherer];
         tasks.push(admission::spawn_refresher(
             admission.clone(),

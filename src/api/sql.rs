@@ -2,4 +2,4 @@
 //! keys are `crate::tenants`', jobs are `crate::queue`'s.
 
 pub const TRANSACTION_TIME: &str = include_str!("../../sql/api/transaction_time.sql");
-pub const LISTENER_PROBE: &str = include_str!("../../sql/api/listener_probe.sql");
+pub const JOBS_STORED: &str = include_str!("../../sql/api/jobs_stored.sql");

@@ -20,7 +20,9 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued> 
 
 /// Enqueues `jobs` in one statement; the result is in input order. A job
 /// whose idempotency key (per tenant) already names a job is not inserted:
-/// its entry carries the existing job's id and `inserted: false`.
+/// its entry carries the existing job's id and `inserted: false`, and
+/// `key_reused: true` if that job was enqueued for a request with another
+/// fingerprint.
 pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
@@ -44,8 +46,12 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
     let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
     let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
     let run_at: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let fingerprints: Vec<Option<&[u8]>> = jobs
+        .iter()
+        .map(|j| j.idempotency_fingerprint.as_deref())
+        .collect();
 
-    let rows: Vec<(i64, Option<JobId>, bool)> = sqlx::query_as(sql::ENQUEUE)
+    let rows: Vec<(i64, Option<JobId>, bool, Option<Vec<u8>>)> = sqlx::query_as(sql::ENQUEUE)
         .bind(&ids)
         .bind(&tenants)
         .bind(&conversations)
@@ -55,12 +61,20 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
         .bind(&keys)
         .bind(&max_attempts)
         .bind(&run_at)
+        .bind(&fingerprints)
         .fetch_all(&mut *conn)
         .await?;
 
     let mut out: Vec<Option<Enqueued>> = rows
         .into_iter()
-        .map(|(_, id, inserted)| id.map(|id| Enqueued { id, inserted }))
+        .zip(jobs)
+        .map(|((_, id, inserted, stored), job)| {
+            id.map(|id| Enqueued {
+                id,
+                inserted,
+                key_reused: !inserted && reused(job, stored.as_deref()),
+            })
+        })
         .collect();
 
     // A key taken by a transaction that committed while this statement ran
@@ -73,16 +87,17 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
             .iter()
             .map(|&i| jobs[i].idempotency_key.as_deref())
             .collect();
-        let found: Vec<(i64, JobId)> = sqlx::query_as(sql::IDEMPOTENCY_LOOKUP)
+        let found: Vec<(i64, JobId, Option<Vec<u8>>)> = sqlx::query_as(sql::IDEMPOTENCY_LOOKUP)
             .bind(&tenants)
             .bind(&keys)
             .fetch_all(&mut *conn)
             .await?;
-        for (ord, id) in found {
+        for (ord, id, stored) in found {
             let index = missing[(ord - 1) as usize];
             out[index] = Some(Enqueued {
                 id,
                 inserted: false,
+                key_reused: reused(&jobs[index], stored.as_deref()),
             });
         }
     }
@@ -126,8 +141,21 @@ async fn enqueue_simple(
     debug_assert_eq!(inserted, ids);
     Ok(inserted
         .into_iter()
-        .map(|id| Enqueued { id, inserted: true })
+        .map(|id| Enqueued {
+            id,
+            inserted: true,
+            key_reused: false,
+        })
         .collect())
+}
+
+/// True when `job`'s key is held for a different request: both the stored
+/// fingerprint and the job's are known, and they differ.
+fn reused(job: &NewJob, stored: Option<&[u8]>) -> bool {
+    match (job.idempotency_fingerprint.as_deref(), stored) {
+        (Some(mine), Some(theirs)) => mine != theirs,
+        _ => false,
+    }
 }
 
 fn validate(job: &NewJob) -> Result<()> {

@@ -110,15 +110,11 @@ pub async fn housekeeping(
         .await?;
     let cutoff =
         now - chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
-    let (dropped,): (i32,) = sqlx::query_as(sql::DROP_PARTITIONS)
-        .bind(cutoff)
-        .fetch_one(pool)
-        .await?;
     let mut report = HousekeepingReport {
         partitions_created: created,
-        partitions_dropped: dropped,
         ..Default::default()
     };
+    // Idempotency keys go before the partitions holding their jobs do.
     for (statement, total) in [
         (
             sql::PRUNE_IDEMPOTENCY_KEYS,
@@ -139,6 +135,11 @@ pub async fn housekeeping(
             }
         }
     }
+    let (dropped,): (i32,) = sqlx::query_as(sql::DROP_PARTITIONS)
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await?;
+    report.partitions_dropped = dropped;
     report.waiters_pruned = sqlx::query(sql::PRUNE_WAITERS)
         .bind(config.waiter_ttl.as_secs_f64())
         .execute(pool)

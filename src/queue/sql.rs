@@ -26,6 +26,8 @@ statements! {
     GAUGES_LEAD => "gauges_lead.sql",
     WAITER_REGISTER => "waiter_register.sql",
     WAITER_UNREGISTER => "waiter_unregister.sql",
+    WAITER_RECHECK => "waiter_recheck.sql",
+    LISTENER_PROBE => "listener_probe.sql",
     PRUNE_WAITERS => "prune_waiters.sql",
     ENSURE_PARTITIONS => "ensure_partitions.sql",
     DROP_PARTITIONS => "drop_partitions.sql",

@@ -104,6 +104,10 @@ pub struct NewJob {
     pub conversation_id: Option<ConversationId>,
     /// Enqueueing the same key again (per tenant) returns the first job.
     pub idempotency_key: Option<String>,
+    /// What the request behind the key was (a hash of it), stored with the
+    /// key: a later enqueue with the key and another fingerprint is told so
+    /// ([`Enqueued::key_reused`]). `None`: not checked.
+    pub idempotency_fingerprint: Option<Vec<u8>>,
     /// Attempts before a retryable failure becomes final.
     pub max_attempts: i32,
     /// Not before this time (a delay); `None` means now.
@@ -121,6 +125,7 @@ impl NewJob {
             tenant_id: None,
             conversation_id: None,
             idempotency_key: None,
+            idempotency_fingerprint: None,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             run_at: None,
         }
@@ -143,6 +148,12 @@ impl NewJob {
 
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the request fingerprint stored with the idempotency key.
+    pub fn with_idempotency_fingerprint(mut self, fingerprint: impl Into<Vec<u8>>) -> Self {
+        self.idempotency_fingerprint = Some(fingerprint.into());
         self
     }
 
@@ -170,6 +181,10 @@ pub struct Enqueued {
     pub id: JobId,
     /// False when the idempotency key already named a job: `id` is that job.
     pub inserted: bool,
+    /// True when the key already named a job of *another* request (both
+    /// fingerprints known and different): `id` is that other job, which
+    /// this request must not be answered with.
+    pub key_reused: bool,
 }
 
 /// A job handed to a worker by a claim.

@@ -135,6 +135,9 @@ struct Shared {
     running: Mutex<HashMap<JobId, Running>>,
     /// Rung by the listener (NOTIFY or reconnect) to make the producer claim.
     wake: Notify,
+    /// Listener reconnects so far: after one, the producer registers as a
+    /// waiter again (a crash empties the unlogged `queue_waiters`).
+    listener_epoch: AtomicU64,
     /// Rung by executors when they give back a slot.
     slot_freed: Notify,
     /// Cancelled when shutdown's grace period is over.
@@ -206,6 +209,7 @@ impl WorkerBuilder {
                 kinds,
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                listener_epoch: AtomicU64::new(0),
                 slot_freed: Notify::new(),
                 hard_stop: CancellationToken::new(),
                 claims: AtomicU64::new(0),
@@ -259,6 +263,7 @@ impl Worker {
                 move |wakeup| {
                     if wakeup == notify::Wakeup::Reconnected {
                         metrics().listener_reconnects.inc();
+                        waker.listener_epoch.fetch_add(1, Ordering::SeqCst);
                     }
                     waker.wake.notify_one();
                 },

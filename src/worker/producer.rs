@@ -5,7 +5,9 @@
 //! (waiting up to `claim_cooldown` for more of them, so claims stay
 //! batched). When a claim comes back short the queue is drained: it
 //! registers as a waiter (so enqueues NOTIFY), looks once more, and sleeps
-//! until a NOTIFY, a listener reconnect, or the jittered poll.
+//! until a NOTIFY, a listener reconnect, or the jittered poll. After a
+//! listener reconnect it registers again before its next look: the database
+//! may have crashed, and its unlogged `queue_waiters` with it.
 
 use super::{completer::Done, executor, Shared};
 use crate::metrics::metrics;
@@ -28,7 +30,14 @@ pub(super) async fn run(
     let batch_threshold = (config.max_claim.min(config.concurrency) / 10).max(1);
     let mut registered: Option<Instant> = None;
     let refresh_every = Duration::from_secs(30);
+    let mut epoch = shared.listener_epoch.load(Ordering::SeqCst);
     while !stop.is_cancelled() {
+        let now = shared.listener_epoch.load(Ordering::SeqCst);
+        if now != epoch {
+            // The listener reconnected: the registration may be gone.
+            epoch = now;
+            registered = None;
+        }
         let free = shared.slots.available_permits();
         if free == 0 {
             tokio::select! {
