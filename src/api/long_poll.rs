@@ -46,6 +46,9 @@ use tokio_util::sync::CancellationToken;
 /// How often the waiter registration is refreshed (the queue prunes
 /// registrations older than 120 s).
 pub const REFRESH: Duration = Duration::from_secs(30);
+/// Pause after a failed read of a waiting long-poll, doubling up to the
+/// re-check interval (pooled connections fail once each after a restart).
+const RETRY_MIN: Duration = Duration::from_millis(100);
 /// `registered` when no registration is believed to exist.
 const UNREGISTERED: u64 = u64::MAX;
 
@@ -217,6 +220,7 @@ impl LongPoll {
         }
         let subscription = self.subscribe(job);
         let mut last_look = false;
+        let mut retry_in = RETRY_MIN;
         loop {
             let notified = subscription.notify.notified();
             tokio::pin!(notified);
@@ -231,12 +235,15 @@ impl LongPoll {
             let failed = match looked {
                 Ok(None) => return Ok(None),
                 Ok(Some(view)) if view.state.is_final() || last_look => return Ok(Some(view)),
-                Ok(Some(_)) => false,
+                Ok(Some(_)) => {
+                    retry_in = RETRY_MIN;
+                    false
+                }
                 Err(error) if last_look => return Err(error),
                 // The database is away (a restart?): look again later
                 // rather than fail a wait that has time left.
                 Err(error) => {
-                    tracing::debug!(%error, "long-poll read failed; retrying");
+                    tracing::debug!(%error, retry_in_ms = retry_in.as_millis() as u64, "long-poll read failed; retrying");
                     true
                 }
             };
@@ -245,7 +252,9 @@ impl LongPoll {
                 // re-check found it finished): look again.
                 _ = &mut notified => {}
                 // After a failed read: try again shortly.
-                _ = tokio::time::sleep(self.config.recheck), if failed => {}
+                _ = tokio::time::sleep(retry_in), if failed => {
+                    retry_in = (retry_in * 2).min(self.config.recheck.max(RETRY_MIN));
+                }
                 // Time is up: one last look.
                 _ = tokio::time::sleep_until(deadline) => last_look = true,
                 // Shutting down: answer with the current state now.

@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// First pause after a failed claim or registration.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+
 pub(super) async fn run(
     shared: Arc<Shared>,
     done: mpsc::UnboundedSender<Done>,
@@ -31,6 +34,9 @@ pub(super) async fn run(
     let mut registered: Option<Instant> = None;
     let refresh_every = Duration::from_secs(30);
     let mut epoch = shared.listener_epoch.load(Ordering::SeqCst);
+    // Pause after a failed claim or registration (the database restarting:
+    // pooled connections fail once each), doubling up to the poll interval.
+    let mut retry_in = RETRY_MIN;
     while !stop.is_cancelled() {
         let now = shared.listener_epoch.load(Ordering::SeqCst);
         if now != epoch {
@@ -60,11 +66,15 @@ pub(super) async fn run(
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "claim failed");
-                sleep_or_stop(&stop, config.poll_interval).await;
+                sleep_or_stop(&stop, retry_in).await;
+                retry_in = (retry_in * 2).min(config.poll_interval.max(RETRY_MIN));
                 continue;
             }
         };
         let got = jobs.len();
+        if got == want || registered.is_some() {
+            retry_in = RETRY_MIN;
+        }
         tracing::trace!(want, got, "claimed");
         shared.claims.fetch_add(1, Ordering::Relaxed);
         metrics().jobs_claimed.inc_by(got as u64);
@@ -93,9 +103,13 @@ pub(super) async fn run(
                     Ok(()) => registered = Some(Instant::now()),
                     Err(error) => tracing::warn!(%error, "waiter registration failed"),
                 }
-                if registered.is_some() {
-                    continue;
+                if registered.is_none() {
+                    // Not registered, so no NOTIFY would come: try again
+                    // soon rather than at the fallback poll.
+                    sleep_or_stop(&stop, retry_in).await;
+                    retry_in = (retry_in * 2).min(config.poll_interval.max(RETRY_MIN));
                 }
+                continue;
             }
             Some(at) if at.elapsed() >= refresh_every => {
                 if notify::register_waiter(&shared.pool, queue::JOBS_CHANNEL, &config.id)
