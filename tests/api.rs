@@ -277,9 +277,19 @@ async fn health_ready_and_openapi() {
         );
     }
     let submit = &paths["/v1/chat"]["post"]["responses"];
-    for status in ["202", "400", "401", "413", "422", "429", "503"] {
+    for status in ["202", "400", "401", "409", "413", "422", "429", "503"] {
         assert!(submit.get(status).is_some(), "POST /v1/chat lacks {status}");
     }
+    // A reused idempotency key, and the long-poll caps, are stated.
+    let conflict = submit["409"]["description"].as_str().unwrap();
+    assert!(conflict.contains("idempotency_key_reused"), "{conflict}");
+    let poll = &paths["/v1/chat/{job_id}"]["get"]["responses"]["429"];
+    let capped = poll["description"].as_str().unwrap_or_default();
+    assert!(
+        capped.contains("too_many_long_polls") && capped.contains("SKIPJACK_MAX_LONG_POLLS"),
+        "{poll}"
+    );
+    assert!(poll["headers"]["Retry-After"].is_object(), "{poll}");
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     for schema in [
         "ChatRequest",
@@ -735,7 +745,7 @@ async fn long_poll_survives_a_lost_listener_and_ends_at_shutdown() {
     // the reconnect makes the waiter look again.
     let pid: i32 = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity
-         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+         WHERE datname = current_database() AND application_name = 'skipjack-test-listener'",
     )
     .fetch_one(t.pool())
     .await
@@ -1191,4 +1201,168 @@ async fn end_to_end_three_turns_with_the_chat_worker() {
     assert_eq!(messages.body["messages"][5]["content"], "echo(5): third");
     stop.cancel();
     run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_request_is_refused() {
+    let t = TestApi::new().await;
+    let body = json!({
+        "user_id": "u", "message": "once", "priority": 3,
+        "metadata": {"a": 1, "b": {"c": [1, 2], "d": "x"}},
+        "idempotency_key": "k-body",
+    });
+    let first = t.submit(&t.key, body.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    // The same request, its metadata keys in another order: the same job.
+    let reordered = r#"{"idempotency_key": "k-body", "priority": 3, "message": "once",
+        "metadata": {"b": {"d": "x", "c": [1, 2]}, "a": 1}, "user_id": "u"}"#;
+    let again = t
+        .call("POST", "/v1/chat", Some(&t.key), Some(reordered))
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body["job_id"], first.body["job_id"]);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    // The same key with any canonical field changed: 409, and no job.
+    let conversation = t
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&t.key),
+            Some(&json!({"user_id": "u"}).to_string()),
+        )
+        .await;
+    let other_conversation = conversation.body["conversation_id"].clone();
+    for (field, value) in [
+        ("message", json!("twice")),
+        ("user_id", json!("v")),
+        ("priority", json!(4)),
+        ("metadata", json!({"a": 2, "b": {"c": [1, 2], "d": "x"}})),
+        ("conversation_id", other_conversation),
+    ] {
+        let mut changed = body.clone();
+        changed[field] = value;
+        let refused = t.submit(&t.key, changed).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::CONFLICT,
+            "{field}: {}",
+            refused.body
+        );
+        assert_eq!(refused.code(), "idempotency_key_reused", "{field}");
+    }
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 1);
+
+    // Once the job is finished, a replay still gets it; a different body
+    // still does not.
+    complete_all(t.pool(), "done").await;
+    let replay = t.submit(&t.key, body.clone()).await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED);
+    assert_eq!(replay.body["job_id"], first.body["job_id"]);
+    assert_eq!(replay.body["status"], "completed");
+    let mut changed = body;
+    changed["message"] = json!("later");
+    let refused = t.submit(&t.key, changed).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.code(), "idempotency_key_reused");
+    assert_eq!(
+        count(
+            t.pool(),
+            "SELECT (SELECT count(*) FROM jobs) + (SELECT count(*) FROM job_history)"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_live_as_long_as_their_jobs() {
+    use skipjack::queue::maintenance::{housekeeping, MaintenanceConfig};
+    let t = TestApi::new().await;
+    let submit = |key: &'static str| {
+        t.submit(
+            &t.key,
+            json!({"user_id": key, "message": key, "idempotency_key": key}),
+        )
+    };
+    // "slow": submitted 40 days ago, finished now (it waited, retried...).
+    // "old": submitted and finished 40 days ago.
+    let slow = job_id(&submit("slow").await);
+    let old = job_id(&submit("old").await);
+    assert_eq!(complete_all(t.pool(), "done").await.len(), 2);
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '40 days'")
+        .execute(t.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE job_history SET created_at = now() - interval '40 days',
+                finished_at = now() - interval '40 days'
+         WHERE id = $1::uuid",
+    )
+    .bind(&old)
+    .execute(t.pool())
+    .await
+    .unwrap();
+    let config = MaintenanceConfig {
+        retention: Duration::from_secs(30 * 24 * 3600),
+        ..MaintenanceConfig::default()
+    };
+    let report = housekeeping(t.pool(), &config, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(report.idempotency_keys_pruned, 1);
+    // The slow job is still kept, so its key is: a retry finds it.
+    let again = submit("slow").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(job_id(&again), slow);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The old job is gone, and its key with it (never a key without a job).
+    let fresh = submit("old").await;
+    assert_eq!(fresh.status, StatusCode::ACCEPTED, "{}", fresh.body);
+    assert_ne!(job_id(&fresh), old);
+    assert!(!fresh.headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_is_retried_one_job_at_a_time() {
+    use skipjack::api::group_commit::{GroupCommit, GroupCommitConfig};
+    use skipjack::ids::TenantId;
+    use skipjack::queue::NewJob;
+    let db = TestDb::new().await;
+    let stop = CancellationToken::new();
+    let (group_commit, task) = GroupCommit::spawn(
+        db.pool.clone(),
+        GroupCommitConfig {
+            // Long enough for the three submissions to share a batch.
+            window: Duration::from_secs(2),
+            max_batch: 3,
+            flushes: 1,
+        },
+        stop.clone(),
+    );
+    // The middle job names a tenant that does not exist: the batch's
+    // INSERT fails on the foreign key, whoever else is in it.
+    let jobs = [
+        NewJob::new("test", json!({"n": 1})),
+        NewJob::new("test", json!({"n": 2})).with_tenant(TenantId::new()),
+        NewJob::new("test", json!({"n": 3})),
+    ];
+    let answers =
+        futures_util::future::join_all(jobs.into_iter().map(|job| group_commit.submit(job))).await;
+    assert!(
+        answers[0].as_ref().is_ok_and(|s| s.inserted),
+        "{:?}",
+        answers[0]
+    );
+    assert!(answers[1].is_err(), "{:?}", answers[1]);
+    assert!(
+        answers[2].as_ref().is_ok_and(|s| s.inserted),
+        "{:?}",
+        answers[2]
+    );
+    // One batch statement, then one per job.
+    assert_eq!(group_commit.statements(), 4);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 2);
+    stop.cancel();
+    task.await.unwrap();
 }

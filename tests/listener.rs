@@ -75,7 +75,8 @@ impl PrivatePg {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
-        let dir = std::env::temp_dir().join(format!("skipjack-pg-{}", uuid::Uuid::now_v7().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("skipjack-pg-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
             let chown = Command::new("chown")
@@ -88,9 +89,23 @@ impl PrivatePg {
         let data = dir.join("data");
         let out = pg_tool(
             "initdb",
-            &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pg = PrivatePg {
             dir,
             port,
@@ -115,7 +130,19 @@ impl PrivatePg {
             options.push_str(&format!(" -c {setting}"));
         }
         let log = self.dir.join("log").to_str().unwrap().to_owned();
-        let out = pg_tool("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"]);
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
         assert!(
             out.status.success(),
             "pg_ctl start: {} {}",
@@ -127,12 +154,22 @@ impl PrivatePg {
     /// Kills the server as a crash would: no shutdown checkpoint, so the
     /// restart runs crash recovery and empties unlogged tables.
     fn crash(&self) {
-        let out = pg_tool("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        let out = pg_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     /// A fresh pool on the server (connections made before a crash are
@@ -154,7 +191,10 @@ impl PrivatePg {
 
 impl Drop for PrivatePg {
     fn drop(&mut self) {
-        let _ = pg_tool("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        let _ = pg_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -195,7 +235,9 @@ impl Proxy {
                     let (sr, mut sw) = server.into_split();
                     // The first client bytes hold the startup message.
                     let mut first = vec![0u8; 8192];
-                    let Ok(n) = cr.read(&mut first).await else { return };
+                    let Ok(n) = cr.read(&mut first).await else {
+                        return;
+                    };
                     first.truncate(n);
                     let startup = String::from_utf8_lossy(&first).into_owned();
                     if sw.write_all(&first).await.is_err() {
@@ -207,13 +249,11 @@ impl Proxy {
                         let freeze = freeze.clone();
                         tokio::spawn(async move {
                             loop {
-                                let hit = freeze
-                                    .lock()
-                                    .unwrap()
-                                    .as_ref()
-                                    .is_some_and(|(needle, before)| {
+                                let hit = freeze.lock().unwrap().as_ref().is_some_and(
+                                    |(needle, before)| {
                                         number < *before && startup.contains(needle.as_str())
-                                    });
+                                    },
+                                );
                                 if hit {
                                     silent.store(true, Ordering::SeqCst);
                                     return;
@@ -328,7 +368,12 @@ impl TestApi {
 
     /// Starts a long-poll of `wait` seconds; yields its answer and when it
     /// came.
-    fn spawn_poll(&self, key: &str, id: &str, wait: u64) -> tokio::task::JoinHandle<(Answer, Instant)> {
+    fn spawn_poll(
+        &self,
+        key: &str,
+        id: &str,
+        wait: u64,
+    ) -> tokio::task::JoinHandle<(Answer, Instant)> {
         let router = self.router.clone();
         let key = key.to_owned();
         let uri = format!("/v1/chat/{id}?wait={wait}");
@@ -379,9 +424,15 @@ fn job_id(answer: &Answer) -> String {
 
 /// Claims every ready chat job and completes it.
 async fn complete_all(pool: &PgPool) -> usize {
-    let claimed = queue::claim(pool, "test-worker", 100, Duration::from_secs(30), &["chat".into()])
-        .await
-        .unwrap();
+    let claimed = queue::claim(
+        pool,
+        "test-worker",
+        100,
+        Duration::from_secs(30),
+        &["chat".into()],
+    )
+    .await
+    .unwrap();
     let outcome = Outcome::Completed {
         result: json!({"response": "done", "model": "test"}),
         usage: None,
@@ -465,17 +516,23 @@ async fn long_polls_get_their_completion_after_the_listener_backend_is_killed() 
     );
     let polls = polls_in_flight(&t, &key, 3, 60).await;
 
-    let pid = listener_pid(&db.pool).await.expect("the API's LISTEN session");
+    let pid = listener_pid(&db.pool)
+        .await
+        .expect("the API's LISTEN session");
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert!(killed);
-    eventually(Duration::from_secs(20), "the listener reconnected", || async {
-        t.long_poll().reconnects() >= 1
-            && matches!(listener_pid(&db.pool).await, Some(new) if new != pid)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the listener reconnected",
+        || async {
+            t.long_poll().reconnects() >= 1
+                && matches!(listener_pid(&db.pool).await, Some(new) if new != pid)
+        },
+    )
     .await;
     assert_eq!(complete_all(&db.pool).await, 3);
     all_completed_soon(polls, Instant::now(), Duration::from_secs(20)).await;
@@ -494,7 +551,11 @@ async fn long_polls_get_their_completion_across_a_postgres_crash() {
     );
     let polls = polls_in_flight(&t, &key, 3, 60).await;
     assert_eq!(
-        count(&setup, "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'").await,
+        count(
+            &setup,
+            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'"
+        )
+        .await,
         1
     );
     drop(setup);
@@ -503,19 +564,25 @@ async fn long_polls_get_their_completion_across_a_postgres_crash() {
     pg.crash();
     pg.start();
     let after = pg.pool(4).await;
-    eventually(Duration::from_secs(30), "the listener reconnected", || async {
-        t.long_poll().reconnects() >= 1
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the listener reconnected",
+        || async { t.long_poll().reconnects() >= 1 },
+    )
     .await;
     // The API registered again by itself, so the finish below notifies.
-    eventually(Duration::from_secs(20), "the API registered again", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'",
-        )
-        .fetch_one(&after)
-        .await
-        .is_ok_and(|n| n == 1)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the API registered again",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'",
+            )
+            .fetch_one(&after)
+            .await
+            .is_ok_and(|n| n == 1)
+        },
+    )
     .await;
     assert_eq!(complete_all(&after).await, 3);
     all_completed_soon(polls, Instant::now(), Duration::from_secs(20)).await;
@@ -553,7 +620,10 @@ async fn an_idle_worker_claims_promptly_after_a_postgres_crash() {
         .await
         .is_ok_and(|n| n == 1)
     };
-    eventually(Duration::from_secs(10), "the worker waits", || registered(pool.clone())).await;
+    eventually(Duration::from_secs(10), "the worker waits", || {
+        registered(pool.clone())
+    })
+    .await;
     drop(pool);
 
     pg.crash();
@@ -561,13 +631,17 @@ async fn an_idle_worker_claims_promptly_after_a_postgres_crash() {
     let after = pg.pool(4).await;
     // The worker listens again and registers again (the crash emptied the
     // unlogged waiter table), without waiting for its hour-long poll.
-    eventually(Duration::from_secs(30), "the worker registered again", || {
-        registered(after.clone())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the worker registered again",
+        || registered(after.clone()),
+    )
     .await;
-    eventually(Duration::from_secs(10), "the worker listens again", || async {
-        listener_pid(&after).await.is_some()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the worker listens again",
+        || async { listener_pid(&after).await.is_some() },
+    )
     .await;
     let mut conn = after.acquire().await.unwrap();
     let id = queue::enqueue(&mut conn, &NewJob::new(NoopHandler::KIND, json!({})))
@@ -619,9 +693,11 @@ async fn a_silently_dead_listener_is_found_by_its_probe() {
     // The listener's connection stays open but nothing crosses it any more:
     // no end of stream ever comes, only the probe can tell.
     proxy.freeze("skipjack-test-listener");
-    eventually(Duration::from_secs(20), "the listener replaced its connection", || async {
-        t.long_poll().reconnects() >= 1
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the listener replaced its connection",
+        || async { t.long_poll().reconnects() >= 1 },
+    )
     .await;
     assert_eq!(complete_all(&db.pool).await, 2);
     all_completed_soon(polls, Instant::now(), Duration::from_secs(20)).await;
@@ -659,9 +735,24 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
     let mut polls = polls_in_flight(&t, &acme, 2, 60).await;
 
     // acme has its two: a third is refused at once.
-    let third = job_id(&t.submit(&acme, json!({"user_id": "x", "message": "hi"})).await);
-    let refused = call(&t.router, "GET", &format!("/v1/chat/{third}?wait=30"), &acme, None).await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    let third = job_id(
+        &t.submit(&acme, json!({"user_id": "x", "message": "hi"}))
+            .await,
+    );
+    let refused = call(
+        &t.router,
+        "GET",
+        &format!("/v1/chat/{third}?wait=30"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
     assert_eq!(refused.body["error"]["code"], "too_many_long_polls");
     assert_eq!(refused.headers[header::RETRY_AFTER], "2");
     // Without `wait` it still answers.
@@ -669,15 +760,30 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
     assert_eq!(plain.status, StatusCode::OK);
 
     // globex may still wait: the process has room for one more.
-    let theirs = job_id(&t.submit(&globex, json!({"user_id": "y", "message": "hi"})).await);
+    let theirs = job_id(
+        &t.submit(&globex, json!({"user_id": "y", "message": "hi"}))
+            .await,
+    );
     polls.push(t.spawn_poll(&globex, &theirs, 60));
-    eventually(Duration::from_secs(10), "three long-polls in flight", || async {
-        t.long_poll().in_flight() == 3
-    })
+    eventually(
+        Duration::from_secs(10),
+        "three long-polls in flight",
+        || async { t.long_poll().in_flight() == 3 },
+    )
     .await;
     // Now the process is full, for every tenant.
-    let fourth = job_id(&t.submit(&globex, json!({"user_id": "z", "message": "hi"})).await);
-    let refused = call(&t.router, "GET", &format!("/v1/chat/{fourth}?wait=30"), &globex, None).await;
+    let fourth = job_id(
+        &t.submit(&globex, json!({"user_id": "z", "message": "hi"}))
+            .await,
+    );
+    let refused = call(
+        &t.router,
+        "GET",
+        &format!("/v1/chat/{fourth}?wait=30"),
+        &globex,
+        None,
+    )
+    .await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.body["error"]["code"], "too_many_long_polls");
 
@@ -688,7 +794,14 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
         t.long_poll().in_flight() == 0
     })
     .await;
-    let again = call(&t.router, "GET", &format!("/v1/chat/{fourth}?wait=1"), &globex, None).await;
+    let again = call(
+        &t.router,
+        "GET",
+        &format!("/v1/chat/{fourth}?wait=1"),
+        &globex,
+        None,
+    )
+    .await;
     assert_eq!(again.status, StatusCode::OK);
 }
 
@@ -704,11 +817,16 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
     let standby = |names: &'static str| {
         let setup = setup.clone();
         async move {
-            sqlx::query(&format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'"))
+            sqlx::query(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+            ))
+            .execute(&setup)
+            .await
+            .unwrap();
+            sqlx::query("SELECT pg_reload_conf()")
                 .execute(&setup)
                 .await
                 .unwrap();
-            sqlx::query("SELECT pg_reload_conf()").execute(&setup).await.unwrap();
         }
     };
     // The conversation exists already, so the submission writes nothing but
@@ -733,7 +851,10 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
         .connect(&pg.url())
         .await
         .unwrap();
-    let t = TestApi::start(api_pool, config(Duration::from_secs(5), ListenerConfig::default()));
+    let t = TestApi::start(
+        api_pool,
+        config(Duration::from_secs(5), ListenerConfig::default()),
+    );
     standby("ghost").await;
 
     let body = json!({
@@ -755,9 +876,11 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
         .await
         .unwrap()
     };
-    eventually(Duration::from_secs(20), "a COMMIT waiting for the standby", || async {
-        waiting().await.is_some()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a COMMIT waiting for the standby",
+        || async { waiting().await.is_some() },
+    )
     .await;
     // ...and its backend is killed: committed, but the answer is lost.
     let pid = waiting().await.unwrap();

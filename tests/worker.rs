@@ -99,7 +99,7 @@ async fn wait_idle(worker: &Worker, pool: &PgPool, claims_before: u64) {
 async fn listener_pid(pool: &PgPool) -> Option<i32> {
     sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity
-         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+         WHERE datname = current_database() AND application_name = 'skipjack-test-listener'",
     )
     .fetch_optional(pool)
     .await

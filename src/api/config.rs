@@ -134,7 +134,11 @@ pub struct ApiArgs {
     pub max_tenant_long_polls: usize,
     /// Seconds between re-checks of the jobs being long-polled (one query
     /// for all): the longest a lost NOTIFY can delay an answer.
-    #[arg(long, env = "SKIPJACK_LONG_POLL_RECHECK_SECONDS", default_value_t = 5.0)]
+    #[arg(
+        long,
+        env = "SKIPJACK_LONG_POLL_RECHECK_SECONDS",
+        default_value_t = 5.0
+    )]
     pub long_poll_recheck_seconds: f64,
     /// Seconds between self-probes of the LISTEN connection, and how long a
     /// probe may take before the connection is replaced.
