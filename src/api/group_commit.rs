@@ -47,6 +47,8 @@ const TRANSIENT_RETRIES: usize = 3;
 /// before answering 503.
 const RESOLVE_ATTEMPTS: u32 = 5;
 const RESOLVE_PAUSE: Duration = Duration::from_millis(200);
+/// Longest one attempt may take (a server that does not answer at all).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an insert failed.
 enum InsertError {
@@ -334,7 +336,7 @@ async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<JobId>> {
     for attempt in 1..=RESOLVE_ATTEMPTS {
         // Not a pooled connection: those may be as dead as the one that
         // lost the commit.
-        let found = async {
+        let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
             let mut conn = options.connect().await?;
             let found: Vec<JobId> = sqlx::query_scalar(sql::JOBS_STORED)
                 .bind(ids)
@@ -342,13 +344,19 @@ async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<JobId>> {
                 .await?;
             let _ = conn.close().await;
             Ok::<_, sqlx::Error>(found)
-        }
+        })
         .await;
         match found {
-            Ok(found) => return Some(found),
-            Err(error) => {
+            Ok(Ok(found)) => return Some(found),
+            Ok(Err(error)) => {
                 tracing::debug!(%error, attempt, "cannot learn a lost commit's outcome yet");
                 tokio::time::sleep(RESOLVE_PAUSE).await;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    attempt,
+                    "cannot learn a lost commit's outcome yet: timed out"
+                )
             }
         }
     }

@@ -11,6 +11,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
+/// A row of enqueue.sql: (ord, job id, inserted, the key's stored
+/// fingerprint).
+type EnqueueRow = (i64, Option<JobId>, bool, Option<Vec<u8>>);
+
 /// Enqueues one job.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued> {
     let mut out = enqueue_many(conn, std::slice::from_ref(job)).await?;
@@ -51,7 +55,7 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
         .map(|j| j.idempotency_fingerprint.as_deref())
         .collect();
 
-    let rows: Vec<(i64, Option<JobId>, bool, Option<Vec<u8>>)> = sqlx::query_as(sql::ENQUEUE)
+    let rows: Vec<EnqueueRow> = sqlx::query_as(sql::ENQUEUE)
         .bind(&ids)
         .bind(&tenants)
         .bind(&conversations)
