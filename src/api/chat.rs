@@ -306,7 +306,7 @@ fn sorted(value: &Value) -> Value {
         (status = 422, description = "Bad job id or wait", body = ErrorBody),
         (status = 429, description = "`too_many_long_polls`: this process already holds \
 `SKIPJACK_MAX_LONG_POLLS` long-polls (default 10000), or this tenant \
-`SKIPJACK_MAX_TENANT_LONG_POLLS` (default 1000); poll again after Retry-After (or without `wait`)",
+`SKIPJACK_MAX_TENANT_LONG_POLLS` (default 5000); poll again after Retry-After (or without `wait`)",
          body = ErrorBody,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Database unavailable", body = ErrorBody),

@@ -130,7 +130,7 @@ pub struct ApiArgs {
     #[arg(long, env = "SKIPJACK_MAX_LONG_POLLS", default_value_t = 10_000)]
     pub max_long_polls: usize,
     /// Long-polls in flight per tenant and API process; more get 429.
-    #[arg(long, env = "SKIPJACK_MAX_TENANT_LONG_POLLS", default_value_t = 1_000)]
+    #[arg(long, env = "SKIPJACK_MAX_TENANT_LONG_POLLS", default_value_t = 5_000)]
     pub max_tenant_long_polls: usize,
     /// Seconds between re-checks of the jobs being long-polled (one query
     /// for all): the longest a lost NOTIFY can delay an answer.

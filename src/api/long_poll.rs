@@ -72,7 +72,7 @@ impl Default for LongPollConfig {
         LongPollConfig {
             recheck: Duration::from_secs(5),
             max_waits: 10_000,
-            max_tenant_waits: 1_000,
+            max_tenant_waits: 5_000,
             retry_after_secs: 1,
             listener: ListenerConfig::default(),
         }
