@@ -1,8 +1,8 @@
 //! The API's settings: [`ApiArgs`] (flags and environment) and the
 //! [`ApiConfig`] the library runs on.
 
-use crate::db::Schema;
 use super::long_poll::LongPollConfig;
+use crate::db::Schema;
 use crate::queue::gauges::GaugesConfig;
 use crate::queue::notify::ListenerConfig;
 use crate::queue::NewJob;
