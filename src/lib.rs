@@ -19,7 +19,7 @@
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
-//! - [`ids`]: id newtypes.
+//! - [`ids`]: id newtypes. [`text`]: text Postgres can store (no NUL).
 //!
 //! The binaries in `src/bin/` only parse settings and wire these together.
 
@@ -37,4 +37,5 @@ pub mod queue;
 pub mod signal;
 pub mod telemetry;
 pub mod tenants;
+pub mod text;
 pub mod worker;

@@ -7,7 +7,8 @@ use common::{count, TestDb};
 use serde_json::json;
 use skipjack::ids::{ConversationId, JobId, TenantId};
 use skipjack::queue::{
-    self, finish::finish_one, Backoff, FinishItem, JobState, NewJob, Outcome, Priority, QueueError,
+    self, finish::finish_one, AttemptId, Backoff, FinishItem, JobState, NewJob, Outcome, Priority,
+    QueueError,
 };
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -330,10 +331,10 @@ async fn expired_lease_is_rescued_and_the_late_completion_is_fenced_off() {
     assert_eq!(report.requeued, vec![id]);
     assert!(report.failed.is_empty());
     // worker-a's heartbeat now reports the job as lost.
-    let lost = queue::heartbeat(&db.pool, "worker-a", LEASE, &[id])
+    let lost = queue::heartbeat(&db.pool, "worker-a", LEASE, &[first.attempt_id()])
         .await
         .unwrap();
-    assert_eq!(lost, vec![id]);
+    assert_eq!(lost, vec![first.attempt_id()]);
 
     let second = queue::claim(&db.pool, "worker-b", 1, LEASE, &kinds())
         .await
@@ -789,7 +790,7 @@ async fn heartbeat_extends_every_lease_in_one_statement() {
     let claimed = queue::claim(&db.pool, "w", 3, Duration::from_secs(1), &kinds())
         .await
         .unwrap();
-    let ids: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    let ids: Vec<AttemptId> = claimed.iter().map(|j| j.attempt_id()).collect();
     let lost = queue::heartbeat(&db.pool, "w", Duration::from_secs(120), &ids)
         .await
         .unwrap();
@@ -807,6 +808,31 @@ async fn heartbeat_extends_every_lease_in_one_statement() {
         .await
         .unwrap();
     assert_eq!(lost.len(), 3);
+    // Nor does our own heartbeat for an attempt we no longer run: the job's
+    // current attempt is 1, so attempt 0 is reported lost and not extended.
+    let stale: Vec<AttemptId> = ids
+        .iter()
+        .map(|a| AttemptId {
+            job: a.job,
+            attempt: a.attempt - 1,
+        })
+        .collect();
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() + interval '5 seconds'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let lost = queue::heartbeat(&db.pool, "w", Duration::from_secs(120), &stale)
+        .await
+        .unwrap();
+    assert_eq!(lost, stale);
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM jobs WHERE lease_expires_at > now() + interval '100 seconds'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -929,4 +955,74 @@ async fn enqueue_notifies_once_per_statement_and_only_when_a_worker_waits() {
     assert!(notifications_until_sentinel(&db.pool, &mut listener)
         .await
         .is_empty());
+}
+
+#[tokio::test]
+async fn retry_after_is_a_lower_bound_and_never_longer_than_the_retry_maximum() {
+    let db = TestDb::new().await;
+    let backoff = Backoff {
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+    };
+    // An upstream answering `Retry-After: 0` to everything does not burn the
+    // attempts: each retry still waits at least the backoff's lower half.
+    for attempt in 1..=5 {
+        let floor = backoff.base * (1 << (attempt - 1)) / 2;
+        let delay = backoff.retry_delay(attempt, Some(Duration::ZERO));
+        assert!(
+            delay >= floor.min(backoff.max / 2),
+            "attempt {attempt}: {delay:?}"
+        );
+    }
+    let asked = [
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+        // Absurd: would overflow the interval arithmetic unclamped.
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(60),
+    ];
+    let jobs: Vec<NewJob> = (0..asked.len()).map(job).collect();
+    let ids = enqueue_all(&db.pool, &jobs).await;
+    let claimed = queue::claim(&db.pool, "w", asked.len(), LEASE, &kinds())
+        .await
+        .unwrap();
+    let by_id: HashMap<JobId, _> = claimed.into_iter().map(|j| (j.id, j)).collect();
+    let outcomes: Vec<Outcome> = asked
+        .iter()
+        .map(|after| Outcome::Retry {
+            error: "429".into(),
+            retry_after: Some(*after),
+        })
+        .collect();
+    let items: Vec<FinishItem> = ids
+        .iter()
+        .zip(&outcomes)
+        .map(|(id, outcome)| FinishItem {
+            job: *id,
+            attempt: by_id[id].attempt,
+            outcome,
+        })
+        .collect();
+    let states = queue::finish(&db.pool, "w", &items, &backoff)
+        .await
+        .unwrap();
+    assert!(states.iter().all(|s| *s == Some(JobState::Queued)));
+    let mut delays = Vec::new();
+    for id in &ids {
+        let delay: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM run_at - now())::float8 FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        delays.push(delay);
+    }
+    assert!(
+        (4.0..=10.5).contains(&delays[0]),
+        "Retry-After 0: {delays:?}"
+    );
+    assert!((299.0..=300.5).contains(&delays[1]), "a day: {delays:?}");
+    assert!((299.0..=300.5).contains(&delays[2]), "absurd: {delays:?}");
+    assert!((59.0..=60.5).contains(&delays[3]), "honoured: {delays:?}");
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{count, eventually, TestDb};
 use futures_util::future::BoxFuture;
 use serde_json::json;
-use skipjack::ids::JobId;
+use skipjack::ids::{ConversationId, JobId};
 use skipjack::queue::{self, JobState, NewJob, Outcome};
 use skipjack::worker::{FinishedJob, Handler, JobContext, Worker, WorkerConfig};
 use sqlx::{PgConnection, PgPool};
@@ -263,10 +263,7 @@ async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
         JobState::Queued,
         "released, not left leased"
     );
-    assert_eq!(
-        long_view.attempts, 0,
-        "the interrupted attempt does not count"
-    );
+    assert_eq!(long_view.attempts, 1, "the interrupted attempt counts");
     assert_eq!(long_view.worker, None);
     let events = queue::events(&db.pool, long).await.unwrap();
     assert_eq!(events.len(), 1);
@@ -284,7 +281,7 @@ async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
     let long_view = queue::get(&db.pool, long, None).await.unwrap().unwrap();
     assert_eq!(
         (long_view.state, long_view.attempts),
-        (JobState::Completed, 1)
+        (JobState::Completed, 2)
     );
 }
 
@@ -611,4 +608,366 @@ async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
     );
     let view = queue::get(&db.pool, stalled, None).await.unwrap().unwrap();
     assert_eq!((view.state, view.attempts), (JobState::Queued, 1));
+}
+
+/// Completes every job with a reply that holds a NUL (as a misbehaving LLM
+/// might send), and records each job's tag inside the completing
+/// transaction, in a table whose CHECK refuses the tag "poison": a database
+/// that rejects one outcome of a batch.
+struct Tagged;
+
+impl Handler for Tagged {
+    fn kind(&self) -> &str {
+        "tagged"
+    }
+
+    async fn handle(&self, ctx: JobContext) -> Outcome {
+        let tag = ctx.job.payload["tag"].as_str().unwrap();
+        Outcome::Completed {
+            result: json!({ "text": format!("{tag}\0end") }),
+            usage: None,
+        }
+    }
+
+    async fn on_completed<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        jobs: &'a [&'a FinishedJob],
+    ) -> Result<(), sqlx::Error> {
+        let ids: Vec<JobId> = jobs.iter().map(|f| f.job.id).collect();
+        let tags: Vec<String> = jobs
+            .iter()
+            .map(|f| f.job.payload["tag"].as_str().unwrap().to_owned())
+            .collect();
+        sqlx::query(
+            "INSERT INTO tag_log (job_id, tag) SELECT * FROM unnest($1::uuid[], $2::text[])",
+        )
+        .bind(&ids)
+        .bind(&tags)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn one_rejected_outcome_fails_alone_and_the_rest_of_its_batch_completes() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "CREATE TABLE tag_log (job_id uuid NOT NULL,
+                               tag text NOT NULL CONSTRAINT tag_not_poison CHECK (tag <> 'poison'))",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let conversation = ConversationId::new();
+    sqlx::query("INSERT INTO conversations (id, user_id) VALUES ($1, 'u')")
+        .bind(conversation)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let tag = if i == 5 {
+            "poison".to_owned()
+        } else {
+            format!("t{i}")
+        };
+        ids.push(enqueue(&db.pool, NewJob::new("tagged", json!({ "tag": tag }))).await);
+    }
+    // The poisoned job heads a conversation whose next turn waits for it.
+    let head = enqueue(
+        &db.pool,
+        NewJob::new("tagged", json!({ "tag": "poison" })).with_conversation(conversation),
+    )
+    .await;
+    let next = enqueue(
+        &db.pool,
+        NewJob::new("tagged", json!({ "tag": "after" })).with_conversation(conversation),
+    )
+    .await;
+    let worker = Worker::builder(db.pool.clone())
+        .register(Tagged)
+        .config(quiet_config())
+        .build()
+        .unwrap();
+
+    // One batch of ten: two rejected outcomes, eight good ones.
+    let report = worker.run_once(20).await.unwrap();
+    assert_eq!(report.claimed, 10);
+    assert_eq!(
+        (report.completed, report.failed, report.lease_lost),
+        (8, 2, 0)
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let view = queue::get(&db.pool, *id, None).await.unwrap().unwrap();
+        if i == 5 {
+            assert_eq!((view.state, view.attempts), (JobState::Failed, 1));
+            let error = view.error.unwrap();
+            assert!(
+                error.contains("could not be stored") && error.contains("tag_not_poison"),
+                "{error}"
+            );
+        } else {
+            assert_eq!((view.state, view.attempts), (JobState::Completed, 1));
+            // The NUL was replaced, not a reason to lose the reply.
+            assert_eq!(
+                view.result.unwrap()["text"],
+                json!(format!("t{i}\u{FFFD}end"))
+            );
+        }
+    }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM tag_log").await, 8);
+
+    // The conversation moved on: its next turn runs.
+    assert_eq!(
+        queue::get(&db.pool, head, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Failed
+    );
+    let report = worker.run_once(20).await.unwrap();
+    assert_eq!((report.claimed, report.completed), (1, 1));
+    assert_eq!(
+        queue::get(&db.pool, next, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_at_shutdown_counts_the_attempt_until_the_job_fails() {
+    let db = TestDb::new().await;
+    // A job that always outlives the grace period.
+    let (handler, mut started) = TestHandler::new(|_ctx: JobContext| async move {
+        std::future::pending::<()>().await;
+        completed()
+    });
+    let id = enqueue(
+        &db.pool,
+        NewJob::new("test", json!({})).with_max_attempts(2),
+    )
+    .await;
+    for attempt in 1..=2 {
+        let worker = Arc::new(
+            Worker::builder(db.pool.clone())
+                .register(handler.clone())
+                .config(WorkerConfig {
+                    shutdown_grace: Duration::from_millis(10),
+                    poll_interval: Duration::from_millis(50),
+                    ..quiet_config()
+                })
+                .build()
+                .unwrap(),
+        );
+        let (stop, run) = spawn_worker(worker);
+        tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("the job starts")
+            .unwrap();
+        stop.cancel();
+        run.await.unwrap();
+        let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+        assert_eq!(view.attempts, attempt, "the interrupted attempt counts");
+        let expected = if attempt < 2 {
+            JobState::Queued
+        } else {
+            JobState::Failed
+        };
+        assert_eq!(view.state, expected);
+    }
+    let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+    assert_eq!(
+        view.error.as_deref(),
+        Some("worker shut down during attempt 2 of 2")
+    );
+    let events = queue::events(&db.pool, id).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.event.as_str(), e.attempt))
+            .collect::<Vec<_>>(),
+        vec![("released", 1), ("released", 2)]
+    );
+}
+
+/// The lease of `id` has at least this many seconds left.
+async fn lease_left(pool: &PgPool, id: JobId) -> f64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM lease_expires_at - now())::float8, -1)
+         FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_attempt_keeps_its_lease_until_its_outcome_is_written() {
+    let db = TestDb::new().await;
+    const LEASE: Duration = Duration::from_millis(1500);
+    let (handler, mut started) = TestHandler::new(|_ctx: JobContext| async move { completed() });
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(WorkerConfig {
+                lease: LEASE,
+                completer_parallelism: 1,
+                ..quiet_config()
+            })
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+
+    // A long reader's lock holds up the completer's first write (a slow
+    // database)...
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE job_history IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    started.recv().await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the first write waits for the lock",
+        || async {
+            count(
+                &db.pool,
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                 WHERE c.relname = 'job_history' AND NOT l.granted",
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    // ...and the second job's outcome waits behind it (a completer backlog).
+    let second = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    started.recv().await.unwrap();
+
+    // Longer than a lease: the finished second attempt is still held.
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(
+        lease_left(&db.pool, second).await > 0.0,
+        "the finished attempt's lease was kept alive"
+    );
+    let report = queue::rescue(&db.pool, 10).await.unwrap();
+    assert!(
+        report.requeued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+
+    blocker.commit().await.unwrap();
+    common::eventually(Duration::from_secs(10), "both written", || async {
+        count(&db.pool, "SELECT count(*) FROM job_history").await == 2
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    for id in [first, second] {
+        let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+        assert_eq!((view.state, view.attempts), (JobState::Completed, 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_again_by_the_same_worker_is_neither_cancelled_nor_orphaned_by_its_old_attempt(
+) {
+    let db = TestDb::new().await;
+    const LEASE: Duration = Duration::from_millis(1500);
+    // Attempt 1 stalls until told to finish (or until cancelled); attempt 2
+    // runs until told to finish, and says if it was cancelled.
+    let finish_first = Arc::new(tokio::sync::Notify::new());
+    let finish_second = Arc::new(tokio::sync::Notify::new());
+    let (cancelled_tx, mut cancelled) = mpsc::unbounded_channel::<i32>();
+    let (handler, mut started) = {
+        let (first, second) = (finish_first.clone(), finish_second.clone());
+        TestHandler::new(move |ctx: JobContext| {
+            let (first, second, cancelled) = (first.clone(), second.clone(), cancelled_tx.clone());
+            async move {
+                let attempt = ctx.job.attempt;
+                let go = if attempt == 1 { first } else { second };
+                tokio::select! {
+                    _ = go.notified() => {}
+                    _ = ctx.cancel.cancelled() => {
+                        let _ = cancelled.send(attempt);
+                        std::future::pending::<()>().await;
+                    }
+                }
+                Outcome::Completed {
+                    result: json!({ "attempt": attempt }),
+                    usage: None,
+                }
+            }
+        })
+    };
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(WorkerConfig {
+                lease: LEASE,
+                ..quiet_config()
+            })
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    started.recv().await.unwrap();
+
+    // Attempt 1 stalls past its lease; a rescuer takes the job back and the
+    // same worker claims it again as attempt 2.
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue::rescue(&db.pool, 10).await.unwrap().requeued,
+        vec![id]
+    );
+    started.recv().await.unwrap();
+    let attempt: i32 = sqlx::query_scalar("SELECT attempt FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 2);
+
+    // The heartbeat cancels attempt 1 (its lease is gone) and only it.
+    let first_cancelled = tokio::time::timeout(LEASE * 4, cancelled.recv())
+        .await
+        .expect("the stale attempt is cancelled")
+        .unwrap();
+    assert_eq!(first_cancelled, 1);
+    // Attempt 1 ends; attempt 2 keeps its lease for longer than a lease.
+    finish_first.notify_one();
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(
+        lease_left(&db.pool, id).await > 0.0,
+        "attempt 2 is still heartbeated"
+    );
+    assert!(cancelled.try_recv().is_err(), "attempt 2 was not cancelled");
+
+    finish_second.notify_one();
+    common::eventually(Duration::from_secs(10), "attempt 2 written", || async {
+        count(&db.pool, "SELECT count(*) FROM job_history").await == 1
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
+    assert_eq!((view.state, view.attempts), (JobState::Completed, 2));
+    assert_eq!(view.result.unwrap(), json!({ "attempt": 2 }));
 }

@@ -1,14 +1,21 @@
--- heartbeat: extends, in one statement, the leases of all the jobs worker $1
--- is running ($3 ids uuid[]) to now + $2 seconds, and returns the ids it no
--- longer holds: those were rescued from this worker (or already finished),
--- and the worker should stop working on them; their completion would be
+-- heartbeat: extends, in one statement, the leases of all the attempts
+-- worker $1 is running ($3 job ids uuid[], $4 attempts integer[]) to now +
+-- $2 seconds, and returns the (id, attempt) pairs it no longer holds: those
+-- were rescued from this worker (maybe claimed again since, by it or another
+-- worker, as a newer attempt) or already finished, and the worker should stop
+-- working on those attempts, and only those; their completion would be
 -- fenced off anyway. Rows locked by a concurrent finish or rescue are
 -- skipped rather than waited for, so a heartbeat never deadlocks with them.
-WITH mine AS (
-    SELECT id
-    FROM jobs
-    WHERE id = ANY($3) AND lease_owner = $1 AND state = 'processing'
-    FOR NO KEY UPDATE SKIP LOCKED
+WITH held AS (
+    SELECT h.id, h.attempt
+    FROM unnest($3::uuid[], $4::integer[]) AS h (id, attempt)
+),
+mine AS (
+    SELECT j.id
+    FROM jobs j
+    JOIN held h ON j.id = h.id AND j.attempt = h.attempt
+    WHERE j.lease_owner = $1 AND j.state = 'processing'
+    FOR NO KEY UPDATE OF j SKIP LOCKED
 ),
 extended AS (
     UPDATE jobs j
@@ -17,7 +24,8 @@ extended AS (
     WHERE j.id = mine.id
     RETURNING j.id
 )
-SELECT held.id
-FROM unnest($3::uuid[]) AS held (id)
+SELECT h.id, h.attempt
+FROM held h
 WHERE NOT EXISTS (SELECT 1 FROM jobs j
-                  WHERE j.id = held.id AND j.lease_owner = $1 AND j.state = 'processing')
+                  WHERE j.id = h.id AND j.attempt = h.attempt AND j.lease_owner = $1
+                    AND j.state = 'processing')

@@ -7,9 +7,11 @@
 
 use super::{is_transient, read, sql, JobState, Lease, Outcome, QueueError, Result};
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::text::{json_without_nul, without_nul};
 use rand::Rng;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Exponential backoff with jitter for retried jobs that named no delay.
@@ -42,6 +44,20 @@ impl Backoff {
             .unwrap_or(self.max)
             .min(self.max);
         full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// The delay before a retried attempt: `min(max(retry_after,
+    /// delay(attempt)), max)`. The upstream's `Retry-After` is a lower
+    /// bound, never a shortcut (an upstream that answers `Retry-After: 0`
+    /// to everything must not burn every attempt in a second) and never
+    /// longer than `max` (`Retry-After: 86400` must not park a
+    /// conversation for a day, nor an absurd value overflow the interval
+    /// arithmetic in SQL).
+    pub fn retry_delay(&self, attempt: i32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.delay(attempt);
+        retry_after
+            .map_or(backoff, |asked| asked.max(backoff))
+            .min(self.max)
     }
 }
 
@@ -94,8 +110,9 @@ pub async fn finish_in_tx(
     let mut ids = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
     let mut outcomes = Vec::with_capacity(n);
-    let mut results: Vec<Option<&Value>> = Vec::with_capacity(n);
-    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    // Outcomes reach SQL without NUL, whoever made them (see crate::text).
+    let mut results: Vec<Option<Cow<'_, Value>>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(n);
     let mut retry_in: Vec<f64> = Vec::with_capacity(n);
     let mut input_tokens: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut output_tokens: Vec<Option<i32>> = Vec::with_capacity(n);
@@ -105,7 +122,7 @@ pub async fn finish_in_tx(
         match item.outcome {
             Outcome::Completed { result, usage } => {
                 outcomes.push("completed");
-                results.push(Some(result));
+                results.push(Some(json_without_nul(result)));
                 errors.push(None);
                 retry_in.push(0.0);
                 input_tokens.push(usage.map(|u| u.input_tokens));
@@ -114,8 +131,8 @@ pub async fn finish_in_tx(
             Outcome::Retry { error, retry_after } => {
                 outcomes.push("retry");
                 results.push(None);
-                errors.push(Some(error));
-                let delay = retry_after.unwrap_or_else(|| backoff.delay(item.attempt));
+                errors.push(Some(without_nul(error)));
+                let delay = backoff.retry_delay(item.attempt, *retry_after);
                 retry_in.push(delay.as_secs_f64());
                 input_tokens.push(None);
                 output_tokens.push(None);
@@ -123,7 +140,7 @@ pub async fn finish_in_tx(
             Outcome::Failed { error } => {
                 outcomes.push("failed");
                 results.push(None);
-                errors.push(Some(error));
+                errors.push(Some(without_nul(error)));
                 retry_in.push(0.0);
                 input_tokens.push(None);
                 output_tokens.push(None);
@@ -135,8 +152,8 @@ pub async fn finish_in_tx(
         .bind(&ids)
         .bind(&attempts)
         .bind(&outcomes)
-        .bind(&results)
-        .bind(&errors)
+        .bind(results.iter().map(|r| r.as_deref()).collect::<Vec<_>>())
+        .bind(errors.iter().map(|e| e.as_deref()).collect::<Vec<_>>())
         .bind(&retry_in)
         .bind(&input_tokens)
         .bind(&output_tokens)

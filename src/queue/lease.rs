@@ -1,30 +1,37 @@
 //! Leases: heartbeats keep them, the rescuer takes back expired ones, and a
 //! worker shutting down releases the ones it cannot finish.
 
-use super::{finish::unblock, is_transient, sql, JobState, QueueError, Result};
+use super::{finish::unblock, is_transient, sql, AttemptId, JobState, QueueError, Result};
 use crate::ids::{ConversationId, JobId};
 use sqlx::{PgExecutor, PgPool};
 use std::time::Duration;
 
-/// Extends to now + `lease` the leases of all of `owner`'s running jobs
-/// (`ids`) in one statement. Returns the ids the worker no longer holds: it
-/// should stop working on those.
+/// Extends to now + `lease` the leases of all of `owner`'s running attempts
+/// in one statement. Returns the attempts the worker no longer holds (the
+/// job was rescued, maybe claimed again as a newer attempt, or finished):
+/// it should stop working on those, and only those.
 pub async fn heartbeat<'e>(
     executor: impl PgExecutor<'e>,
     owner: &str,
     lease: Duration,
-    ids: &[JobId],
-) -> Result<Vec<JobId>> {
-    if ids.is_empty() {
+    running: &[AttemptId],
+) -> Result<Vec<AttemptId>> {
+    if running.is_empty() {
         return Ok(Vec::new());
     }
-    let lost: Vec<(JobId,)> = sqlx::query_as(sql::HEARTBEAT)
+    let ids: Vec<JobId> = running.iter().map(|a| a.job).collect();
+    let attempts: Vec<i32> = running.iter().map(|a| a.attempt).collect();
+    let lost: Vec<(JobId, i32)> = sqlx::query_as(sql::HEARTBEAT)
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(ids)
+        .bind(&ids)
+        .bind(&attempts)
         .fetch_all(executor)
         .await?;
-    Ok(lost.into_iter().map(|(id,)| id).collect())
+    Ok(lost
+        .into_iter()
+        .map(|(job, attempt)| AttemptId { job, attempt })
+        .collect())
 }
 
 /// What one rescue pass did.
@@ -72,20 +79,35 @@ async fn rescue_once(pool: &PgPool, limit: usize) -> Result<RescueReport> {
 }
 
 /// Gives back `owner`'s leases on `ids` (at shutdown) so another worker can
-/// take the jobs at once; the interrupted attempt is not counted. Returns the
-/// ids released.
-pub async fn release<'e>(
-    executor: impl PgExecutor<'e>,
-    owner: &str,
-    ids: &[JobId],
-) -> Result<Vec<JobId>> {
+/// take the jobs at once. The interrupted attempt counts: a job on its last
+/// attempt fails instead (and its conversation moves on). Returns the ids
+/// released, with the state each is in now.
+pub async fn release(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<(JobId, JobState)>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let released: Vec<(JobId,)> = sqlx::query_as(sql::RELEASE)
+    let mut tries = 0;
+    loop {
+        match release_once(pool, owner, ids).await {
+            Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn release_once(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<(JobId, JobState)>> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(JobId, Option<ConversationId>, JobState)> = sqlx::query_as(sql::RELEASE)
         .bind(owner)
         .bind(ids)
-        .fetch_all(executor)
+        .fetch_all(&mut *tx)
         .await?;
-    Ok(released.into_iter().map(|(id,)| id).collect())
+    let heads: Vec<ConversationId> = rows
+        .iter()
+        .filter(|(_, _, state)| *state == JobState::Failed)
+        .filter_map(|(_, conversation, _)| *conversation)
+        .collect();
+    unblock(&mut tx, &heads).await?;
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|(id, _, state)| (id, state)).collect())
 }

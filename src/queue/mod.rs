@@ -75,6 +75,30 @@ pub const JOBS_CHANNEL: &str = "skipjack_jobs";
 /// The NOTIFY channel that announces finished jobs (comma-separated ids).
 pub const DONE_CHANNEL: &str = "skipjack_done";
 
+/// True when the database refused a statement for something in what it was
+/// given (a character `text` cannot hold, a number out of range, a broken
+/// constraint), or the driver could not encode it: the same statement fails
+/// again however often it is retried, so a batch that hit it must be split
+/// to find the offending item. False for errors of the connection or of the
+/// server's state (connection lost, server shutting down, out of
+/// resources, deadlock), which say nothing about the data and are worth
+/// retrying as they are.
+pub fn is_rejected(err: &QueueError) -> bool {
+    let QueueError::Database(err) = err else {
+        return false;
+    };
+    match err {
+        sqlx::Error::Database(db) => !matches!(
+            db.code().as_deref().map(|code| &code[..code.len().min(2)]),
+            // connection, transaction rollback, insufficient resources,
+            // operator intervention, system error
+            Some("08" | "40" | "53" | "57" | "58") | None
+        ),
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
+        _ => false,
+    }
+}
+
 /// True for errors worth retrying the whole transaction for: deadlocks and
 /// serialization failures.
 pub fn is_transient(err: &sqlx::Error) -> bool {

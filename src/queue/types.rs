@@ -207,6 +207,14 @@ pub struct ClaimedJob {
 
 impl ClaimedJob {
     /// The fence for this attempt.
+    /// This attempt of this job.
+    pub fn attempt_id(&self) -> AttemptId {
+        AttemptId {
+            job: self.id,
+            attempt: self.attempt,
+        }
+    }
+
     pub fn lease(&self, owner: &str) -> Lease {
         Lease {
             job: self.id,
@@ -223,6 +231,14 @@ impl ClaimedJob {
 pub struct Lease {
     pub job: JobId,
     pub owner: String,
+    pub attempt: i32,
+}
+
+/// One attempt of one job: what a worker's lease covers. A job claimed
+/// again after its lease was lost is a new attempt, even by the same worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId {
+    pub job: JobId,
     pub attempt: i32,
 }
 
@@ -250,6 +266,38 @@ pub enum Outcome {
     },
     /// Failed in a way no retry fixes.
     Failed { error: String },
+}
+
+impl Outcome {
+    /// The same outcome with every U+0000 in its result and error replaced
+    /// (see [`crate::text`]), so that Postgres can store it. Copies nothing
+    /// when there is none.
+    pub fn without_nul(self) -> Outcome {
+        use crate::text::{json_without_nul, without_nul};
+        use std::borrow::Cow;
+        fn clean(error: String) -> String {
+            match without_nul(&error) {
+                Cow::Borrowed(_) => error,
+                Cow::Owned(clean) => clean,
+            }
+        }
+        match self {
+            Outcome::Completed { result, usage } => Outcome::Completed {
+                result: match json_without_nul(&result) {
+                    Cow::Borrowed(_) => result,
+                    Cow::Owned(clean) => clean,
+                },
+                usage,
+            },
+            Outcome::Retry { error, retry_after } => Outcome::Retry {
+                error: clean(error),
+                retry_after,
+            },
+            Outcome::Failed { error } => Outcome::Failed {
+                error: clean(error),
+            },
+        }
+    }
 }
 
 /// A job as readers see it, live or finished (the `all_jobs` view).

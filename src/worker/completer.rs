@@ -3,11 +3,20 @@
 //! It takes everything that piled up while it wrote the previous batch, so
 //! at low load every outcome is written at once, alone, and under load they
 //! are written up to a thousand to a transaction, a few transactions at once.
+//!
+//! An attempt stays in the worker's running set (and so keeps its lease,
+//! extended by the heartbeat) until its outcome is written: a backlog here
+//! or a slow database never throws away finished work. Two kinds of write
+//! failure are told apart (see [`queue::is_rejected`]): a lost connection
+//! or a server in trouble is retried as is until the database answers; a
+//! batch the database refuses for something in its data is split in halves,
+//! then singles, so that only the offending job is affected: it fails with
+//! the database's error, and its conversation moves on.
 
 use super::{executor, FinishedJob, Shared};
-use crate::ids::JobId;
 use crate::metrics::metrics;
-use crate::queue::{self, JobState, Outcome, QueueError};
+use crate::queue::{self, AttemptId, JobState, Outcome, QueueError};
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +29,13 @@ pub(super) enum Done {
     /// An attempt ended: write its outcome.
     Finished(FinishedJob),
     /// Abandoned at shutdown: give the lease back.
-    Release(JobId),
+    Release(AttemptId),
 }
 
-/// Tries of one batch before giving up on it; the leases then expire and the
-/// rescuer runs the jobs again.
-const WRITE_TRIES: u32 = 5;
+/// First pause before writing a batch again after a connection or server
+/// error; it doubles up to [`RETRY_DELAY_MAX`].
+const RETRY_DELAY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until every sender is gone and everything received is written.
 ///
@@ -43,7 +53,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
         while open && finished.len() < max {
             match rx.try_recv() {
                 Ok(Done::Finished(f)) => finished.push(f),
-                Ok(Done::Release(id)) => release(&shared, id).await,
+                Ok(Done::Release(attempt)) => release(&shared, attempt).await,
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
@@ -51,7 +61,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
         if !finished.is_empty() && writes.len() < parallelism {
             let batch = std::mem::take(&mut finished);
             let shared = shared.clone();
-            writes.spawn(async move { write_with_retries(&shared, &batch).await });
+            writes.spawn(async move {
+                // Written or given up: either way the heartbeat has nothing
+                // more to keep for these attempts.
+                let _ = write_logged(&shared, &batch).await;
+                shared.forget(batch.iter().map(|f| f.job.attempt_id()));
+            });
             continue;
         }
         if !open && finished.is_empty() && writes.is_empty() {
@@ -61,7 +76,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
             // More outcomes (only while the batch has room).
             received = rx.recv(), if open && finished.len() < max => match received {
                 Some(Done::Finished(f)) => finished.push(f),
-                Some(Done::Release(id)) => release(&shared, id).await,
+                Some(Done::Release(attempt)) => release(&shared, attempt).await,
                 None => open = false,
             },
             // A write finished: room for the next batch.
@@ -71,38 +86,103 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
 }
 
 /// Gives back the lease of a job abandoned at shutdown (rare: one at a time).
-async fn release(shared: &Shared, id: JobId) {
+async fn release(shared: &Shared, attempt: AttemptId) {
+    let id = attempt.job;
     match queue::release(&shared.pool, &shared.config.id, &[id]).await {
-        Ok(ids) if !ids.is_empty() => tracing::info!(job_id = %id, "released lease"),
-        Ok(_) => tracing::warn!(job_id = %id, "lease already gone at release"),
+        Ok(released) => match released.first() {
+            Some((_, JobState::Failed)) => {
+                metrics()
+                    .jobs_finished
+                    .with_label_values(&[JobState::Failed.as_str()])
+                    .inc();
+                tracing::warn!(job_id = %id, "released at shutdown on its last attempt: failed")
+            }
+            Some(_) => tracing::info!(job_id = %id, "released lease"),
+            None => tracing::warn!(job_id = %id, "lease already gone at release"),
+        },
         Err(error) => {
             tracing::error!(%error, job_id = %id, "releasing lease failed; it will expire")
         }
     }
+    shared.forget([attempt]);
 }
 
-async fn write_with_retries(shared: &Shared, finished: &[FinishedJob]) {
+/// [`write_outcomes`] in a `complete` span, with a failure logged.
+async fn write_logged(
+    shared: &Shared,
+    finished: &[FinishedJob],
+) -> Result<Vec<Option<JobState>>, QueueError> {
     let span = tracing::info_span!("complete", worker = %shared.config.id, jobs = finished.len());
-    write_with_retries_in_span(shared, finished)
-        .instrument(span)
-        .await
+    let result = write_outcomes(shared, finished).instrument(span).await;
+    if let Err(error) = &result {
+        tracing::error!(
+            %error,
+            jobs = finished.len(),
+            "writing outcomes failed; the leases will expire and the jobs run again"
+        );
+    }
+    result
 }
 
-async fn write_with_retries_in_span(shared: &Shared, finished: &[FinishedJob]) {
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=WRITE_TRIES {
-        match write(shared, finished).await {
-            Ok(_) => return,
-            Err(error) if attempt < WRITE_TRIES => {
-                tracing::warn!(%error, jobs = finished.len(), attempt, "writing outcomes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+/// Writes `finished` and returns each job's new state (`None`: the lease
+/// was lost), in input order.
+///
+/// A connection or server error is retried, with a growing pause, until
+/// the database answers (the attempts keep their leases meanwhile); when
+/// the worker is past its shutdown grace period it stops trying and
+/// returns the error. A batch the database rejects is split in halves, then
+/// singles; a single outcome it rejects is replaced by a `failed` outcome
+/// carrying the database's error.
+pub(super) fn write_outcomes<'a>(
+    shared: &'a Shared,
+    finished: &'a [FinishedJob],
+) -> BoxFuture<'a, Result<Vec<Option<JobState>>, QueueError>> {
+    Box::pin(async move {
+        match write_retrying(shared, finished).await {
+            Err(error) if queue::is_rejected(&error) && finished.len() > 1 => {
+                tracing::warn!(%error, jobs = finished.len(), "outcomes rejected; splitting the batch");
+                let (first, second) = finished.split_at(finished.len() / 2);
+                let mut states = write_outcomes(shared, first).await?;
+                states.extend(write_outcomes(shared, second).await?);
+                Ok(states)
             }
-            Err(error) => tracing::error!(
-                %error,
-                jobs = finished.len(),
-                "writing outcomes failed; the leases will expire and the jobs run again"
-            ),
+            Err(error) if queue::is_rejected(&error) => {
+                let f = &finished[0];
+                executor::job_span(&shared.config.id, &f.job).in_scope(
+                    || tracing::error!(%error, "outcome rejected by the database; failing the job"),
+                );
+                let failed = FinishedJob {
+                    job: f.job.clone(),
+                    outcome: Outcome::Failed {
+                        error: format!("the outcome could not be stored: {error}"),
+                    }
+                    .without_nul(),
+                };
+                write_retrying(shared, std::slice::from_ref(&failed)).await
+            }
+            other => other,
+        }
+    })
+}
+
+/// [`write`], retried on connection and server errors.
+async fn write_retrying(
+    shared: &Shared,
+    finished: &[FinishedJob],
+) -> Result<Vec<Option<JobState>>, QueueError> {
+    let mut delay = RETRY_DELAY_FIRST;
+    loop {
+        match write(shared, finished).await {
+            Err(error) if !queue::is_rejected(&error) && !shared.hard_stop.is_cancelled() => {
+                tracing::warn!(%error, jobs = finished.len(), retry_in_ms = delay.as_millis() as u64, "writing outcomes failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    // Past the grace period: try once more, then give up.
+                    _ = shared.hard_stop.cancelled() => {}
+                }
+                delay = (delay * 2).min(RETRY_DELAY_MAX);
+            }
+            other => return other,
         }
     }
 }

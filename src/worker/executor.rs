@@ -1,9 +1,8 @@
 //! The executor: runs one attempt of one job.
 
 use super::{completer::Done, FinishedJob, JobContext, Running, Shared};
-use crate::ids::JobId;
 use crate::metrics::{metrics, observe_since};
-use crate::queue::{ClaimedJob, Outcome};
+use crate::queue::{AttemptId, ClaimedJob, Outcome};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,11 +12,15 @@ use tracing::Instrument;
 /// How an attempt ended, from the worker's side.
 pub(super) enum Attempt {
     /// The handler returned (or panicked, which counts as a retryable error).
+    /// The attempt stays in the running set, its lease extended, until the
+    /// completer has written the outcome.
     Finished(FinishedJob),
-    /// Cancelled at the end of the shutdown grace period: release the lease.
-    Abandoned(JobId),
-    /// Cancelled because the lease was lost: nothing to write.
-    LeaseLost(JobId),
+    /// Cancelled at the end of the shutdown grace period: release the lease
+    /// (the attempt stays in the running set until then).
+    Abandoned(AttemptId),
+    /// Cancelled because the lease was lost: nothing to write (the attempt
+    /// has left the running set).
+    LeaseLost(AttemptId),
 }
 
 /// Runs `job` in its own task under `permit`, and hands the result to the
@@ -32,10 +35,10 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let message = match attempt(&shared, job).await {
             Attempt::Finished(finished) => Some(Done::Finished(finished)),
-            Attempt::Abandoned(id) => Some(Done::Release(id)),
-            Attempt::LeaseLost(id) => {
+            Attempt::Abandoned(attempt) => Some(Done::Release(attempt)),
+            Attempt::LeaseLost(attempt) => {
                 metrics().jobs_lease_lost.inc();
-                tracing::warn!(job_id = %id, "lease lost while running; stopped the job");
+                tracing::warn!(job_id = %attempt.job, attempt = attempt.attempt, "lease lost while running; stopped the job");
                 None
             }
         };
@@ -82,8 +85,9 @@ pub(super) fn job_span(worker: &str, job: &ClaimedJob) -> tracing::Span {
 
 async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
     let cancel = shared.hard_stop.child_token();
+    let attempt_id = job.attempt_id();
     shared.lock_running().insert(
-        job.id,
+        attempt_id,
         Running {
             cancel: cancel.clone(),
         },
@@ -120,7 +124,6 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
             }
         }
     };
-    shared.lock_running().remove(&job.id);
     observe_since(
         &metrics().job_run.with_label_values(&[job.kind.as_str()]),
         started,
@@ -136,9 +139,16 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
         "attempt finished"
     );
     match outcome {
-        Some(outcome) => Attempt::Finished(FinishedJob { job, outcome }),
-        None if shared.hard_stop.is_cancelled() => Attempt::Abandoned(job.id),
-        None => Attempt::LeaseLost(job.id),
+        // Text Postgres cannot store never reaches the completer's batch.
+        Some(outcome) => Attempt::Finished(FinishedJob {
+            job,
+            outcome: outcome.without_nul(),
+        }),
+        None if shared.hard_stop.is_cancelled() => Attempt::Abandoned(attempt_id),
+        None => {
+            shared.forget([attempt_id]);
+            Attempt::LeaseLost(attempt_id)
+        }
     }
 }
 

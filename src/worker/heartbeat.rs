@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Every lease/3, extends all running leases in one statement and cancels
-/// the jobs whose lease was lost (rescued after a stall, say).
+/// the attempts whose lease was lost (rescued after a stall, say). Running
+/// means claimed and not yet written: an attempt whose handler returned
+/// keeps its lease until the completer has written its outcome.
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.config.lease / 3;
     loop {
@@ -15,25 +17,27 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let ids = shared.running_ids();
+        let attempts = shared.running_attempts();
         match queue::heartbeat(
             &shared.lease_pool,
             &shared.config.id,
             shared.config.lease,
-            &ids,
+            &attempts,
         )
         .await
         {
             Ok(lost) => {
                 let running = shared.lock_running();
-                for id in lost {
-                    if let Some(job) = running.get(&id) {
-                        tracing::warn!(job_id = %id, "lease lost; cancelling the job");
-                        job.cancel.cancel();
+                for attempt in lost {
+                    if let Some(job) = running.get(&attempt) {
+                        if !job.cancel.is_cancelled() {
+                            tracing::warn!(job_id = %attempt.job, attempt = attempt.attempt, "lease lost; cancelling the attempt");
+                            job.cancel.cancel();
+                        }
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, jobs = ids.len(), "heartbeat failed"),
+            Err(error) => tracing::warn!(%error, jobs = attempts.len(), "heartbeat failed"),
         }
     }
 }

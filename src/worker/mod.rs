@@ -24,10 +24,9 @@ mod producer;
 pub use handler::{FinishedJob, Handler, JobContext};
 pub use noop::NoopHandler;
 
-use crate::ids::JobId;
 use crate::metrics::metrics;
 use crate::queue::{
-    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, Backoff, Outcome,
+    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, AttemptId, Backoff, Outcome,
 };
 use handler::DynHandler;
 use sqlx::postgres::PgPoolOptions;
@@ -132,7 +131,12 @@ struct Shared {
     kinds: Vec<String>,
     /// One permit per job slot; the producer takes one per claimed job.
     slots: Arc<Semaphore>,
-    running: Mutex<HashMap<JobId, Running>>,
+    /// Attempts claimed and not yet written (running, or finished and
+    /// waiting for the completer): the heartbeat keeps their leases. Keyed
+    /// by attempt, so that a job claimed again by this worker after a lost
+    /// lease is a separate entry that the old attempt can neither cancel
+    /// nor remove.
+    running: Mutex<HashMap<AttemptId, Running>>,
     /// Rung by the listener (NOTIFY or reconnect) to make the producer claim.
     wake: Notify,
     /// Listener reconnects so far: after one, the producer registers as a
@@ -147,11 +151,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn running_ids(&self) -> Vec<JobId> {
+    fn running_attempts(&self) -> Vec<AttemptId> {
         self.lock_running().keys().copied().collect()
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
+    /// Drops attempts from the running set: written, released, or lost.
+    fn forget(&self, attempts: impl IntoIterator<Item = AttemptId>) {
+        let mut running = self.lock_running();
+        for attempt in attempts {
+            running.remove(&attempt);
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptId, Running>> {
         // A panic while holding this lock leaves the map usable: recover it.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -347,12 +359,15 @@ impl Worker {
         for attempt in futures_util::future::join_all(runs).await {
             match attempt {
                 executor::Attempt::Finished(f) => finished.push(f),
-                executor::Attempt::Abandoned(_) | executor::Attempt::LeaseLost(_) => {
+                executor::Attempt::Abandoned(attempt) | executor::Attempt::LeaseLost(attempt) => {
+                    shared.forget([attempt]);
                     report.lease_lost += 1
                 }
             }
         }
-        let states = completer::write(shared, &finished).await?;
+        let written = completer::write_outcomes(shared, &finished).await;
+        shared.forget(finished.iter().map(|f| f.job.attempt_id()));
+        let states = written?;
         for (done, state) in finished.iter().zip(states) {
             match (state, &done.outcome) {
                 (None, _) => report.lease_lost += 1,
