@@ -26,7 +26,7 @@ pub use noop::NoopHandler;
 
 use crate::metrics::metrics;
 use crate::queue::{
-    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, AttemptId, Backoff, Outcome,
+    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, AttemptId, Backoff,
 };
 use handler::DynHandler;
 use sqlx::postgres::PgPoolOptions;
@@ -368,12 +368,14 @@ impl Worker {
         let written = completer::write_outcomes(shared, &finished).await;
         shared.forget(finished.iter().map(|f| f.job.attempt_id()));
         let states = written?;
-        for (done, state) in finished.iter().zip(states) {
-            match (state, &done.outcome) {
-                (None, _) => report.lease_lost += 1,
-                (Some(queue::JobState::Queued), _) => report.retried += 1,
-                (Some(_), Outcome::Completed { .. }) => report.completed += 1,
-                (Some(_), _) => report.failed += 1,
+        // By the state written, not the outcome sent: an outcome the
+        // database rejected was written as a failure.
+        for state in states {
+            match state {
+                None => report.lease_lost += 1,
+                Some(queue::JobState::Queued) => report.retried += 1,
+                Some(queue::JobState::Completed) => report.completed += 1,
+                Some(_) => report.failed += 1,
             }
         }
         Ok(report)
