@@ -153,7 +153,13 @@ async fn finish(pool: &PgPool, job: &ClaimedJob, outcome: Outcome) -> Option<Job
         attempt: job.attempt,
         outcome: &outcome,
     };
-    queue::finish(pool, WORKER, &[item], &Backoff::default())
+    // No backoff of its own, so a `Retry-After` of zero re-queues at once,
+    // and a cap past the seeded hour-long `Retry-After`.
+    let backoff = Backoff {
+        base: Duration::ZERO,
+        max: Duration::from_secs(7200),
+    };
+    queue::finish(pool, WORKER, &[item], &backoff)
         .await
         .unwrap()
         .remove(0)

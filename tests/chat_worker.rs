@@ -402,7 +402,15 @@ async fn rate_limited_turn_is_retried_after_the_retry_after_and_completes() {
     .await;
     let conv = conversations(&db.pool, 1).await[0];
     let handler = ChatHandler::new(db.pool.clone(), provider(&anthropic_config(&mock.url)));
-    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    // Retry-After (1 s) is within the retry maximum, so it is honoured.
+    let config = WorkerConfig {
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_secs(5),
+        },
+        ..config("w")
+    };
+    let worker = Running::start(db.pool.clone(), handler, config);
     let id = enqueue_one(&db.pool, chat_job(conv, "hello")).await;
     wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
     worker.stop().await;
@@ -1167,4 +1175,54 @@ async fn ready_says_whether_the_worker_is_claiming() {
     assert_eq!(body["claiming"], false);
     assert!(body["reason"].as_str().unwrap().contains("shutting down"));
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_and_an_error_body_with_nul_bytes_are_stored_not_lost() {
+    let db = TestDb::new().await;
+    let calls = Arc::new(Mutex::new(0usize));
+    let seen = calls.clone();
+    let mock = MockServer::start(move |r| {
+        let mut calls = seen.lock().unwrap();
+        *calls += 1;
+        if *calls == 1 {
+            // An upstream error body with a NUL: the retried attempt's error
+            // is stored in its event.
+            Reply::text(503, "overloaded\0\0")
+        } else {
+            Reply::anthropic_ok(&format!("re: {}\0!", last_content(r)))
+        }
+    })
+    .await;
+    let conv = conversations(&db.pool, 1).await[0];
+    let handler = ChatHandler::new(db.pool.clone(), provider(&anthropic_config(&mock.url)));
+    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    let id = enqueue_one(&db.pool, chat_job(conv, "hello")).await;
+    wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    let view = job(&db.pool, id).await;
+    assert_eq!(
+        (view.state, view.attempts),
+        (JobState::Completed, 2),
+        "{:?}",
+        view.error
+    );
+    let events = queue::events(&db.pool, id).await.unwrap();
+    assert!(
+        events[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("overloaded\u{FFFD}\u{FFFD}"),
+        "{:?}",
+        events[0].error
+    );
+    let reply: String =
+        sqlx::query_scalar("SELECT content FROM messages WHERE job_id = $1 AND role = 'assistant'")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(reply, "re: hello\u{FFFD}!");
 }
