@@ -14,9 +14,16 @@ use std::time::Duration;
 /// Where the database is.
 #[derive(Args, Clone)]
 pub struct DatabaseArgs {
-    /// Postgres URL, e.g. postgres://user@localhost/skipjack.
+    /// Postgres URL, e.g. postgres://user@localhost/skipjack. TLS comes
+    /// from its `sslmode` / `sslrootcert` / `sslcert` / `sslkey` parameters,
+    /// as with libpq. May point at PgBouncer in transaction mode.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// Postgres URL of a direct (session) connection, for what transaction
+    /// pooling breaks: LISTEN and session advisory locks (queue gauges
+    /// leader, vacuum), and maintenance. Unset: DATABASE_URL.
+    #[arg(long, env = "SKIPJACK_DIRECT_DATABASE_URL", hide_env_values = true)]
+    pub direct_database_url: Option<String>,
     /// Connections in this process's pool.
     #[arg(long, env = "SKIPJACK_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -30,12 +37,36 @@ impl std::fmt::Debug for DatabaseArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseArgs")
             .field("database_url", &"***")
+            .field(
+                "direct_database_url",
+                &self.direct_database_url.as_ref().map(|_| "***"),
+            )
             .field("db_pool_size", &self.db_pool_size)
             .finish()
     }
 }
 
+/// Connections of the direct pool: the LISTEN connection, the gauges
+/// leader's, and one for maintenance, with one to spare.
+pub const DIRECT_POOL_SIZE: u32 = 4;
+
 impl DatabaseArgs {
+    /// The direct pool's settings, or `None` when there is no separate
+    /// direct URL (then the main pool serves as the direct one).
+    pub fn direct_db_config(&self, application_name: &str) -> Option<DbConfig> {
+        let url = self
+            .direct_database_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())?;
+        Some(DbConfig {
+            url: url.to_owned(),
+            pool_size: DIRECT_POOL_SIZE,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            application_name: format!("{application_name}-direct"),
+        })
+    }
+
     pub fn db_config(&self, application_name: &str) -> DbConfig {
         DbConfig {
             url: self.database_url.clone(),

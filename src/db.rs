@@ -7,6 +7,11 @@
 //! and safer than re-implementing refinery's migration traits over sqlx).
 //! Everything else talks to the database through sqlx.
 //!
+//! Both honour the URL's `sslmode` / `sslrootcert` / `sslcert` / `sslkey`
+//! with libpq's meaning ([`crate::tls`]), so a managed Postgres that
+//! requires verified TLS is reached with the same URL by every process and
+//! by `skipjack migrate`.
+//!
 //! Refinery runs every migration inside a transaction, where `CREATE INDEX
 //! CONCURRENTLY` is refused. A migration whose first line is
 //! `-- skipjack:no-transaction` is therefore applied by [`migrate`] itself:
@@ -20,8 +25,9 @@
 //! finds applied ([`Schema`]), and accepts newer migrations that declare
 //! themselves compatible with that version (table `schema_compat`).
 
+use crate::tls::{PgTls, SslMode, TlsError};
 use refinery::{Migration, Target};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
@@ -58,6 +64,8 @@ const LOCK_RETRIES: u32 = 5;
 pub enum DbError {
     #[error("invalid DATABASE_URL: {0}")]
     InvalidUrl(String),
+    #[error("database TLS settings: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
     /// Migrations this process needs are missing.
@@ -113,9 +121,39 @@ pub struct DbConfig {
 
 /// Opens a connection pool. Fails fast when the database is unreachable.
 pub async fn connect(config: &DbConfig) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(&config.url)
+    pool_options(config)
+        .connect_with(connect_options(config)?)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// The pool for what needs a session of its own: LISTEN, session advisory
+/// locks and maintenance. Behind PgBouncer in transaction mode these must
+/// bypass it (`config`: the direct URL's settings); without a separate
+/// direct URL (`None`) the main pool serves.
+pub async fn connect_direct(config: Option<&DbConfig>, pool: &PgPool) -> Result<PgPool, DbError> {
+    match config {
+        Some(config) => connect(config).await,
+        None => Ok(pool.clone()),
+    }
+}
+
+/// The sqlx options of `config`'s URL: sqlx reads the TLS parameters
+/// itself; only libpq's `require` with a root certificate (which verifies
+/// the chain) needs saying.
+pub fn connect_options(config: &DbConfig) -> Result<PgConnectOptions, DbError> {
+    let (_, tls) = PgTls::split_url(&config.url)?;
+    let mut options = PgConnectOptions::from_str(&config.url)
         .map_err(|e| DbError::InvalidUrl(e.to_string()))?
         .application_name(&config.application_name);
+    if tls.effective_mode() == SslMode::VerifyCa {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
+    crate::tls::install_provider();
+    Ok(options)
+}
+
+fn pool_options(config: &DbConfig) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.acquire_timeout)
@@ -123,9 +161,6 @@ pub async fn connect(config: &DbConfig) -> Result<PgPool, DbError> {
         // query (a third of a claim's latency); a dead connection shows up
         // as an error of the query itself, and the pool replaces it.
         .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .map_err(DbError::Connect)
 }
 
 /// `url` with its database name replaced by `database` (query kept). For
@@ -170,6 +205,7 @@ pub fn migrations_fingerprint() -> u64 {
 }
 
 /// Applies the pending migrations; returns the names of those applied.
+/// Connects with the URL's TLS settings, as [`connect`] does.
 pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     migrate_to(url, None).await
 }
@@ -177,7 +213,19 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
 /// Applies the pending migrations up to version `target` (all when
 /// `None`); returns the names of those applied.
 pub async fn migrate_to(url: &str, target: Option<u32>) -> Result<Vec<String>, DbError> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (url, tls) = PgTls::split_url(url)?;
+    let mut config =
+        tokio_postgres::Config::from_str(&url).map_err(|e| DbError::InvalidUrl(e.to_string()))?;
+    config.ssl_mode(match tls.effective_mode() {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls.client_config()?);
+    let (mut client, connection) = config
+        .connect(connector)
         .await
         .map_err(|e| DbError::Migrate(format!("cannot connect: {e}")))?;
     let driver = tokio::spawn(connection);

@@ -12,7 +12,8 @@
 //! - [`chat`]: conversations, messages, the chat job's payload.
 //! - [`api`]: the REST API (axum): submit, long-poll, cancel, tenants' keys,
 //!   group commit, backpressure. [`tenants`]: tenants and hashed API keys.
-//! - [`db`]: connection pool, migrations, schema check.
+//! - [`db`]: connection pool, migrations, schema check. [`tls`]: TLS to
+//!   Postgres and Redis (`sslmode`, `rediss://`), rustls only.
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
@@ -38,4 +39,5 @@ pub mod signal;
 pub mod telemetry;
 pub mod tenants;
 pub mod text;
+pub mod tls;
 pub mod worker;

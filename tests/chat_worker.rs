@@ -215,6 +215,7 @@ fn last_content(recorded: &Recorded) -> String {
 fn cache_config(prefix: &str, url: &str) -> CacheConfig {
     CacheConfig {
         url: url.to_owned(),
+        ca_file: None,
         ttl: Duration::from_secs(60),
         op_timeout: Duration::from_millis(100),
         retry_after: Duration::from_millis(200),

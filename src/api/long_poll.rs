@@ -90,6 +90,8 @@ struct Slot {
 pub struct LongPoll {
     pool: PgPool,
     config: LongPollConfig,
+    /// The LISTEN connection's pool (a direct one behind PgBouncer).
+    listen_pool: PgPool,
     /// This process's name in `queue_waiters`.
     name: String,
     slots: Mutex<HashMap<JobId, Slot>>,
@@ -151,11 +153,21 @@ impl Drop for Subscription<'_> {
 
 impl LongPoll {
     pub fn new(pool: PgPool, config: LongPollConfig) -> Arc<Self> {
+        Self::with_listener_pool(pool.clone(), pool, config)
+    }
+
+    /// [`LongPoll::new`] with the LISTEN connection taken from `listen_pool`.
+    pub fn with_listener_pool(
+        pool: PgPool,
+        listen_pool: PgPool,
+        config: LongPollConfig,
+    ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "api".to_owned());
         let suffix: u32 = rand::random();
         Arc::new(LongPoll {
             pool,
             config,
+            listen_pool,
             name: format!("api-{host}-{}-{:08x}", std::process::id(), suffix),
             slots: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
@@ -172,7 +184,7 @@ impl LongPoll {
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
         let waker = self.clone();
         let listener = notify::spawn_listener_with(
-            self.pool.clone(),
+            self.listen_pool.clone(),
             vec![queue::DONE_CHANNEL],
             self.config.listener.clone(),
             move |wakeup| waker.on_wakeup(wakeup),

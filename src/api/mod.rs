@@ -85,6 +85,19 @@ impl Api {
     /// Starts the background tasks. `shutdown` is the signal to drain (see
     /// [`Api::serve`]).
     pub fn start(pool: PgPool, config: ApiConfig, shutdown: CancellationToken) -> Api {
+        Self::start_with_direct(pool.clone(), pool, config, shutdown)
+    }
+
+    /// [`Api::start`] with a second pool, `direct`, for the LISTEN
+    /// connection and the gauges' leadership lock: session state that
+    /// PgBouncer in transaction mode would break (see
+    /// `db::connect_direct`).
+    pub fn start_with_direct(
+        pool: PgPool,
+        direct: PgPool,
+        config: ApiConfig,
+        shutdown: CancellationToken,
+    ) -> Api {
         let background = CancellationToken::new();
         let (group_commit, gatherer) = GroupCommit::spawn(
             pool.clone(),
@@ -100,7 +113,8 @@ impl Api {
             config.max_tenant_queue_depth,
             config.retry_after_secs,
         ));
-        let long_poll = LongPoll::new(pool.clone(), config.long_poll.clone());
+        let long_poll =
+            LongPoll::with_listener_pool(pool.clone(), direct.clone(), config.long_poll.clone());
         let mut tasks = vec![gatherer];
         tasks.push(admission::spawn_refresher(
             admission.clone(),
@@ -111,7 +125,7 @@ impl Api {
         tasks.extend(long_poll.spawn(background.clone()));
         if let Some(gauges) = config.queue_gauges.clone() {
             tasks.push(crate::queue::gauges::spawn(
-                pool.clone(),
+                direct,
                 gauges,
                 background.clone(),
             ));

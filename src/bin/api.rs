@@ -24,6 +24,9 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the database")?;
     let schema = db::check_schema(&pool).await?;
     tracing::info!(schema_version = schema.version(), "database schema checked");
+    let direct = db::connect_direct(args.db.direct_db_config("skipjack-api").as_ref(), &pool)
+        .await
+        .context("connecting to the database directly")?;
 
     let listener = tokio::net::TcpListener::bind(args.api.api_addr)
         .await
@@ -31,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.api.api_addr, "API listening");
     let mut config = args.api.api_config();
     config.schema = schema;
-    let api = Api::start(pool, config, signal::shutdown_token());
+    let api = Api::start_with_direct(pool, direct, config, signal::shutdown_token());
     api.serve(listener).await?;
     tracing::info!("API stopped");
     Ok(())

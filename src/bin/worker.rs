@@ -36,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the database")?;
     let schema = db::check_schema(&pool).await?;
     tracing::info!(schema_version = schema.version(), "database schema checked");
+    let direct = db::connect_direct(args.db.direct_db_config("skipjack-worker").as_ref(), &pool)
+        .await
+        .context("connecting to the database directly")?;
 
     let handler = chat_worker::chat_handler(pool.clone(), &args.llm, &args.cache, schema)
         .context("setting up the chat handler")?;
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let stale_after = (worker_config.poll_interval * 3).max(std::time::Duration::from_secs(5));
     let worker = Arc::new(
         Worker::builder(pool.clone())
+            .direct_pool(direct)
             .register(NoopHandler)
             .register(handler)
             .config(worker_config)

@@ -35,12 +35,18 @@
 //! first failure logs once and marks Redis down: for `retry_after`, reads and
 //! writes skip Redis entirely (counted as errors), so a dead Redis costs no
 //! time per job; then one operation probes it again. Recovery logs once.
+//!
+//! # TLS
+//! A `rediss://` URL connects over TLS (rustls), verifying the server's
+//! certificate against the built-in Mozilla roots, or against the CA file
+//! in [`CacheConfig::ca_file`] (`SKIPJACK_REDIS_CA_FILE`) for a private CA.
 
 use super::store::{self, HistoryMessage, HistoryVersion};
 use crate::ids::ConversationId;
 use crate::metrics::metrics;
+use deadpool_redis::redis::IntoConnectionInfo;
 use deadpool_redis::redis::{self, FromRedisValue};
-use deadpool_redis::{Connection, Pool, Runtime};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,8 +56,12 @@ use std::time::{Duration, Instant};
 /// How to reach Redis and how to use it.
 #[derive(Clone)]
 pub struct CacheConfig {
-    /// `redis://…`; may hold a password: never logged.
+    /// `redis://…`, or `rediss://…` for TLS; may hold a password: never
+    /// logged.
     pub url: String,
+    /// PEM file of the CA that signed Redis's certificate, for a `rediss://`
+    /// URL; `None`: the built-in public roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Lifetime of a cached history after its last write.
     pub ttl: Duration,
     /// Longest any one Redis operation (including getting a connection) may
@@ -69,6 +79,7 @@ impl std::fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheConfig")
             .field("url", &"***")
+            .field("ca_file", &self.ca_file)
             .field("ttl", &self.ttl)
             .field("op_timeout", &self.op_timeout)
             .field("retry_after", &self.retry_after)
@@ -86,6 +97,8 @@ pub enum CacheError {
     InvalidUrl(String),
     #[error("cannot build the Redis pool: {0}")]
     Pool(String),
+    #[error("Redis TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where a history came from.
@@ -170,11 +183,27 @@ impl HistoryCache {
     /// A cache over a connection pool; connects lazily, so a Redis that is
     /// down at start-up only means misses until it is up.
     pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
-        let builder = deadpool_redis::Config::from_url(config.url.clone())
-            .builder()
-            // The redis error for a bad URL does not echo the URL.
-            .map_err(|e| CacheError::InvalidUrl(e.to_string()))?;
-        let pool = builder
+        // The redis errors for a bad URL do not echo the URL.
+        let invalid = |e: redis::RedisError| CacheError::InvalidUrl(e.to_string());
+        crate::tls::install_provider();
+        let info = match &config.ca_file {
+            Some(path) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(crate::tls::redis_root_cert(path)?),
+                },
+            )
+            .map_err(invalid)?
+            .get_connection_info()
+            .clone(),
+            None => config
+                .url
+                .as_str()
+                .into_connection_info()
+                .map_err(invalid)?,
+        };
+        let pool = Pool::builder(Manager::new(info).map_err(invalid)?)
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.op_timeout))

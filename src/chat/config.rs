@@ -9,9 +9,14 @@ use std::time::Duration;
 #[derive(clap::Args, Clone)]
 pub struct CacheArgs {
     /// Redis URL of the conversation history cache, e.g.
-    /// redis://127.0.0.1:6379/0. Unset: history is read from Postgres only.
+    /// redis://127.0.0.1:6379/0, or rediss://… for TLS. Unset: history is
+    /// read from Postgres only.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (for a
+    /// rediss:// URL). Unset: the built-in public roots.
+    #[arg(long, env = "SKIPJACK_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// How long a cached history lives without being read or written.
     #[arg(long, env = "SKIPJACK_CACHE_TTL_SECONDS", default_value_t = 3600)]
     pub cache_ttl_seconds: u64,
@@ -41,6 +46,7 @@ impl std::fmt::Debug for CacheArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheArgs")
             .field("redis_url", &self.redis_url.as_ref().map(|_| "***"))
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("cache_ttl_seconds", &self.cache_ttl_seconds)
             .field("cache_timeout_ms", &self.cache_timeout_ms)
             .field("cache_retry_ms", &self.cache_retry_ms)
@@ -60,6 +66,7 @@ impl CacheArgs {
             .filter(|u| !u.is_empty())?;
         Some(CacheConfig {
             url: url.to_owned(),
+            ca_file: self.redis_ca_file.clone(),
             ttl: Duration::from_secs(self.cache_ttl_seconds.max(1)),
             op_timeout: Duration::from_millis(self.cache_timeout_ms.max(1)),
             retry_after: Duration::from_millis(self.cache_retry_ms),

@@ -117,6 +117,9 @@ struct Running {
 /// State shared by the worker's tasks.
 struct Shared {
     pool: PgPool,
+    /// LISTEN, maintenance and the gauges' leadership lock: session state
+    /// that transaction pooling would break (see `db::connect_direct`).
+    direct_pool: PgPool,
     /// Claims and heartbeats go through this pool, whose sessions commit
     /// asynchronously (`synchronous_commit = off`): they do not wait for the
     /// WAL flush, which is most of a one-job claim's latency. Safe because
@@ -177,11 +180,20 @@ pub struct Worker {
 /// Builds a [`Worker`].
 pub struct WorkerBuilder {
     pool: PgPool,
+    direct_pool: PgPool,
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn DynHandler>>,
 }
 
 impl WorkerBuilder {
+    /// The pool for LISTEN, maintenance and the gauges' leadership: a
+    /// direct connection when the main pool goes through PgBouncer in
+    /// transaction mode. Default: the main pool.
+    pub fn direct_pool(mut self, pool: PgPool) -> Self {
+        self.direct_pool = pool;
+        self
+    }
+
     pub fn config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
         self
@@ -216,6 +228,7 @@ impl WorkerBuilder {
                 lease_pool,
                 slots: Arc::new(Semaphore::new(self.config.concurrency)),
                 pool: self.pool,
+                direct_pool: self.direct_pool,
                 config: self.config,
                 handlers: self.handlers,
                 kinds,
@@ -244,6 +257,7 @@ pub struct RunOnce {
 impl Worker {
     pub fn builder(pool: PgPool) -> WorkerBuilder {
         WorkerBuilder {
+            direct_pool: pool.clone(),
             pool,
             config: WorkerConfig::default(),
             handlers: HashMap::new(),
@@ -270,7 +284,7 @@ impl Worker {
         let listener = {
             let waker = shared.clone();
             notify::spawn_listener(
-                shared.pool.clone(),
+                shared.direct_pool.clone(),
                 vec![queue::JOBS_CHANNEL],
                 move |wakeup| {
                     if wakeup == notify::Wakeup::Reconnected {
@@ -284,12 +298,11 @@ impl Worker {
         };
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), background.clone()));
         let maintenance = shared.config.maintenance.clone().map(|config| {
-            queue::maintenance::spawn(shared.pool.clone(), config, background.clone())
+            queue::maintenance::spawn(shared.direct_pool.clone(), config, background.clone())
         });
-        let gauges =
-            shared.config.queue_gauges.clone().map(|config| {
-                queue::gauges::spawn(shared.pool.clone(), config, background.clone())
-            });
+        let gauges = shared.config.queue_gauges.clone().map(|config| {
+            queue::gauges::spawn(shared.direct_pool.clone(), config, background.clone())
+        });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(shared.clone(), done_rx));
 
