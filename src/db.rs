@@ -163,6 +163,19 @@ fn pool_options(config: &DbConfig) -> PgPoolOptions {
         .test_before_acquire(false)
 }
 
+/// An error with its causes (tokio-postgres keeps the reason of a failed
+/// connection, a TLS handshake's included, in the source chain).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// `url` with its database name replaced by `database` (query kept). For
 /// tools that create scratch databases next to the one they were given.
 pub fn with_database(url: &str, database: &str) -> String {
@@ -227,7 +240,7 @@ pub async fn migrate_to(url: &str, target: Option<u32>) -> Result<Vec<String>, D
     let (mut client, connection) = config
         .connect(connector)
         .await
-        .map_err(|e| DbError::Migrate(format!("cannot connect: {e}")))?;
+        .map_err(|e| DbError::Migrate(format!("cannot connect: {}", with_causes(&e))))?;
     let driver = tokio::spawn(connection);
     let applied = run_migrations(&mut client, target).await;
     drop(client);
