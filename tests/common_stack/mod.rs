@@ -90,6 +90,11 @@ impl Stack {
         }
     }
 
+    /// The running API.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
     /// One request to the API with the tenant's key: status and JSON body.
     pub async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut request = Request::builder()
