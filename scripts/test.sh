@@ -103,6 +103,10 @@ else
   echo "docker compose is not installed: docker-compose.yml is checked by tests/observability.rs only" >&2
 fi
 
+# tests/pgbouncer.rs: PgBouncer >= 1.21 (built from source where Debian's is
+# older); tests/tls.rs uses Postgres's initdb/pg_ctl and redis-server.
+export SKIPJACK_PGBOUNCER="${SKIPJACK_PGBOUNCER:-$(bash scripts/pgbouncer.sh)}"
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --profile ci
 else

@@ -257,10 +257,12 @@ async fn sslmodes_mean_what_they_mean_in_libpq_for_pools_and_migrations() {
     // (host, query, None = connects, Some(why) = refused with that cause)
     const NAME: &[&str] = &["NotValidForName", "not valid for name"];
     const ISSUER: &[&str] = &["UnknownIssuer"];
-    const OK: Option<&[&str]> = None;
+    const OK: Refused = None;
+    /// None = connects over TLS, Some(causes) = refused for one of them.
+    type Refused = Option<&'static [&'static str]>;
     // (host, query, then for the pool and for the migration runner:
     // None = connects over TLS, Some(causes) = refused for one of them)
-    let cases: Vec<(&str, String, Option<&[&str]>, Option<&[&str]>)> = vec![
+    let cases: Vec<(&str, String, Refused, Refused)> = vec![
         // The certificate names localhost, signed by the CA.
         (
             "localhost",

@@ -17,10 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply pending database migrations.
+    /// Apply pending database migrations (through the direct URL when one
+    /// is set: DDL and its locks do not belong behind a transaction pooler).
     Migrate {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        #[arg(long, env = "SKIPJACK_DIRECT_DATABASE_URL", hide_env_values = true)]
+        direct_database_url: Option<String>,
     },
     /// Queue depth by priority, jobs processing, oldest ready job (JSON).
     Stats {
@@ -91,8 +94,14 @@ enum KeysCommand {
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     match Cli::parse().command {
-        Command::Migrate { database_url } => {
-            let applied = db::migrate(&database_url).await?;
+        Command::Migrate {
+            database_url,
+            direct_database_url,
+        } => {
+            let url = direct_database_url
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or(database_url);
+            let applied = db::migrate(&url).await?;
             if applied.is_empty() {
                 eprintln!(
                     "database is up to date (version {})",

@@ -225,8 +225,12 @@ pub fn find_binary(name: &str, candidates: &[&str]) -> Option<PathBuf> {
         .map(PathBuf::from)
         .chain(
             std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-                .unwrap_or_else(Vec::new),
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join(name))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
         )
         .find(|p| p.is_file())
 }
