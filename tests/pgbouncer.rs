@@ -218,8 +218,8 @@ async fn chat_turns_run_through_pgbouncer_in_transaction_mode_with_a_direct_pool
     let session_state = || async {
         let (listening, locks): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND query ILIKE 'LISTEN%' \
-                       AND application_name = 'skipjack-direct-test'), \
+                     WHERE datname = current_database() \
+                       AND application_name LIKE 'skipjack-direct-test-%'), \
                     (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
                      WHERE l.locktype = 'advisory' \
                        AND a.application_name = 'skipjack-direct-test')",
@@ -227,7 +227,8 @@ async fn chat_turns_run_through_pgbouncer_in_transaction_mode_with_a_direct_pool
         .fetch_one(&direct)
         .await
         .unwrap();
-        // The API's listener and each worker's; the gauges leader's lock.
+        // The LISTEN sessions (named after their pool, `-listener` and the
+        // like) of the API and of each worker; the gauges leader's lock.
         listening == 3 && locks == 1
     };
     eventually(

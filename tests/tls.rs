@@ -445,7 +445,7 @@ async fn migrate_api_and_worker_run_chat_turns_over_tls_only_postgres() {
     // would refuse any other), the direct ones included.
     let (plain, tls, direct): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE NOT s.ssl), count(*) FILTER (WHERE s.ssl), \
-                count(*) FILTER (WHERE a.application_name = 'skipjack-tls-test-direct') \
+                count(*) FILTER (WHERE a.application_name LIKE 'skipjack-tls-test-direct%') \
          FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
          WHERE a.backend_type = 'client backend'",
     )
