@@ -104,6 +104,15 @@ pub struct WorkerArgs {
     /// Days finished jobs are kept in job_history.
     #[arg(long, env = "SKIPJACK_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
+    /// Longest a partition maintenance step waits for its locks before it
+    /// leaves the partition for the next pass (requests on job_history queue
+    /// behind it meanwhile, so keep it short).
+    #[arg(
+        long,
+        env = "SKIPJACK_MAINTENANCE_LOCK_TIMEOUT_MS",
+        default_value_t = 100
+    )]
+    pub maintenance_lock_timeout_ms: u64,
     /// Lease owner name; defaults to host-pid-random.
     #[arg(long, env = "SKIPJACK_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -123,6 +132,7 @@ impl WorkerArgs {
             },
             maintenance: Some(MaintenanceConfig {
                 retention: Duration::from_secs(u64::from(self.retention_days) * 24 * 3600),
+                lock_timeout: Duration::from_millis(self.maintenance_lock_timeout_ms.max(1)),
                 ..MaintenanceConfig::default()
             }),
             ..WorkerConfig::default()

@@ -43,6 +43,7 @@ pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
 pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
+pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
 pub const QUEUE_STATS_LEADER: &str = "skipjack_queue_stats_leader";
 pub const QUEUE_STATS_QUERY_SECONDS: &str = "skipjack_queue_stats_query_seconds";
 pub const QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS: &str =
@@ -111,6 +112,10 @@ pub struct Metrics {
     /// History cache operations, by `result`: `hit` and `miss` count reads;
     /// `error` counts failed operations and reads skipped while Redis is down.
     pub cache_requests: IntCounterVec,
+    /// Maintenance steps that gave up on their locks (a long reader held
+    /// them) and were left for the next pass, by `step` (create_partition,
+    /// drop_partition, prune_history_default).
+    pub maintenance_lock_timeouts: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -297,6 +302,11 @@ impl Metrics {
                 "Conversation history cache operations.",
                 &["result"],
             ),
+            maintenance_lock_timeouts: counter_vec(
+                MAINTENANCE_LOCK_TIMEOUTS_TOTAL,
+                "Maintenance steps that timed out waiting for their locks and were left for the next pass.",
+                &["step"],
+            ),
         };
         let mut r = Registrar {
             registry: m.registry.clone(),
@@ -329,6 +339,7 @@ impl Metrics {
         r.add(&m.llm_errors, K::Counter);
         r.add(&m.llm_tokens, K::Counter);
         r.add(&m.cache_requests, K::Counter);
+        r.add(&m.maintenance_lock_timeouts, K::Counter);
         (m, r.exported)
     }
 }
@@ -385,7 +396,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 24);
+        assert_eq!(exported().len(), 25);
     }
 
     #[test]
