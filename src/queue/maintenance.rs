@@ -235,8 +235,14 @@ async fn partition_steps(
 }
 
 /// Pages through `conversation_queues`, deleting the rows of conversations
-/// idle since before `idle_since`; returns how many.
-async fn prune_conversations(pool: &PgPool, idle_since: DateTime<Utc>, batch: i64) -> Result<u64> {
+/// with no live job and no job finished since `idle_since`; returns how
+/// many. Safe against concurrent enqueues (see
+/// `sql/queue/prune_conversation_queues.sql`).
+pub async fn prune_idle_conversations(
+    pool: &PgPool,
+    idle_since: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64> {
     let mut after: Option<uuid::Uuid> = None;
     let mut pruned = 0u64;
     loop {
