@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use skipjack::chat::config::CacheArgs;
+use skipjack::chat::config::{CacheArgs, HistoryArgs};
 use skipjack::chat::worker as chat_worker;
 use skipjack::config::{DatabaseArgs, WorkerArgs};
 use skipjack::llm::LlmConfig;
@@ -20,6 +20,8 @@ struct Args {
     worker: WorkerArgs,
     #[command(flatten)]
     llm: LlmConfig,
+    #[command(flatten)]
+    history: HistoryArgs,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -40,8 +42,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the database directly")?;
 
-    let handler = chat_worker::chat_handler(pool.clone(), &args.llm, &args.cache, schema)
-        .context("setting up the chat handler")?;
+    let handler =
+        chat_worker::chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
+            .context("setting up the chat handler")?;
     let shutdown = signal::shutdown_token();
     // Three idle polls without a claim (while slots are free) means the claim
     // loop is stuck.

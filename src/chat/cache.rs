@@ -10,6 +10,10 @@
 //! takes the cached history only if its version is exactly that one.
 //! Otherwise it reads the history from Postgres and writes it back.
 //!
+//! What is cached is the history window the LLM is sent under the history
+//! budget ([`super::budget`]), never more; an entry records the budget it
+//! was cut for, and a reader with another budget takes it as a miss.
+//!
 //! Why not trust the cache blindly, as the classic cache-aside does? Jobs of
 //! one conversation run one at a time, so the classic race (a reader
 //! repopulating the cache with what it read before a writer's update) cannot
@@ -162,12 +166,17 @@ struct Health {
 #[derive(Serialize)]
 struct EntryRef<'a> {
     v: &'a HistoryVersion,
+    /// The budget the window was cut for.
+    b: u32,
     m: &'a [HistoryMessage],
 }
 
 #[derive(Deserialize)]
 struct Entry {
     v: HistoryVersion,
+    /// Absent in entries written before histories had a budget: never equal.
+    #[serde(default)]
+    b: Option<u32>,
     m: Vec<HistoryMessage>,
 }
 
@@ -176,7 +185,9 @@ struct Entry {
 pub struct CacheWrite {
     pub conversation: ConversationId,
     pub version: HistoryVersion,
+    /// The history window, cut for a budget of `max_tokens`.
     pub messages: Arc<Vec<HistoryMessage>>,
+    pub max_tokens: u32,
 }
 
 impl HistoryCache {
@@ -254,13 +265,20 @@ impl HistoryCache {
         !self.lock_health().down
     }
 
-    /// The conversation's history: from the cache when it holds the version
-    /// Postgres has, else from Postgres (and then written back in the
+    /// The conversation's history window under a budget of `max_tokens`:
+    /// from the cache when it holds the version Postgres has (cut for the
+    /// same budget), else from Postgres (and then written back in the
     /// background). Errors are Postgres's only; Redis failures are misses.
-    pub async fn load(&self, pool: &PgPool, conversation: ConversationId) -> sqlx::Result<Loaded> {
+    pub async fn load(
+        &self,
+        pool: &PgPool,
+        conversation: ConversationId,
+        max_tokens: u32,
+    ) -> sqlx::Result<Loaded> {
         if !self.admit() {
             // Redis is down: one query, as without a cache.
-            let (messages, version) = store::history_with_version(pool, conversation).await?;
+            let (messages, version) =
+                store::history_with_version(pool, conversation, max_tokens).await?;
             return Ok(Loaded {
                 messages: Arc::new(messages),
                 version,
@@ -276,7 +294,7 @@ impl HistoryCache {
             });
         }
         if let Some(entry) = self.get(conversation).await {
-            if entry.v == version {
+            if entry.v == version && entry.b == Some(max_tokens) {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
                 metrics().cache_requests.with_label_values(&["hit"]).inc();
                 return Ok(Loaded {
@@ -287,12 +305,14 @@ impl HistoryCache {
             }
             self.count_miss();
         }
-        let (messages, version) = store::history_with_version(pool, conversation).await?;
+        let (messages, version) =
+            store::history_with_version(pool, conversation, max_tokens).await?;
         let messages = Arc::new(messages);
         self.write(vec![CacheWrite {
             conversation,
             version,
             messages: messages.clone(),
+            max_tokens,
         }]);
         Ok(Loaded {
             messages,
@@ -312,6 +332,7 @@ impl HistoryCache {
         for put in &puts {
             let value = match serde_json::to_string(&EntryRef {
                 v: &put.version,
+                b: put.max_tokens,
                 m: &put.messages,
             }) {
                 Ok(value) => value,

@@ -1,9 +1,23 @@
 //! Settings of the chat worker besides the LLM's own ([`crate::llm::LlmConfig`]):
-//! the optional Redis history cache. Every setting is a `--flag` and an
-//! environment variable; `REDIS_URL` unset means no cache.
+//! the history budget and the optional Redis history cache. Every setting is
+//! a `--flag` and an environment variable; `REDIS_URL` unset means no cache.
 
+use super::budget::DEFAULT_HISTORY_MAX_TOKENS;
 use super::cache::CacheConfig;
 use std::time::Duration;
+
+/// How much history a chat turn sends, flattened into the worker's arguments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HistoryArgs {
+    /// Most estimated tokens (a token per 4 characters) of stored history
+    /// sent to the LLM per turn: the conversation's leading system messages,
+    /// then its newest turns that fit. The new user message is sent on top.
+    /// Set it below the model's context window minus the longest reply and
+    /// the longest user message.
+    #[arg(long, env = "SKIPJACK_HISTORY_MAX_TOKENS", default_value_t = DEFAULT_HISTORY_MAX_TOKENS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub history_max_tokens: u32,
+}
 
 /// The history cache settings, flattened into the worker's arguments.
 #[derive(clap::Args, Clone)]

@@ -4,7 +4,11 @@
 //! the Redis cache when there is one, else through the [`HistoryLoader`],
 //! which reads the histories of jobs that start together in one query),
 //! send history + the user's message to the LLM, and turn the answer or the
-//! error into an [`Outcome`]. No transaction is open while the LLM works:
+//! error into an [`Outcome`]. The history is bounded by the history budget
+//! (`SKIPJACK_HISTORY_MAX_TOKENS`, see [`super::budget`]): the system
+//! prompt and the newest turns that fit, read as such from Postgres or the
+//! cache, so neither the provider's context nor the worker's memory grows
+//! with the conversation. No transaction is open while the LLM works:
 //! the history read is a short statement on a pooled connection, given
 //! back before the call.
 //!
@@ -22,6 +26,7 @@
 //! one (other 4xx, malformed answer) fails the job at once. Either way the
 //! error text, the provider's own message included, is kept on the job.
 
+use super::budget::{self, DEFAULT_HISTORY_MAX_TOKENS};
 use super::cache::{CacheWrite, HistoryCache};
 use super::loader::HistoryLoader;
 use super::store::{self, HistoryMessage, HistoryVersion, Turn};
@@ -54,6 +59,8 @@ pub struct ChatHandler {
     provider: Arc<dyn Provider>,
     /// The optional Redis history cache.
     cache: Option<HistoryCache>,
+    /// Most estimated tokens of stored history sent per turn.
+    history_max_tokens: u32,
     /// With a cache: the history each successful attempt used, so the
     /// completion can write history + turn to the cache without reading the
     /// history again.
@@ -84,6 +91,7 @@ impl ChatHandler {
             pool,
             provider,
             cache: None,
+            history_max_tokens: DEFAULT_HISTORY_MAX_TOKENS,
             stash: Mutex::default(),
             schema: Schema::current(),
         }
@@ -93,6 +101,15 @@ impl ChatHandler {
     /// knows).
     pub fn with_schema(mut self, schema: Schema) -> Self {
         self.schema = schema;
+        self
+    }
+
+    /// Sends at most `max_tokens` estimated tokens of stored history per
+    /// turn (see [`super::budget`]). Call it within a Tokio runtime: it
+    /// starts a history loader for that budget.
+    pub fn with_history_budget(mut self, max_tokens: u32) -> Self {
+        self.history_max_tokens = max_tokens;
+        self.loader = HistoryLoader::spawn_with_budget(self.pool.clone(), max_tokens);
         self
     }
 
@@ -119,7 +136,7 @@ impl ChatHandler {
         match &self.cache {
             Some(cache) => {
                 let loaded = cache
-                    .load(&self.pool, conversation)
+                    .load(&self.pool, conversation, self.history_max_tokens)
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::trace!(%conversation, source = ?loaded.source, "history loaded");
@@ -336,6 +353,8 @@ impl Handler for ChatHandler {
                 let used = stash.entries.remove(&d.job);
                 match (used, after.get(&d.conversation)) {
                     (Some(used), Some((before, after))) if used.version == *before => {
+                        // The window the turn was answered with, plus the
+                        // turn, cut again: what the database would read now.
                         let mut messages = Vec::with_capacity(used.messages.len() + 2);
                         messages.extend(used.messages.iter().cloned());
                         messages.push(HistoryMessage {
@@ -349,7 +368,8 @@ impl Handler for ChatHandler {
                         puts.push(CacheWrite {
                             conversation: d.conversation,
                             version: *after,
-                            messages: Arc::new(messages),
+                            messages: Arc::new(budget::trim(&messages, self.history_max_tokens)),
+                            max_tokens: self.history_max_tokens,
                         });
                     }
                     _ => deletes.push(d.conversation),

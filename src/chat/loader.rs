@@ -11,7 +11,12 @@
 //! requests that arrive while a query runs form the next one. At most
 //! [`MAX_QUERIES`] queries run at a time, so the loader never holds more
 //! than that many connections.
+//!
+//! Each history is read under the process's budget ([`super::budget`]):
+//! the query reads only the messages the LLM will be sent, so a job holds
+//! at most that much history however long its conversation is.
 
+use super::budget::DEFAULT_HISTORY_MAX_TOKENS;
 use super::store::{self, HistoryMessage};
 use crate::ids::ConversationId;
 use sqlx::PgPool;
@@ -37,11 +42,18 @@ pub struct HistoryLoader {
 }
 
 impl HistoryLoader {
-    /// Starts the loader task on the current Tokio runtime.
+    /// Starts the loader task on the current Tokio runtime, with the
+    /// default history budget.
     pub fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with_budget(pool, DEFAULT_HISTORY_MAX_TOKENS)
+    }
+
+    /// Starts the loader task, reading histories under a budget of
+    /// `max_tokens` estimated tokens each.
+    pub fn spawn_with_budget(pool: PgPool, max_tokens: u32) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let queries = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(pool, rx, queries.clone()));
+        tokio::spawn(run(pool, max_tokens, rx, queries.clone()));
         HistoryLoader { requests, queries }
     }
 
@@ -50,7 +62,8 @@ impl HistoryLoader {
         self.queries.load(Ordering::Relaxed)
     }
 
-    /// The conversation's messages in order. The error is the database's,
+    /// The conversation's messages the LLM is sent (under the budget), in
+    /// order. The error is the database's,
     /// as text (one failed query answers all its requests).
     pub async fn history(
         &self,
@@ -68,6 +81,7 @@ impl HistoryLoader {
 
 async fn run(
     pool: PgPool,
+    max_tokens: u32,
     mut rx: mpsc::UnboundedReceiver<(ConversationId, Reply)>,
     count: Arc<AtomicU64>,
 ) {
@@ -86,7 +100,7 @@ async fn run(
             let take = waiting.len().min(MAX_BATCH);
             let batch: Vec<(ConversationId, Reply)> = waiting.drain(..take).collect();
             count.fetch_add(1, Ordering::Relaxed);
-            queries.spawn(load(pool.clone(), batch));
+            queries.spawn(load(pool.clone(), max_tokens, batch));
             continue;
         }
         if !open && waiting.is_empty() && queries.is_empty() {
@@ -105,11 +119,11 @@ async fn run(
 }
 
 /// One query for the whole batch; each request gets its own history.
-async fn load(pool: PgPool, batch: Vec<(ConversationId, Reply)>) {
+async fn load(pool: PgPool, max_tokens: u32, batch: Vec<(ConversationId, Reply)>) {
     let mut conversations: Vec<ConversationId> = batch.iter().map(|(c, _)| *c).collect();
     conversations.sort_unstable();
     conversations.dedup();
-    match store::histories(&pool, &conversations).await {
+    match store::histories(&pool, &conversations, max_tokens).await {
         Ok(mut found) => {
             // A conversation has one job running at a time, so a batch names
             // each at most once; a repeat (a test calling directly) gets a
@@ -122,9 +136,12 @@ async fn load(pool: PgPool, batch: Vec<(ConversationId, Reply)>) {
                 let left = counts.entry(conversation).or_default();
                 *left -= 1;
                 let history = if *left == 0 {
-                    found.remove(&conversation).unwrap_or_default()
+                    found.remove(&conversation).unwrap_or_default().messages
                 } else {
-                    found.get(&conversation).cloned().unwrap_or_default()
+                    found
+                        .get(&conversation)
+                        .map(|w| w.messages.clone())
+                        .unwrap_or_default()
                 };
                 let _ = reply.send(Ok(history));
             }

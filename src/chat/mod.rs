@@ -4,7 +4,9 @@
 //! - [`handler`]: [`handler::ChatHandler`], the worker's handler for chat jobs.
 //! - [`cache`]: the optional Redis cache-aside for histories.
 //! - [`loader`]: reads the histories of jobs that start together in one query.
-//! - [`config`]: the cache settings (`REDIS_URL`, `SKIPJACK_CACHE_*`).
+//! - [`budget`]: how much of a long conversation the LLM is sent.
+//! - [`config`]: the history settings (`SKIPJACK_HISTORY_MAX_TOKENS`) and
+//!   the cache's (`REDIS_URL`, `SKIPJACK_CACHE_*`).
 //! - [`worker`]: wiring of the worker process (handler, pool size, readiness).
 //! - [`bench`]: the chat worker benchmark behind the `chat-bench` binary.
 //!
@@ -14,6 +16,7 @@
 //! in the transaction that completes the job.
 
 pub mod bench;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod handler;

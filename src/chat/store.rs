@@ -18,7 +18,6 @@ mod sql {
     pub const LIST_MESSAGES_WITH_MODEL: &str =
         include_str!("../../sql/chat/list_messages_with_model.sql");
     pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
-    pub const HISTORY_WITH_VERSION: &str = include_str!("../../sql/chat/history_with_version.sql");
 }
 
 /// The migration that added `messages.model`: processes running at an
@@ -134,47 +133,62 @@ pub async fn conversation_user<'e>(
         .await
 }
 
-/// The messages of several conversations, each in order, for the LLM.
-/// Conversations without messages are absent from the map.
+/// What the LLM is sent of a conversation's history under the budget (see
+/// [`super::budget`]), and the version of the history it was taken from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryWindow {
+    pub messages: Vec<HistoryMessage>,
+    /// The version of the whole history (its newest message, whether sent
+    /// or not).
+    pub version: HistoryVersion,
+}
+
+/// The history windows of several conversations under a budget of
+/// `max_tokens`, each in order, in one query that reads only the messages
+/// it keeps. Conversations without messages are absent from the map.
 pub async fn histories<'e>(
     executor: impl PgExecutor<'e>,
     conversations: &[ConversationId],
-) -> sqlx::Result<std::collections::HashMap<ConversationId, Vec<HistoryMessage>>> {
-    let rows: Vec<(ConversationId, String, String)> = sqlx::query_as(sql::HISTORIES)
+    max_tokens: u32,
+) -> sqlx::Result<std::collections::HashMap<ConversationId, HistoryWindow>> {
+    type Row = (
+        ConversationId,
+        i32,
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(sql::HISTORIES)
         .bind(conversations)
+        .bind(i64::from(max_tokens))
         .fetch_all(executor)
         .await?;
-    let mut out: std::collections::HashMap<ConversationId, Vec<HistoryMessage>> =
+    let mut out: std::collections::HashMap<ConversationId, HistoryWindow> =
         std::collections::HashMap::new();
-    for (conversation, role, content) in rows {
-        out.entry(conversation)
-            .or_default()
-            .push(HistoryMessage { role, content });
+    for (conversation, seq, at, role, content) in rows {
+        let window = out.entry(conversation).or_insert_with(|| HistoryWindow {
+            messages: Vec::new(),
+            version: HistoryVersion { seq, at: Some(at) },
+        });
+        if let (Some(role), Some(content)) = (role, content) {
+            window.messages.push(HistoryMessage { role, content });
+        }
     }
     Ok(out)
 }
 
-/// The conversation's messages in order, for the LLM, with the version read.
+/// One conversation's history window under a budget of `max_tokens` (see
+/// [`histories`]); empty, with the default version, without messages.
 pub async fn history_with_version<'e>(
     executor: impl PgExecutor<'e>,
     conversation: ConversationId,
+    max_tokens: u32,
 ) -> sqlx::Result<(Vec<HistoryMessage>, HistoryVersion)> {
-    let rows: Vec<(i32, String, String, DateTime<Utc>)> = sqlx::query_as(sql::HISTORY_WITH_VERSION)
-        .bind(conversation)
-        .fetch_all(executor)
-        .await?;
-    let version = rows
-        .last()
-        .map(|(seq, _, _, at)| HistoryVersion {
-            seq: *seq,
-            at: Some(*at),
-        })
+    let window = histories(executor, &[conversation], max_tokens)
+        .await?
+        .remove(&conversation)
         .unwrap_or_default();
-    let messages = rows
-        .into_iter()
-        .map(|(_, role, content, _)| HistoryMessage { role, content })
-        .collect();
-    Ok((messages, version))
+    Ok((window.messages, window.version))
 }
 
 /// The current version of the conversation's history, without reading it.

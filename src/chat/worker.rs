@@ -4,7 +4,7 @@
 //! is still claiming.
 
 use super::cache::{CacheError, HistoryCache};
-use super::config::CacheArgs;
+use super::config::{CacheArgs, HistoryArgs};
 use super::handler::ChatHandler;
 use crate::db::Schema;
 use crate::health::ReadyCheck;
@@ -27,11 +27,13 @@ pub enum SetupError {
 
 /// The chat handler of a worker process: one provider (and so one HTTP
 /// client) for the whole process, and the Redis cache when `REDIS_URL` is
-/// set, writing what the process's `schema` allows. Logs what it built,
-/// never a key or the Redis URL.
+/// set, writing what the process's `schema` allows and sending at most
+/// the configured history budget per turn. Logs what it built, never a key
+/// or the Redis URL.
 pub fn chat_handler(
     pool: PgPool,
     llm: &LlmConfig,
+    history: &HistoryArgs,
     cache: &CacheArgs,
     schema: Schema,
 ) -> Result<ChatHandler, SetupError> {
@@ -43,7 +45,13 @@ pub fn chat_handler(
         max_rps = llm.max_rps,
         "LLM provider ready"
     );
-    let mut handler = ChatHandler::new(pool, provider).with_schema(schema);
+    let mut handler = ChatHandler::new(pool, provider)
+        .with_schema(schema)
+        .with_history_budget(history.history_max_tokens);
+    tracing::info!(
+        max_tokens = history.history_max_tokens,
+        "history budget per turn"
+    );
     if let Some(config) = cache.cache_config() {
         tracing::info!(
             ttl_s = config.ttl.as_secs(),
