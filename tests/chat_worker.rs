@@ -1226,4 +1226,132 @@ async fn a_reply_and_an_error_body_with_nul_bytes_are_stored_not_lost() {
             .await
             .unwrap();
     assert_eq!(reply, "re: hello\u{FFFD}!");
+
+// ------------------------------------------------------------ history budget
+
+/// What the LLM should be sent of `conversation`'s stored history under
+/// `budget`, from the whole history as the API lists it.
+async fn expected_window(
+    pool: &PgPool,
+    conversation: ConversationId,
+    budget: u32,
+) -> Vec<(String, String)> {
+    let all: Vec<store::HistoryMessage> = store::list_messages(pool, conversation)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| store::HistoryMessage {
+            role: m.role,
+            content: m.content,
+        })
+        .collect();
+    skipjack::chat::budget::trim(&all, budget)
+        .into_iter()
+        .map(|m| (m.role, m.content))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
+    const BUDGET: u32 = 200;
+    let db = TestDb::new().await;
+    let conv = conversations(&db.pool, 1).await[0];
+    // A system prompt, then 300 turns of about 10 estimated tokens a message:
+    // some 6,000 tokens, thirty times the budget.
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, role, content)
+         SELECT $1, 1, 'system', 'You are terse.'
+         UNION ALL
+         SELECT $1, g, CASE WHEN g % 2 = 0 THEN 'user' ELSE 'assistant' END,
+                format('message %s ', g) || repeat('x', 26)
+         FROM generate_series(2, 601) AS g",
+    )
+    .bind(conv)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mock = MockServer::start(|r| Reply::openai_ok(&format!("re: {}", last_content(r)))).await;
+    let tokens = |sent: &[(String, String)]| -> u64 {
+        sent.iter()
+            .map(|(_, c)| u64::from(llm::estimate_tokens(c)))
+            .sum()
+    };
+
+    // From Postgres through the loader.
+    let handler = ChatHandler::new(db.pool.clone(), provider(&openai_config(&mock.url)))
+        .with_history_budget(BUDGET);
+    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    let expected = expected_window(&db.pool, conv, BUDGET).await;
+    let first = enqueue_one(&db.pool, chat_job(conv, "newest question")).await;
+    wait_final(&db.pool, &[first], Duration::from_secs(20)).await;
+    worker.stop().await;
+    let sent = contents(&mock.requests()[0]);
+    let (history, current) = sent.split_at(sent.len() - 1);
+    assert_eq!(current, [("user".to_owned(), "newest question".to_owned())]);
+    assert_eq!(history, expected.as_slice());
+    assert_eq!(history[0], ("system".to_owned(), "You are terse.".to_owned()));
+    assert_eq!(history[1].0, "user", "the window starts with a question");
+    assert!(history.last().unwrap().1.starts_with("message 601 "), "newest kept");
+    assert!(tokens(history) <= u64::from(BUDGET));
+    assert!(
+        history.len() > 10 && history.len() < 40,
+        "{} of 601 messages sent",
+        history.len()
+    );
+    // Consecutive: the newest stored messages, none skipped.
+    let seqs: Vec<u32> = history[1..]
+        .iter()
+        .map(|(_, c)| c.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Through the Redis cache: the miss reads the window from Postgres, the
+    // completion caches window + turn cut to the budget again, and the hit
+    // that follows serves exactly what Postgres would.
+    let cache = HistoryCache::new(&cache_config(&unique_prefix(), REDIS_URL)).unwrap();
+    let handler = ChatHandler::new(db.pool.clone(), provider(&openai_config(&mock.url)))
+        .with_history_budget(BUDGET)
+        .with_cache(cache.clone());
+    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    for (k, message) in ["second", "third"].into_iter().enumerate() {
+        let expected = expected_window(&db.pool, conv, BUDGET).await;
+        let writes = cache.stats().writes;
+        let id = enqueue_one(&db.pool, chat_job(conv, message)).await;
+        wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
+        let sent = contents(&mock.requests()[1 + k]);
+        assert_eq!(&sent[..sent.len() - 1], expected.as_slice(), "turn {message}");
+        assert!(tokens(&sent[..sent.len() - 1]) <= u64::from(BUDGET));
+        eventually(Duration::from_secs(5), "turn cached", || async {
+            cache.stats().writes > writes
+        })
+        .await;
+    }
+    worker.stop().await;
+    assert_eq!(cache.stats().hits, 1, "the third turn's history came from Redis");
+
+    // A cache entry cut for another budget is not served to this one.
+    let smaller = BUDGET / 2;
+    let handler = ChatHandler::new(db.pool.clone(), provider(&openai_config(&mock.url)))
+        .with_history_budget(smaller)
+        .with_cache(cache.clone());
+    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    let expected = expected_window(&db.pool, conv, smaller).await;
+    let id = enqueue_one(&db.pool, chat_job(conv, "fourth")).await;
+    wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
+    worker.stop().await;
+    let sent = contents(&mock.requests()[3]);
+    assert_eq!(&sent[..sent.len() - 1], expected.as_slice());
+    assert_eq!(cache.stats().hits, 1);
+
+    // The simulated provider's N counts what it was sent: past the budget it
+    // stops growing with the conversation.
+    let handler = ChatHandler::new(db.pool.clone(), simulated(0, 0)).with_history_budget(BUDGET);
+    let worker = Running::start(db.pool.clone(), handler, config("w"));
+    let expected = expected_window(&db.pool, conv, BUDGET).await;
+    let id = enqueue_one(&db.pool, chat_job(conv, "fifth")).await;
+    wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
+    worker.stop().await;
+    let turns = expected.iter().filter(|(r, _)| r != "system").count() + 1;
+    assert_eq!(response(&job(&db.pool, id).await), format!("echo({turns}): fifth"));
+    assert!(turns < 40);
 }
