@@ -1289,9 +1289,15 @@ async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
     let (history, current) = sent.split_at(sent.len() - 1);
     assert_eq!(current, [("user".to_owned(), "newest question".to_owned())]);
     assert_eq!(history, expected.as_slice());
-    assert_eq!(history[0], ("system".to_owned(), "You are terse.".to_owned()));
+    assert_eq!(
+        history[0],
+        ("system".to_owned(), "You are terse.".to_owned())
+    );
     assert_eq!(history[1].0, "user", "the window starts with a question");
-    assert!(history.last().unwrap().1.starts_with("message 601 "), "newest kept");
+    assert!(
+        history.last().unwrap().1.starts_with("message 601 "),
+        "newest kept"
+    );
     assert!(tokens(history) <= u64::from(BUDGET));
     assert!(
         history.len() > 10 && history.len() < 40,
@@ -1319,7 +1325,11 @@ async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
         let id = enqueue_one(&db.pool, chat_job(conv, message)).await;
         wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
         let sent = contents(&mock.requests()[1 + k]);
-        assert_eq!(&sent[..sent.len() - 1], expected.as_slice(), "turn {message}");
+        assert_eq!(
+            &sent[..sent.len() - 1],
+            expected.as_slice(),
+            "turn {message}"
+        );
         assert!(tokens(&sent[..sent.len() - 1]) <= u64::from(BUDGET));
         eventually(Duration::from_secs(5), "turn cached", || async {
             cache.stats().writes > writes
@@ -1327,7 +1337,11 @@ async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
         .await;
     }
     worker.stop().await;
-    assert_eq!(cache.stats().hits, 1, "the third turn's history came from Redis");
+    assert_eq!(
+        cache.stats().hits,
+        1,
+        "the third turn's history came from Redis"
+    );
 
     // A cache entry cut for another budget is not served to this one.
     let smaller = BUDGET / 2;
@@ -1352,6 +1366,9 @@ async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
     wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
     worker.stop().await;
     let turns = expected.iter().filter(|(r, _)| r != "system").count() + 1;
-    assert_eq!(response(&job(&db.pool, id).await), format!("echo({turns}): fifth"));
+    assert_eq!(
+        response(&job(&db.pool, id).await),
+        format!("echo({turns}): fifth")
+    );
     assert!(turns < 40);
 }

@@ -14,7 +14,10 @@
 //! one included, system prompts not) and MESSAGE is the last of them, i.e. the
 //! current user message. Turn k of a conversation whose earlier turns all
 //! completed therefore answers `echo(2k-1): ...`, which lets a test see at a
-//! glance whether history was lost, duplicated or reordered.
+//! glance whether history was lost, duplicated or reordered. Once a
+//! conversation outgrows the history budget (`SKIPJACK_HISTORY_MAX_TOKENS`),
+//! the worker sends only its newest turns, and N stops growing at the size
+//! of that window plus one.
 
 use std::time::Duration;
 
