@@ -16,6 +16,11 @@
 -- while the table has a default partition, and job_history keeps one so that
 -- a late maintenance run never makes a completion fail.
 
+-- Defining functions takes no table lock; the timeouts only bound the
+-- unexpected (a session holding one of the replaced functions' catalog rows).
+SET lock_timeout = '2s';
+SET statement_timeout = '10s';
+
 -- Creates job_history's partition for `day` (UTC) unless it exists; returns
 -- whether it created it. The partition is created as a table of its own and
 -- attached, which locks job_history only in SHARE UPDATE EXCLUSIVE mode (no
@@ -101,3 +106,7 @@ BEGIN
     RETURN dropped;
 END
 $$;
+
+-- The session goes back to the server's defaults.
+SET lock_timeout = 0;
+SET statement_timeout = 0;
