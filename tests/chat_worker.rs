@@ -1226,6 +1226,7 @@ async fn a_reply_and_an_error_body_with_nul_bytes_are_stored_not_lost() {
             .await
             .unwrap();
     assert_eq!(reply, "re: hello\u{FFFD}!");
+}
 
 // ------------------------------------------------------------ history budget
 
