@@ -396,7 +396,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 25);
+        assert_eq!(exported().len(), 26);
     }
 
     #[test]
