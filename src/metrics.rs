@@ -396,7 +396,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 26);
+        assert_eq!(exported().len(), 27);
     }
 
     #[test]
