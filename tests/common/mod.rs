@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod private_pg;
+
 use skipjack::db;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
