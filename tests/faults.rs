@@ -313,15 +313,6 @@ async fn fault_suite() {
         .unwrap()
         .secret()
         .to_owned();
-    // A partition past the retention, for housekeeping to drop while a
-    // reader holds job_history.
-    sqlx::query(
-        "CREATE TABLE job_history_p20200101 PARTITION OF job_history
-         FOR VALUES FROM ('2020-01-01') TO ('2020-01-02')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     let upstream = start_upstream().await;
     let logs = tempfile_dir();
 
@@ -640,6 +631,15 @@ async fn hold_history_while_pruning(
         .fetch_one(&pool)
         .await
         .expect("a finished job to read");
+    // A partition past the retention, for housekeeping (ours, or a
+    // restarted worker's) to drop while the reader holds job_history.
+    sqlx::query(
+        "CREATE TABLE job_history_p20200101 PARTITION OF job_history
+         FOR VALUES FROM ('2020-01-01') TO ('2020-01-02')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let mut reader = pool.begin().await.unwrap();
     sqlx::query("SELECT count(*) FROM job_history")
         .execute(&mut *reader)
