@@ -31,8 +31,14 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home skipjack
 COPY --from=build /out/api /out/worker /out/skipjack /usr/local/bin/
 USER 10001:10001
-# api: 8000, worker health and metrics: 8080.
-EXPOSE 8000 8080
+# api: 8000 (and /metrics on 8001 when SKIPJACK_METRICS_ADDR says so),
+# worker health and metrics: 8080.
+EXPOSE 8000 8001 8080
+# `skipjack health` GETs /health of the API or the worker, on the ports
+# SKIPJACK_API_ADDR and SKIPJACK_WORKER_ADDR name, and exits 0 when one
+# answers 2xx: one check for both kinds of container, no curl needed.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["skipjack", "health"]
 ENV RUST_LOG=info SKIPJACK_LOG_FORMAT=json
 # Choose the binary per container: `api`, `worker` or `skipjack migrate`.
 CMD ["api"]

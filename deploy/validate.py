@@ -11,11 +11,23 @@
    ConfigMap/Secret a pod reads exists, selectors match their pods, probes
    hit /health and /ready on a declared port, and each grace period covers
    the drain SKIPJACK_SHUTDOWN_GRACE_SECONDS asks for.
+3. The kustomizations (base, the hpa and keda overlays, monitoring): every
+   file they list exists, the overlays build on ../base, and together they
+   cover every manifest; when `kubectl` is installed, `kubectl kustomize`
+   builds each of them and the rendered objects are the listed files'.
+4. The Prometheus operator objects (CRDs, so by structure): the PodMonitor
+   selects the API and worker pods and scrapes a port each of them names,
+   and the PrometheusRule's groups are exactly prometheus/alerts.yml's.
+
+`validate.py --write-rules` regenerates deploy/monitoring/prometheusrule.yaml
+from prometheus/alerts.yml (run it after editing the rules).
 
 Exit status 0 when everything holds; otherwise each problem on stderr and 1.
 """
 
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +35,35 @@ import kubernetes_validate
 import yaml
 
 DEPLOY = Path(__file__).resolve().parent
+ALERTS = DEPLOY.parent / "prometheus" / "alerts.yml"
+PROMETHEUS_RULE = DEPLOY / "monitoring" / "prometheusrule.yaml"
+RULE_HEADER = """\
+# GENERATED from prometheus/alerts.yml by `python3 deploy/validate.py
+# --write-rules`: edit that file, then regenerate; the tests fail when the
+# two differ. The same rules for the Prometheus operator.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: skipjack
+  namespace: skipjack
+  labels:
+    app.kubernetes.io/name: skipjack
+spec:
+"""
+
+
+def rule_text():
+    """The PrometheusRule: alerts.yml's groups, comments kept, under spec."""
+    lines = ALERTS.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("groups:"))
+    body = "\n".join(("  " + line) if line.strip() else "" for line in lines[start:])
+    return RULE_HEADER + body + "\n"
+
+
+if sys.argv[1:] == ["--write-rules"]:
+    PROMETHEUS_RULE.write_text(rule_text())
+    print(f"wrote {PROMETHEUS_RULE.relative_to(DEPLOY.parent)}")
+    sys.exit(0)
 VERSIONS = ["1.29.0", "1.37.0"]
 # Seconds a pod needs beyond its drain: releasing leases, writing the last
 # outcomes, closing connections.
@@ -45,7 +86,8 @@ def name_of(doc):
 
 
 core = []
-for path in sorted((DEPLOY / "base").glob("*.yaml")) + [DEPLOY / "hpa" / "worker-hpa.yaml"]:
+for path in sorted(p for p in (DEPLOY / "base").glob("*.yaml") if p.name != "kustomization.yaml") \
+        + [DEPLOY / "hpa" / "worker-hpa.yaml"]:
     for doc in load(path):
         core.append((path.relative_to(DEPLOY), doc))
         for version in VERSIONS:
@@ -84,8 +126,11 @@ for name, dep in deployments.items():
     grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
     for c in pod["spec"]["containers"]:
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-        if str(ports.get("http", ports.get("metrics"))) != annotations.get("prometheus.io/port"):
-            problem(where, f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the container's port {ports}")
+        if str(ports.get("metrics", ports.get("http"))) != annotations.get("prometheus.io/port"):
+            problem(where, f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the container's metrics port {ports}")
+        metrics_addr = env_of(c).get("SKIPJACK_METRICS_ADDR")
+        if metrics_addr and metrics_addr.rsplit(":", 1)[-1] != str(ports.get("metrics")):
+            problem(where, f"SKIPJACK_METRICS_ADDR {metrics_addr} is not the port named metrics {ports}")
         for probe, path in [("livenessProbe", "/health"), ("readinessProbe", "/ready")]:
             get = c.get(probe, {}).get("httpGet")
             if not get or get.get("path") != path:
@@ -184,9 +229,105 @@ else:
     if cron.get("desiredReplicas") and not so["minReplicaCount"] <= int(cron["desiredReplicas"]) <= so["maxReplicaCount"]:
         problem("keda cron trigger", "desiredReplicas outside min..max")
 
+# The kustomizations.
+KUSTOMIZATIONS = {
+    "base": None,
+    "hpa": "worker-hpa.yaml",
+    "keda": "worker-scaledobject.yaml",
+    "monitoring": None,
+}
+listed = set()
+for directory, autoscaler in KUSTOMIZATIONS.items():
+    where = f"{directory}/kustomization.yaml"
+    path = DEPLOY / directory / "kustomization.yaml"
+    if not path.exists():
+        problem(where, "missing")
+        continue
+    k = load(path)[0]
+    if k.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or k.get("kind") != "Kustomization":
+        problem(where, "expected a kustomize.config.k8s.io/v1beta1 Kustomization")
+    resources = k.get("resources", [])
+    for ref in resources:
+        target = (DEPLOY / directory / ref).resolve()
+        if not target.exists():
+            problem(where, f"lists {ref}, which does not exist")
+        elif target.is_dir():
+            if not (target / "kustomization.yaml").exists():
+                problem(where, f"lists the directory {ref}, which has no kustomization.yaml")
+        else:
+            listed.add(target)
+    if autoscaler:
+        if "../base" not in resources:
+            problem(where, "an overlay must build on ../base")
+        if autoscaler not in resources:
+            problem(where, f"does not add {autoscaler}")
+    elif any(ref.startswith("..") for ref in resources):
+        problem(where, "must list only its own files")
+manifests = {p.resolve() for p in DEPLOY.glob("*/*.yaml")
+             if p.name != "kustomization.yaml" and p.name not in ("secret.example.yaml", "prometheus-adapter-values.yaml")}
+for missing in sorted(manifests - listed):
+    problem("kustomizations", f"no kustomization lists {missing.relative_to(DEPLOY)}")
+
+kubectl = shutil.which("kubectl")
+if kubectl:
+    for directory in KUSTOMIZATIONS:
+        out = subprocess.run([kubectl, "kustomize", str(DEPLOY / directory)], capture_output=True, text=True)
+        if out.returncode != 0:
+            problem(f"kubectl kustomize deploy/{directory}", out.stderr.strip())
+            continue
+        rendered = {name_of(d) for d in yaml.safe_load_all(out.stdout) if d}
+        expected = set()
+        todo = [DEPLOY / directory]
+        while todo:
+            d = todo.pop()
+            for ref in load(d / "kustomization.yaml")[0].get("resources", []):
+                target = (d / ref).resolve()
+                if target.is_dir():
+                    todo.append(target)
+                else:
+                    expected |= {name_of(doc) for doc in load(target)}
+        if rendered != expected:
+            problem(f"kubectl kustomize deploy/{directory}", f"renders {sorted(rendered)}, expected {sorted(expected)}")
+
+# The Prometheus operator objects.
+pod_monitors = load(DEPLOY / "monitoring" / "podmonitor.yaml")
+if len(pod_monitors) != 1 or pod_monitors[0].get("kind") != "PodMonitor" \
+        or pod_monitors[0].get("apiVersion") != "monitoring.coreos.com/v1":
+    problem("podmonitor", "expected one monitoring.coreos.com/v1 PodMonitor")
+else:
+    pm = pod_monitors[0]["spec"]
+    match = pm["selector"].get("matchLabels", {})
+    exprs = pm["selector"].get("matchExpressions", [])
+    for name in ["skipjack-api", "skipjack-worker"]:
+        dep = deployments.get(name)
+        if not dep:
+            continue
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        selected = all(labels.get(k) == v for k, v in match.items()) and all(
+            (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In") for e in exprs)
+        if not selected:
+            problem("podmonitor", f"does not select the pods of {name}")
+        port_names = {p["name"] for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        endpoints = pm.get("podMetricsEndpoints", [])
+        if not any(e.get("port") in port_names and e.get("path", "/metrics") == "/metrics" for e in endpoints):
+            problem("podmonitor", f"scrapes no /metrics port of {name} (ports {sorted(port_names)})")
+    if pod_monitors[0]["metadata"].get("namespace") != "skipjack":
+        problem("podmonitor", "must live in the skipjack namespace (it selects pods of its own namespace)")
+
+rules = load(PROMETHEUS_RULE)
+if len(rules) != 1 or rules[0].get("kind") != "PrometheusRule" \
+        or rules[0].get("apiVersion") != "monitoring.coreos.com/v1":
+    problem("prometheusrule", "expected one monitoring.coreos.com/v1 PrometheusRule")
+elif rules[0]["spec"].get("groups") != load(ALERTS)[0]["groups"]:
+    problem("prometheusrule", "differs from prometheus/alerts.yml: run python3 deploy/validate.py --write-rules")
+elif PROMETHEUS_RULE.read_text() != rule_text():
+    problem("prometheusrule", "not as generated from prometheus/alerts.yml: run python3 deploy/validate.py --write-rules")
+
 if problems:
     for p in problems:
         print(f"deploy/validate.py: {p}", file=sys.stderr)
     sys.exit(1)
 print(f"deploy/: {len(core)} core resources valid for Kubernetes {', '.join(VERSIONS)}; "
-      f"HPA, adapter rules and ScaledObject consistent")
+      f"HPA, adapter rules, ScaledObject, kustomizations"
+      f"{' (built with kubectl kustomize)' if kubectl else ' (kubectl missing: structure only)'}, "
+      f"PodMonitor and PrometheusRule consistent")

@@ -59,17 +59,31 @@ ensure_redis() {
 }
 
 # The database name of a postgres:// URL, and the same URL pointed at the
-# maintenance database `postgres`.
+# maintenance database `postgres`. Only the path after the authority
+# (user:password@host:port) is the database: a user or host named like the
+# database is left alone, and so are the query parameters (sslmode=...).
 db_name() {
-  local path="${1#*://}"
-  path="${path#*/}"
+  local rest="${1#*://}" path
+  case "$rest" in
+    */*) path="${rest#*/}" ;;
+    *) path="" ;;
+  esac
   printf '%s' "${path%%\?*}"
 }
 
 admin_url() {
-  local url="$1" name
-  name="$(db_name "$url")"
-  printf '%s' "${url/\/$name/\/postgres}"
+  local url="$1" scheme rest authority path query=""
+  scheme="${url%%://*}"
+  rest="${url#*://}"
+  authority="${rest%%/*}"
+  path="${rest#"$authority"}"
+  case "$path" in
+    *\?*) query="?${path#*\?}" ;;
+  esac
+  case "$authority" in
+    *\?*) query="?${authority#*\?}"; authority="${authority%%\?*}" ;;
+  esac
+  printf '%s://%s/postgres%s' "$scheme" "$authority" "$query"
 }
 
 # Creates the URL's database unless it exists.

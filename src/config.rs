@@ -11,13 +11,18 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The database every binary uses when `DATABASE_URL` is not set: the
+/// local server and database `scripts/run.sh` sets up (user `postgres`, no
+/// password: trust authentication on 127.0.0.1).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/skipjack";
+
 /// Where the database is.
 #[derive(Args, Clone)]
 pub struct DatabaseArgs {
     /// Postgres URL, e.g. postgres://user@localhost/skipjack. TLS comes
     /// from its `sslmode` / `sslrootcert` / `sslcert` / `sslkey` parameters,
     /// as with libpq. May point at PgBouncer in transaction mode.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     /// Postgres URL of a direct (session) connection, for what transaction
     /// pooling breaks: LISTEN and session advisory locks (queue gauges

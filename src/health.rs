@@ -125,11 +125,20 @@ pub fn router_with_check(pool: PgPool, check: Option<ReadyCheck>) -> Router {
 /// The endpoints of a process whose schema `schema` watches; `/ready` also
 /// requires `check` when given.
 pub fn router_for(schema: Arc<SchemaWatch>, check: Option<ReadyCheck>) -> Router {
+    probes_router(schema, check).merge(metrics_router())
+}
+
+/// `/health` and `/ready` alone (when `/metrics` is served elsewhere).
+pub fn probes_router(schema: Arc<SchemaWatch>, check: Option<ReadyCheck>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(render_metrics))
         .with_state(ReadyState { schema, check })
+}
+
+/// `/metrics` alone, for a separate, non-public address.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(render_metrics))
 }
 
 async fn health() -> impl IntoResponse {

@@ -15,8 +15,8 @@
 //! leader's values. [`QUEUE_STATS_LEADER`] says which process that is.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -42,6 +42,7 @@ pub const JOBS_PROCESSING: &str = "skipjack_jobs_processing";
 pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
 pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
+pub const LLM_COST_USD_TOTAL: &str = "skipjack_llm_cost_usd_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
 pub const QUEUE_STATS_LEADER: &str = "skipjack_queue_stats_leader";
@@ -107,8 +108,13 @@ pub struct Metrics {
     pub llm_request: HistogramVec,
     /// Failed LLM calls, by `class` (`llm::ErrorClass::as_str`).
     pub llm_errors: IntCounterVec,
-    /// Tokens consumed, by `direction` (input, output).
+    /// Tokens consumed, by `direction` (input, output), `provider` and
+    /// `model` (the configured model name, see [`crate::llm::cost`]).
     pub llm_tokens: IntCounterVec,
+    /// Estimated spend in US dollars, by `provider` and `model`: tokens
+    /// times the configured price (`SKIPJACK_LLM_PRICE_PER_MTOK`); stays 0
+    /// for a model without a price.
+    pub llm_cost: CounterVec,
     /// History cache operations, by `result`: `hit` and `miss` count reads;
     /// `error` counts failed operations and reads skipped while Redis is down.
     pub cache_requests: IntCounterVec,
@@ -296,7 +302,19 @@ impl Metrics {
                 &["provider"],
             ),
             llm_errors: counter_vec(LLM_ERRORS_TOTAL, "Failed LLM calls.", &["class"]),
-            llm_tokens: counter_vec(LLM_TOKENS_TOTAL, "LLM tokens consumed.", &["direction"]),
+            llm_tokens: counter_vec(
+                LLM_TOKENS_TOTAL,
+                "LLM tokens consumed.",
+                &["direction", "provider", "model"],
+            ),
+            llm_cost: CounterVec::new(
+                Opts::new(
+                    LLM_COST_USD_TOTAL,
+                    "Estimated LLM spend in US dollars (tokens times the configured price).",
+                ),
+                &["provider", "model"],
+            )
+            .expect("metric definitions are static and valid"),
             cache_requests: counter_vec(
                 CACHE_REQUESTS_TOTAL,
                 "Conversation history cache operations.",
@@ -338,6 +356,7 @@ impl Metrics {
         r.add(&m.llm_request, K::Histogram);
         r.add(&m.llm_errors, K::Counter);
         r.add(&m.llm_tokens, K::Counter);
+        r.add(&m.llm_cost, K::Counter);
         r.add(&m.cache_requests, K::Counter);
         r.add(&m.maintenance_lock_timeouts, K::Counter);
         (m, r.exported)
@@ -363,6 +382,81 @@ pub fn render() -> String {
     // Encoding into a Vec cannot fail for the text format.
     let _ = TextEncoder::new().encode(&metrics().registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Series that exist from the first scrape.
+//
+// A labelled metric renders nothing until one of its label sets is used, so
+// `rate()` of a counter that has never moved is "no data", not 0, and an
+// alert or a dashboard panel on it cannot tell "nothing happened" from "not
+// scraped". Each process therefore touches, at start-up, every label set it
+// can later produce; the values are 0 until real work moves them.
+
+/// The label values of `jobs_finished`'s `outcome`.
+pub const FINISH_OUTCOMES: [&str; 3] = ["completed", "failed", "cancelled"];
+/// The label values of `jobs_rescued`'s `result`.
+pub const RESCUE_RESULTS: [&str; 2] = ["requeued", "failed"];
+/// The label values of `backpressure_rejections`' `scope`.
+pub const BACKPRESSURE_SCOPES: [&str; 2] = ["global", "tenant"];
+/// The label values of `long_polls_refused`' `scope`.
+pub const LONG_POLL_SCOPES: [&str; 2] = ["process", "tenant"];
+/// The label values of `cache_requests`' `result`.
+pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
+/// The label values of `llm_tokens`' `direction`.
+pub const TOKEN_DIRECTIONS: [&str; 2] = ["input", "output"];
+
+fn priorities() -> impl Iterator<Item = String> {
+    use crate::queue::Priority;
+    (Priority::MIN.get()..=Priority::MAX.get()).map(|p| p.to_string())
+}
+
+/// Creates the API's labelled series at 0: submissions by priority,
+/// cancellations, 429s and refused long-polls by scope, and for each `(route, method, status)` in
+/// `routes` (the documented answers of every route) the request counter and
+/// the latency histogram.
+pub fn init_api<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+    let m = metrics();
+    for priority in priorities() {
+        m.jobs_enqueued.with_label_values(&[&priority]);
+    }
+    m.jobs_finished.with_label_values(&["cancelled"]);
+    for scope in BACKPRESSURE_SCOPES {
+        m.backpressure_rejections.with_label_values(&[scope]);
+    }
+    for scope in LONG_POLL_SCOPES {
+        m.long_polls_refused.with_label_values(&[scope]);
+    }
+    for (route, method, status) in routes {
+        m.http_requests.with_label_values(&[route, method, status]);
+        m.http_request_seconds.with_label_values(&[route, method]);
+    }
+}
+
+/// Creates a worker's labelled series at 0: outcomes, rescues, waits by
+/// priority, run times of each handler `kinds`, LLM errors by class and the
+/// history cache's results. The LLM's per-model series come from
+/// [`crate::llm::cost::TokenMeter::new`].
+pub fn init_worker(kinds: &[&str]) {
+    let m = metrics();
+    for outcome in FINISH_OUTCOMES {
+        m.jobs_finished.with_label_values(&[outcome]);
+    }
+    for result in RESCUE_RESULTS {
+        m.jobs_rescued.with_label_values(&[result]);
+    }
+    for priority in priorities() {
+        m.job_wait.with_label_values(&[&priority]);
+    }
+    for kind in kinds {
+        m.job_run.with_label_values(&[kind]);
+    }
+    for class in crate::llm::ErrorClass::ALL {
+        m.llm_errors.with_label_values(&[class.as_str()]);
+    }
+    for result in CACHE_RESULTS {
+        m.cache_requests.with_label_values(&[result]);
+    }
 }
 
 /// Records the time since `since` in `histogram`.

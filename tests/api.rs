@@ -204,6 +204,13 @@ async fn submit_poll_queue_and_complete() {
     assert_eq!(polled.body["created_at"], submitted.body["created_at"]);
     assert!(polled.body.get("response").is_none());
 
+    // The queue view comes from a snapshot refreshed every second.
+    eventually(
+        Duration::from_secs(10),
+        "the job in the queue view",
+        || async { t.call("GET", "/v1/queue", Some(&t.key), None).await.body["total"] == 1 },
+    )
+    .await;
     let queue = t.call("GET", "/v1/queue", Some(&t.key), None).await;
     assert_eq!(queue.status, StatusCode::OK);
     assert_eq!(queue.body["total"], 1);
@@ -297,10 +304,17 @@ async fn health_ready_and_openapi() {
         "JobResponse",
         "ErrorBody",
         "QueueResponse",
+        "QueueScope",
     ] {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    // The queue route says who sees what.
+    let queue = paths["/v1/queue"]["get"]["responses"]["200"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(queue.contains("SKIPJACK_ADMIN_KEY"), "{queue}");
+    assert!(paths["/metrics"]["get"]["responses"].get("404").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1365,4 +1379,188 @@ async fn a_failed_batch_is_retried_one_job_at_a_time() {
     assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 2);
     stop.cancel();
     task.await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// GET /v1/queue: each tenant its own queue, the whole queue for the admin key.
+
+const ADMIN_KEY: &str = "admin-key-for-tests-0123456789abcdef0123456789";
+
+fn queue_config(refresh: Duration) -> ApiConfig {
+    ApiConfig {
+        queue_refresh: refresh,
+        admin_key_hash: Some(skipjack::api::queue::admin_key_hash(ADMIN_KEY)),
+        ..ApiConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_view_is_the_tenants_own_and_the_whole_queue_needs_the_admin_key() {
+    let t = TestApi::with_config(queue_config(Duration::from_millis(50))).await;
+    let acme = t.key.clone();
+    let globex = new_tenant(t.pool(), "globex").await;
+    for (key, priority, n) in [(&acme, 3, 3), (&globex, 7, 2), (&globex, 3, 1)] {
+        for i in 0..n {
+            let a = t
+                .submit(
+                    key,
+                    json!({"user_id": format!("u{priority}-{i}"), "message": "hi", "priority": priority}),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        }
+    }
+    // Jobs of no tenant count in the whole queue only.
+    let mut conn = t.pool().acquire().await.unwrap();
+    queue::enqueue(&mut conn, &queue::NewJob::new("other", json!({})))
+        .await
+        .unwrap();
+    drop(conn);
+    eventually(
+        Duration::from_secs(10),
+        "the snapshot sees every job",
+        || async { t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["total"] == 7 },
+    )
+    .await;
+
+    let a = t.call("GET", "/v1/queue", Some(&acme), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["scope"], "tenant");
+    assert_eq!(a.body["total"], 3);
+    assert_eq!(a.body["depth"], json!({"3": 3}));
+    assert_eq!(a.body["processing"], 0);
+    assert!(a.body["as_of"].is_string());
+    let g = t.call("GET", "/v1/queue", Some(&globex), None).await;
+    assert_eq!(g.body["scope"], "tenant");
+    assert_eq!(g.body["total"], 3);
+    assert_eq!(g.body["depth"], json!({"3": 1, "7": 2}));
+    let all = t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.body["scope"], "all");
+    assert_eq!(all.body["total"], 7);
+    assert_eq!(all.body["depth"], json!({"1": 1, "3": 4, "7": 2}));
+
+    // A claimed job is processing for its tenant and in the whole queue,
+    // and nowhere else.
+    let claimed = queue::claim(
+        t.pool(),
+        "w",
+        1,
+        Duration::from_secs(60),
+        &["chat".to_owned()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].priority.get(), 7);
+    eventually(
+        Duration::from_secs(10),
+        "the claim in the snapshot",
+        || async {
+            t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["processing"] == 1
+        },
+    )
+    .await;
+    let g = t.call("GET", "/v1/queue", Some(&globex), None).await;
+    assert_eq!(g.body["processing"], 1);
+    assert_eq!(g.body["depth"], json!({"3": 1, "7": 1}));
+    let a = t.call("GET", "/v1/queue", Some(&acme), None).await;
+    assert_eq!(a.body["processing"], 0);
+    assert_eq!(a.body["total"], 3);
+
+    // A tenant's key gets its own view whatever it asks for; the admin key
+    // with a byte more or less is no key at all.
+    for uri in ["/v1/queue?scope=all", "/v1/queue?tenant=all", "/v1/queue"] {
+        let a = t.call("GET", uri, Some(&acme), None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body["scope"], "tenant", "{uri}");
+        assert_eq!(a.body["total"], 3, "{uri}");
+    }
+    for wrong in [
+        format!("{ADMIN_KEY}x"),
+        ADMIN_KEY[..ADMIN_KEY.len() - 1].to_owned(),
+    ] {
+        let a = t.call("GET", "/v1/queue", Some(&wrong), None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    // The admin key is for the queue view only: it is no tenant.
+    let a = t
+        .submit(ADMIN_KEY, json!({"user_id": "u", "message": "hi"}))
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_key_there_is_no_whole_queue_view() {
+    let t = TestApi::new().await;
+    let a = t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = t.call("GET", "/v1/queue", Some(&t.key), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["scope"], "tenant");
+}
+
+/// Requests read the snapshot, they count nothing: with a refresh far
+/// away, a new job stays out of the answer, and every answer carries the
+/// same `as_of`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_view_reads_the_snapshot_not_the_table() {
+    let t = TestApi::with_config(queue_config(Duration::from_secs(3600))).await;
+    let first = t.call("GET", "/v1/queue", Some(&t.key), None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["total"], 0);
+    let a = t
+        .submit(&t.key, json!({"user_id": "u", "message": "hi"}))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 1);
+    for key in [t.key.as_str(), ADMIN_KEY] {
+        let again = t.call("GET", "/v1/queue", Some(key), None).await;
+        assert_eq!(again.body["total"], 0);
+        assert_eq!(again.body["as_of"], first.body["as_of"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_leave_the_public_port_when_they_have_their_own_address() {
+    let public = TestApi::new().await;
+    let a = public.call("GET", "/metrics", None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a
+        .body
+        .as_str()
+        .unwrap()
+        .contains("skipjack_http_requests_total"));
+
+    let private = TestApi::with_config(ApiConfig {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ApiConfig::default()
+    })
+    .await;
+    let a = private.call("GET", "/metrics", None, None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.code(), "not_found");
+    // The probes stay on the public port.
+    assert_eq!(
+        private.call("GET", "/health", None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        private.call("GET", "/ready", None, None).await.status,
+        StatusCode::OK
+    );
+    // And the metrics router serves them on the other address.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(skipjack::api::serve_metrics(listener, stop.clone()));
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("skipjack_http_requests_total"));
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }

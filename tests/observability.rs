@@ -433,6 +433,459 @@ async fn worker_logs_json_lines_with_the_job_span() {
 }
 
 // ---------------------------------------------------------------------------
+// What a fresh API and a fresh worker export, as shipped (the binaries).
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of a 2xx answer to GET `url`, or `None`.
+async fn get_ok(url: &str) -> Option<String> {
+    let response = reqwest::get(url).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+/// The first successful scrape of `url`: polled until the process
+/// answers, and the first answer is the one kept.
+async fn first_scrape(url: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(text) = get_ok(url).await {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Series name → the label sets rendered for it.
+fn scraped_series(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut series: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = line[end..]
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'))
+            .map_or("", |(labels, _)| labels);
+        series
+            .entry(line[..end].to_owned())
+            .or_default()
+            .push(labels.to_owned());
+    }
+    series
+}
+
+/// A sample's value in a scrape: `name{labels}` exactly as rendered.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Every metric name the dashboards and the alert rules read.
+fn names_operators_query() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(repo().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            let dashboard: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for q in dashboard_queries(&dashboard) {
+                names.extend(promql_metric_names(&q));
+            }
+        }
+    }
+    let rules = yaml_file(&repo().join("prometheus/alerts.yml"));
+    for expr in strings_of(&rules, "expr") {
+        names.extend(promql_metric_names(&expr));
+    }
+    // Prometheus's own.
+    names.remove("up");
+    names
+}
+
+/// The queue gauges: exported by the one process that leads their refresh,
+/// once it has refreshed them (src/metrics.rs, "The queue gauges").
+const LEADER_ONLY: &[&str] = &[
+    metrics::QUEUE_DEPTH,
+    metrics::QUEUE_OLDEST_AGE_SECONDS,
+    metrics::JOBS_PROCESSING,
+    metrics::QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS,
+];
+
+/// The API and worker binaries, started fresh, export from their first
+/// scrape every series the dashboard and the alert rules read (the queue
+/// gauges from the leader once it has refreshed them), and at least one
+/// series of every labelled counter and histogram, at 0. The API's metrics
+/// are on SKIPJACK_METRICS_ADDR and not on its public port. A chat turn then
+/// moves the tokens and the estimated cost of the configured provider and
+/// model by the configured price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_api_and_worker_export_every_series_operators_query() {
+    let db = TestDb::new().await;
+    let (api_port, metrics_port, worker_port) = (free_port(), free_port(), free_port());
+    let mut api = tokio::process::Command::new(env!("CARGO_BIN_EXE_api"))
+        .env("DATABASE_URL", &db.url)
+        .env("SKIPJACK_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("SKIPJACK_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the api binary");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env("DATABASE_URL", &db.url)
+        .env("SKIPJACK_WORKER_ADDR", format!("127.0.0.1:{worker_port}"))
+        .env("SKIPJACK_SIMULATED_LATENCY_MS", "1")
+        .env("SKIPJACK_LLM_PRICE_PER_MTOK", "simulated=2/10,other=1/1")
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .env_remove("SKIPJACK_LLM_PROVIDER")
+        .env_remove("SKIPJACK_LLM_MODEL")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the worker binary");
+
+    let api_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let worker_metrics = format!("http://127.0.0.1:{worker_port}/metrics");
+    let api_first = first_scrape(&api_metrics).await;
+    let worker_first = first_scrape(&worker_metrics).await;
+    let mut scraped = scraped_series(&api_first);
+    for (name, labels) in scraped_series(&worker_first) {
+        scraped.entry(name).or_default().extend(labels);
+    }
+
+    let queried = names_operators_query();
+    assert!(queried.len() >= 15, "{queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|n| !scraped.contains_key(*n))
+        .filter(|n| !LEADER_ONLY.iter().any(|l| n.starts_with(l)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "a fresh API and worker do not export {missing:?}"
+    );
+    for e in metrics::exported() {
+        if e.labels.is_empty() || e.kind == metrics::MetricKind::Gauge {
+            continue;
+        }
+        let name = match e.kind {
+            metrics::MetricKind::Histogram => format!("{}_count", e.name),
+            _ => e.name.clone(),
+        };
+        assert!(
+            scraped.contains_key(&name),
+            "no series of {name} at start-up"
+        );
+    }
+    // Some of the label sets, at 0.
+    for (text, series) in [
+        (
+            &api_first,
+            r#"skipjack_http_requests_total{method="POST",route="/v1/chat",status="202"}"#,
+        ),
+        (
+            &api_first,
+            r#"skipjack_http_requests_total{method="GET",route="/v1/queue",status="401"}"#,
+        ),
+        (&api_first, r#"skipjack_jobs_enqueued_total{priority="10"}"#),
+        (
+            &api_first,
+            r#"skipjack_backpressure_rejections_total{scope="tenant"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_jobs_finished_total{outcome="failed"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_jobs_rescued_total{result="failed"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_llm_errors_total{class="timeout"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_cache_requests_total{result="hit"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_job_run_seconds_count{kind="chat"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_job_wait_seconds_count{priority="1"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_llm_tokens_total{direction="output",model="simulated",provider="simulated"}"#,
+        ),
+        (
+            &worker_first,
+            r#"skipjack_llm_cost_usd_total{model="simulated",provider="simulated"}"#,
+        ),
+    ] {
+        assert_eq!(value_of(text, series), Some(0.0), "{series} in\n{text}");
+    }
+
+    // The leader's gauges appear once it has refreshed them.
+    eventually(Duration::from_secs(30), "the queue gauges", || {
+        let (a, w, queried) = (api_metrics.clone(), worker_metrics.clone(), queried.clone());
+        async move {
+            let text = format!(
+                "{}{}",
+                get_ok(&a).await.unwrap_or_default(),
+                get_ok(&w).await.unwrap_or_default()
+            );
+            let names = scraped_series(&text);
+            queried.iter().all(|n| names.contains_key(n))
+        }
+    })
+    .await;
+
+    // The public port serves the API and the probes, not the metrics.
+    let public = format!("http://127.0.0.1:{api_port}");
+    let answer = reqwest::get(format!("{public}/metrics")).await.unwrap();
+    assert_eq!(answer.status(), 404);
+    assert!(get_ok(&format!("{public}/health")).await.is_some());
+
+    // A chat turn: tokens and cost under the configured provider and model.
+    let key = skipjack::tenants::create_tenant_with_key(&db.pool, "acme", None)
+        .await
+        .unwrap();
+    let submitted: Value = reqwest::Client::new()
+        .post(format!("{public}/v1/chat"))
+        .bearer_auth(key.secret())
+        .json(&json!({"user_id": "alice", "message": "how much does this cost?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = submitted["job_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "the turn completes", || {
+        let pool = db.pool.clone();
+        let job = job.clone();
+        async move {
+            common::count(
+                &pool,
+                &format!(
+                    "SELECT count(*) FROM job_history WHERE id = '{job}' AND state = 'completed'"
+                ),
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    let (input, output): (i32, i32) = sqlx::query_as(&format!(
+        "SELECT input_tokens, output_tokens FROM job_history WHERE id = '{job}'"
+    ))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let text = get_ok(&worker_metrics).await.unwrap();
+    let labels = r#"model="simulated",provider="simulated""#;
+    assert_eq!(
+        value_of(
+            &text,
+            &format!(r#"skipjack_llm_tokens_total{{direction="input",{labels}}}"#)
+        ),
+        Some(f64::from(input))
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            &format!(r#"skipjack_llm_tokens_total{{direction="output",{labels}}}"#)
+        ),
+        Some(f64::from(output))
+    );
+    let cost = value_of(&text, &format!("skipjack_llm_cost_usd_total{{{labels}}}")).unwrap();
+    let expected = (f64::from(input) * 2.0 + f64::from(output) * 10.0) / 1e6;
+    assert!(expected > 0.0);
+    assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
+
+    // `skipjack health URL`: 0 on a 2xx, 1 otherwise (the containers'
+    // health check).
+    let health = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+            .args(["health", &url, "--timeout-seconds", "5"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap()
+            .code()
+    };
+    assert_eq!(health(format!("{public}/ready")).await, Some(0));
+    assert_eq!(
+        health(format!("http://127.0.0.1:{worker_port}/health")).await,
+        Some(0)
+    );
+    assert_eq!(health(format!("{public}/no-such-route")).await, Some(1));
+    assert_eq!(
+        health(format!("http://127.0.0.1:{}/health", free_port())).await,
+        Some(1)
+    );
+    // Without a URL it finds the process from SKIPJACK_API_ADDR or
+    // SKIPJACK_WORKER_ADDR, as the image's HEALTHCHECK does.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .arg("health")
+        .env("SKIPJACK_API_ADDR", format!("0.0.0.0:{}", free_port()))
+        .env("SKIPJACK_WORKER_ADDR", format!("0.0.0.0:{worker_port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .arg("health")
+        .env("SKIPJACK_API_ADDR", format!("0.0.0.0:{}", free_port()))
+        .env("SKIPJACK_WORKER_ADDR", format!("0.0.0.0:{}", free_port()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+
+    api.start_kill().unwrap();
+    worker.start_kill().unwrap();
+    let _ = api.wait().await;
+    let _ = worker.wait().await;
+}
+
+/// Cargo.toml's `rust-version` is one every locked dependency accepts: no
+/// lower than the highest `rust-version` among them (clippy's
+/// incompatible_msrv lint then checks skipjack's own code against it).
+#[test]
+fn rust_version_is_one_the_locked_dependencies_accept() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // "1.89" is "1.89.0".
+    let version = |v: &str| -> Vec<u64> {
+        let mut parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap()).collect();
+        parts.resize(3, 0);
+        parts
+    };
+    let mut ours = None;
+    let mut needed = (vec![0], String::new());
+    for package in meta["packages"].as_array().unwrap() {
+        let Some(rv) = package["rust_version"].as_str() else {
+            continue;
+        };
+        if package["name"] == "skipjack" {
+            ours = Some(version(rv));
+        } else if version(rv) > needed.0 {
+            needed = (
+                version(rv),
+                format!("{} {}", package["name"], package["version"]),
+            );
+        }
+    }
+    let ours = ours.expect("Cargo.toml declares a rust-version");
+    assert!(
+        ours >= needed.0,
+        "rust-version {ours:?} is older than {} needs ({:?})",
+        needed.1,
+        needed.0
+    );
+}
+
+/// scripts/lib.sh's URL helpers (which database, the maintenance URL) on
+/// URLs whose user or host is named like the database, with query
+/// parameters, without a database: scripts/lib_test.sh.
+#[test]
+fn script_url_helpers_touch_only_the_database_part() {
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/lib_test.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every binary that needs a database defaults to the URL scripts/run.sh
+/// sets up, so `skipjack tenants create NAME` works in a second terminal
+/// with no environment.
+#[test]
+fn binaries_default_to_the_database_run_sh_uses() {
+    let run = std::fs::read_to_string(repo().join("scripts/run.sh")).unwrap();
+    let default = skipjack::config::DEFAULT_DATABASE_URL;
+    assert!(
+        run.contains(&format!("DATABASE_URL:-{default}}}")),
+        "scripts/run.sh does not default to {default}"
+    );
+    for (exe, args) in [
+        (env!("CARGO_BIN_EXE_api"), vec![]),
+        (env!("CARGO_BIN_EXE_worker"), vec![]),
+        (env!("CARGO_BIN_EXE_chat-bench"), vec![]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["migrate"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["stats"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["prune"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["tenants", "create"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["keys", "create"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["keys", "revoke"]),
+        (env!("CARGO_BIN_EXE_skipjack"), vec!["bench"]),
+    ] {
+        let out = std::process::Command::new(exe)
+            .args(&args)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("[default: {default}]")),
+            "{exe} {args:?} --help: {help}"
+        );
+    }
+    // And a command run with no DATABASE_URL goes there instead of asking
+    // for the argument (a read-only one: whatever that database holds, it
+    // may fail to connect, never to parse its arguments).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .arg("stats")
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("--database-url"), "{stderr}");
+    assert_ne!(out.status.code(), Some(2), "a usage error: {stderr}");
+}
+
+// ---------------------------------------------------------------------------
 // Metric names in the dashboards, alert rules and autoscaling queries.
 
 /// Every series name a query may name: the registered metrics (histograms
@@ -596,14 +1049,31 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// Every PromQL query in a Grafana dashboard: panel targets (nested rows
-/// included) and templating queries.
+/// included) and templating queries (`label_values(SELECTOR, LABEL)` as its
+/// selector; a datasource variable's `query` is a plugin type, skipped).
 fn dashboard_queries(dashboard: &Value) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
             Value::Object(map) => {
+                let datasource_variable = map.get("type") == Some(&json!("datasource"));
                 for (k, v) in map {
                     match (k.as_str(), v) {
+                        ("query", _) if datasource_variable => {}
+                        ("query" | "definition", Value::String(s))
+                            if s.starts_with("label_values(") =>
+                        {
+                            let inner = &s["label_values(".len()..s.len() - 1];
+                            let selector = inner.rsplit_once(',').map_or(inner, |(sel, _)| sel);
+                            out.push(selector.trim().to_owned());
+                        }
+                        ("query", Value::Object(q))
+                            if q.get("query")
+                                .and_then(Value::as_str)
+                                .is_some_and(|s| s.starts_with("label_values(")) =>
+                        {
+                            walk(&json!({"query": q["query"]}), out);
+                        }
                         ("expr", Value::String(s)) => out.push(s.clone()),
                         ("query", Value::String(s)) => out.push(s.clone()),
                         ("query", Value::Object(q)) => {
@@ -733,10 +1203,68 @@ fn every_dashboard_query_names_exported_metrics() {
             path.display()
         );
         seen.extend(queries.iter().flat_map(|q| promql_metric_names(q)));
-        // Every panel query reads the provisioned datasource.
+        // Every panel query reads the datasource the dashboard's variable
+        // picks (the provisioned one by default, any other Prometheus on
+        // another Grafana).
         let mut datasources = Vec::new();
         values_of(&dashboard, "datasource", &mut datasources);
-        assert!(datasources.iter().all(|d| d["uid"] == "prometheus"));
+        assert!(datasources.iter().all(|d| d["uid"] == "${datasource}"));
+        let variables: BTreeMap<&str, &Value> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v))
+            .collect();
+        assert_eq!(variables["datasource"]["type"], "datasource");
+        assert_eq!(variables["datasource"]["query"], "prometheus");
+        for name in ["namespace", "instance"] {
+            let v = variables[name];
+            assert_eq!(v["type"], "query", "{name}");
+            assert_eq!(v["includeAll"], true, "{name}");
+            // All matches series without the label too (docker compose
+            // has no namespace).
+            assert_eq!(v["allValue"], ".*", "{name}");
+        }
+        // Every selector is narrowed by the variables: the namespace
+        // everywhere, the instance except for the whole-queue gauges.
+        let whole_queue = [
+            metrics::QUEUE_DEPTH,
+            metrics::QUEUE_OLDEST_AGE_SECONDS,
+            metrics::JOBS_PROCESSING,
+            metrics::QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS,
+            metrics::QUEUE_STATS_LEADER,
+        ];
+        for q in &dashboard_queries(&dashboard["panels"]) {
+            for name in promql_metric_names(q) {
+                let selector = format!("{name}{{namespace=~\"$namespace\"");
+                assert!(
+                    q.contains(&selector),
+                    "{q}: {name} is not narrowed to $namespace"
+                );
+                let instance = format!("{selector}, instance=~\"$instance\"");
+                assert_eq!(
+                    q.contains(&instance),
+                    !whole_queue.contains(&name.as_str()),
+                    "{q}: {name} and $instance"
+                );
+            }
+            assert!(
+                !q.contains("job="),
+                "{q}: the job label differs between set-ups"
+            );
+        }
+        // The LLM panels: tokens and estimated cost by provider and model.
+        for (metric, grouping) in [
+            (metrics::LLM_TOKENS_TOTAL, "by (provider, model, direction)"),
+            (metrics::LLM_COST_USD_TOTAL, "by (provider, model)"),
+        ] {
+            assert!(
+                queries
+                    .iter()
+                    .any(|q| q.contains(metric) && q.contains(grouping)),
+                "no panel shows {metric} {grouping}"
+            );
+        }
     }
     assert!(dashboards >= 1);
     // What the issue asks the dashboard to show.
@@ -751,6 +1279,7 @@ fn every_dashboard_query_names_exported_metrics() {
         "skipjack_worker_slots_busy",
         "skipjack_worker_slots_total",
         "skipjack_llm_tokens_total",
+        "skipjack_llm_cost_usd_total",
         "skipjack_http_requests_total",
         "skipjack_http_request_seconds_bucket",
         "skipjack_backpressure_rejections_total",
@@ -790,14 +1319,66 @@ fn alert_rules_and_autoscaling_queries_name_exported_metrics() {
         unknown.is_empty(),
         "queries name metrics the code does not export: {unknown:#?}"
     );
-    // Every alert has a runbook section.
+    // Every alert has a runbook section, linked absolutely (Alertmanager
+    // and Grafana show the link outside any checkout), all under one base
+    // an operator changes in one substitution.
     let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).unwrap();
-    for alert in strings_of(&rules, "alert") {
+    let mut bases = BTreeSet::new();
+    for rule in rules[0]["groups"][0]["rules"].as_array().unwrap() {
+        let alert = rule["alert"].as_str().unwrap();
         assert!(
             runbook.contains(&format!("### {alert}")),
             "docs/runbook.md has no `### {alert}` section"
         );
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+        let anchor = format!("/runbook.md#{}", alert.to_lowercase());
+        assert!(
+            url.starts_with("https://"),
+            "{alert}: {url} is not absolute"
+        );
+        let base = url
+            .strip_suffix(&anchor)
+            .unwrap_or_else(|| panic!("{alert}: {url} does not end in {anchor}"));
+        bases.insert(base.to_owned());
+        // No rule depends on the job label, which a PodMonitor sets to
+        // NAMESPACE/NAME.
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(
+            !expr.contains("job=") && !expr.contains("job!") && !expr.contains("job,"),
+            "{alert} selects on the job label: {expr}"
+        );
     }
+    assert_eq!(bases.len(), 1, "{bases:?}");
+    let base = bases.into_iter().next().unwrap();
+    let header = std::fs::read_to_string(repo().join("prometheus/alerts.yml")).unwrap();
+    assert!(
+        header.contains(&format!("{base}/")),
+        "alerts.yml's header must name the runbook base {base} to change"
+    );
+}
+
+/// The PrometheusRule for the Prometheus operator holds exactly the rules
+/// of prometheus/alerts.yml (it is generated from it), so the two cannot
+/// drift.
+#[test]
+fn prometheus_rule_object_matches_the_alert_rules() {
+    let rules = yaml_file(&repo().join("prometheus/alerts.yml")).remove(0);
+    let object = yaml_file(&repo().join("deploy/monitoring/prometheusrule.yaml")).remove(0);
+    assert_eq!(object["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(object["kind"], "PrometheusRule");
+    assert_eq!(object["metadata"]["namespace"], "skipjack");
+    assert_eq!(
+        object["spec"]["groups"], rules["groups"],
+        "deploy/monitoring/prometheusrule.yaml differs from prometheus/alerts.yml: run python3 deploy/validate.py --write-rules"
+    );
+    let podmonitor = yaml_file(&repo().join("deploy/monitoring/podmonitor.yaml")).remove(0);
+    assert_eq!(podmonitor["kind"], "PodMonitor");
+    assert_eq!(
+        podmonitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "metrics"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -955,11 +1536,32 @@ fn compose_services_mounts_and_settings_hold_together() {
             .unwrap(),
     );
     assert_eq!(worker["expose"][0], worker_port);
-    let api_port = port_of(
-        services["api"]["environment"]["SKIPJACK_API_ADDR"]
-            .as_str()
-            .unwrap(),
-    );
+    let api_env = &services["api"]["environment"];
+    let api_port = port_of(api_env["SKIPJACK_API_ADDR"].as_str().unwrap());
+    // The API's metrics are on their own port, which is not published.
+    let api_metrics_port = port_of(api_env["SKIPJACK_METRICS_ADDR"].as_str().unwrap());
+    assert_ne!(api_metrics_port, api_port);
+    assert_eq!(services["api"]["expose"][0], api_metrics_port);
+    for published in services["api"]["ports"].as_array().unwrap() {
+        assert!(!published.as_str().unwrap().contains(api_metrics_port));
+    }
+    // Both health checks run `skipjack health` (the image has no curl)
+    // against /ready on the port the service listens on.
+    for (service, port) in [("api", api_port), ("worker", worker_port)] {
+        let test = &services[service]["healthcheck"]["test"];
+        assert_eq!(
+            test,
+            &json!([
+                "CMD",
+                "skipjack",
+                "health",
+                format!("http://127.0.0.1:{port}/ready")
+            ]),
+            "{service}"
+        );
+    }
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    assert!(dockerfile.contains(r#"CMD ["skipjack", "health"]"#));
 
     // Prometheus scrapes the services on the ports they serve, and loads
     // the rules; Grafana reads that Prometheus.
@@ -971,7 +1573,7 @@ fn compose_services_mounts_and_settings_hold_together() {
         .map(|j| (j["job_name"].as_str().unwrap(), j))
         .collect();
     for (job, service, port) in [
-        ("skipjack-api", "api", api_port),
+        ("skipjack-api", "api", api_metrics_port),
         ("skipjack-worker", "worker", worker_port),
     ] {
         let sd = &jobs[job]["dns_sd_configs"][0];
@@ -1046,6 +1648,63 @@ fn kubernetes_manifests_use_settings_the_binaries_read() {
         .iter()
         .any(|r| r["target_label"] == "job" && r["replacement"] == "skipjack-$1"));
     assert!(relabels.iter().any(|r| r["target_label"] == "namespace"));
+}
+
+/// Every repository path the operations files and their documents name
+/// (`deploy/…`, `prometheus/…`, `grafana/…`, `docs/…`) exists.
+#[test]
+fn operations_files_name_only_files_that_exist() {
+    let mut files = vec![
+        repo().join("README.md"),
+        repo().join("deploy/README.md"),
+        repo().join("docker-compose.yml"),
+        repo().join("Dockerfile"),
+    ];
+    for dir in [
+        "prometheus",
+        "deploy/base",
+        "deploy/hpa",
+        "deploy/keda",
+        "deploy/monitoring",
+    ] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for prefix in ["deploy/", "prometheus/", "grafana/", "docs/"] {
+            for (at, _) in text.match_indices(prefix) {
+                // Only paths that start a word (not URLs' path parts).
+                if at > 0 {
+                    let before = text[..at].chars().last().unwrap();
+                    if before.is_alphanumeric() || before == '/' || before == '.' || before == '-' {
+                        continue;
+                    }
+                }
+                let path: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || "/._-".contains(*c))
+                    .collect();
+                // An image name (`grafana/grafana:11.2.0`), not a path.
+                if text[at + path.len()..].starts_with(':') {
+                    continue;
+                }
+                let path = path.trim_end_matches(['.', '/']);
+                if path.ends_with('/') || path == prefix.trim_end_matches('/') {
+                    continue;
+                }
+                checked += 1;
+                assert!(
+                    repo().join(path).exists(),
+                    "{} names {path}, which does not exist",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(checked > 20, "{checked}");
 }
 
 /// A small YAML reader for this repository's own files (Cargo.toml has no

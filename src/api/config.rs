@@ -54,6 +54,13 @@ pub struct ApiConfig {
     /// newer migrations stay off below them. Default: the newest schema
     /// this build knows.
     pub schema: Schema,
+    /// How often the snapshot behind `GET /v1/queue` is re-read.
+    pub queue_refresh: Duration,
+    /// SHA-256 of the admin key (`SKIPJACK_ADMIN_KEY`), whose holder sees
+    /// the whole queue on `GET /v1/queue`; `None`: no admin view.
+    pub admin_key_hash: Option<[u8; 32]>,
+    /// Serve `/metrics` here instead of on the public address.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for ApiConfig {
@@ -74,8 +81,34 @@ impl Default for ApiConfig {
             long_poll: LongPollConfig::default(),
             queue_gauges: Some(GaugesConfig::default()),
             schema: Schema::current(),
+            queue_refresh: Duration::from_secs(1),
+            admin_key_hash: None,
+            metrics_addr: None,
         }
     }
+}
+
+/// Shortest admin key accepted: it guards every tenant's queue counts.
+pub const MIN_ADMIN_KEY_LEN: usize = 32;
+
+/// The admin key as given; `Debug` never shows it.
+#[derive(Clone)]
+pub struct AdminKey(String);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn admin_key(value: &str) -> Result<AdminKey, String> {
+    let value = value.trim();
+    if value.len() < MIN_ADMIN_KEY_LEN {
+        return Err(format!(
+            "must be at least {MIN_ADMIN_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(AdminKey(value.to_owned()))
 }
 
 /// The API binary's settings; each is a flag and an environment variable.
@@ -144,6 +177,17 @@ pub struct ApiArgs {
     /// probe may take before the connection is replaced.
     #[arg(long, env = "SKIPJACK_LISTENER_PROBE_SECONDS", default_value_t = 5.0)]
     pub listener_probe_seconds: f64,
+    /// Key whose holder sees the whole queue (every tenant) on GET /v1/queue;
+    /// at least 32 characters. Unset: tenants' keys only.
+    #[arg(long, env = "SKIPJACK_ADMIN_KEY", hide_env_values = true, value_parser = admin_key)]
+    pub admin_key: Option<AdminKey>,
+    /// Serve /metrics on this address only (not on SKIPJACK_API_ADDR), so
+    /// it need not be public.
+    #[arg(long, env = "SKIPJACK_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often the snapshot behind GET /v1/queue is re-read.
+    #[arg(long, env = "SKIPJACK_QUEUE_REFRESH_MS", default_value_t = 1000)]
+    pub queue_refresh_ms: u64,
 }
 
 impl ApiArgs {
@@ -178,6 +222,12 @@ impl ApiArgs {
             },
             queue_gauges: Some(GaugesConfig::default()),
             schema: Schema::current(),
+            queue_refresh: Duration::from_millis(self.queue_refresh_ms.clamp(100, 60_000)),
+            admin_key_hash: self
+                .admin_key
+                .as_ref()
+                .map(|key| super::queue::admin_key_hash(&key.0)),
+            metrics_addr: self.metrics_addr,
         }
     }
 }

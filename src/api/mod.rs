@@ -8,9 +8,13 @@
 //!   [`long_poll`] (one LISTEN connection per process).
 //! - `DELETE /v1/chat/{job_id}`: cancel a queued job.
 //! - `POST /v1/conversations`, `GET /v1/conversations/{id}/messages`.
-//! - `GET /v1/queue`: queue depth.
+//! - `GET /v1/queue` ([`queue`]): the caller's queue (the whole queue for
+//!   the admin key), from a snapshot refreshed every second.
 //! - `GET /health`, `/ready`, `/metrics` ([`crate::health`]) and
-//!   `GET /openapi.json` ([`openapi`]).
+//!   `GET /openapi.json` ([`openapi`]). With `SKIPJACK_METRICS_ADDR` set,
+//!   `/metrics` is served on that address only ([`serve_metrics`]): the
+//!   metrics describe every tenant's traffic and the whole queue, which a
+//!   public port should not show.
 //!
 //! Every `/v1` route authenticates a bearer key ([`auth`]); a tenant sees
 //! only its own jobs and conversations, and another tenant's id is a 404
@@ -68,6 +72,8 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     pub group_commit: Arc<GroupCommit>,
     pub long_poll: Arc<LongPoll>,
+    /// The queue snapshot behind `GET /v1/queue`.
+    pub queue: Arc<queue::QueueView>,
     /// Cancelled at shutdown: long-polls answer at once.
     pub shutdown: CancellationToken,
 }
@@ -130,7 +136,16 @@ impl Api {
                 background.clone(),
             ));
         }
+        let (queue_view, refresher) = queue::spawn_refresher(
+            pool.clone(),
+            config.queue_refresh,
+            config.admin_key_hash,
+            background.clone(),
+        );
+        tasks.push(refresher);
+        init_metrics();
         let state = AppState {
+            queue: queue_view,
             auth: Arc::new(auth::Authenticator::new(
                 pool.clone(),
                 config.auth_cache_ttl,
@@ -190,11 +205,51 @@ impl Api {
     }
 }
 
-/// The whole API as one router.
+/// Creates the API's metric series at 0 (see [`crate::metrics::init_api`]):
+/// every documented answer of every `/v1` route and of `/openapi.json`.
+fn init_metrics() {
+    let doc = <openapi::ApiDoc as utoipa::OpenApi>::openapi();
+    let mut routes = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        if !(path.starts_with("/v1/") || path == "/openapi.json") {
+            continue;
+        }
+        let operations = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                for status in operation.responses.responses.keys() {
+                    routes.push((path.as_str(), method, status.as_str()));
+                }
+            }
+        }
+    }
+    crate::metrics::init_api(routes);
+}
+
+/// Serves `/metrics` alone on `listener` until `shutdown` (for
+/// `SKIPJACK_METRICS_ADDR`).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, health::metrics_router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The whole API as one router. `/metrics` is part of it unless
+/// `metrics_addr` is configured.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let schema = health::SchemaWatch::new(state.pool.clone(), state.config.schema);
-    Router::new()
+    let metrics_public = state.config.metrics_addr.is_none();
+    let router = Router::new()
         .merge(chat::router())
         .merge(conversations::router())
         .merge(queue::router())
@@ -203,7 +258,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-        .merge(health::router_for(schema, None))
+        .merge(health::probes_router(schema, None));
+    if metrics_public {
+        router.merge(health::metrics_router())
+    } else {
+        router
+    }
 }
 
 async fn not_found() -> ApiError {

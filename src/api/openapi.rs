@@ -7,7 +7,7 @@ use super::conversations::{
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::observe::observed;
-use super::queue::QueueResponse;
+use super::queue::{QueueResponse, QueueScope};
 use super::AppState;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -49,6 +49,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         MessagesResponse,
         MessageOut,
         QueueResponse,
+        QueueScope,
         ErrorBody,
         ErrorDetail,
         Status,
@@ -57,7 +58,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
     tags(
         (name = "chat", description = "Submit, poll and cancel chat turns"),
         (name = "conversations", description = "Conversations and their messages"),
-        (name = "queue", description = "Queue depth"),
+        (name = "queue", description = "The caller's queue depth (the whole queue for the admin key)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -126,9 +127,14 @@ fn health() {}
 #[allow(dead_code)]
 fn ready() {}
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics in the text exposition format. With
+/// `SKIPJACK_METRICS_ADDR` set they are served on that address only, and
+/// this port answers 404 here.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
+        (status = 404, description = "Served on SKIPJACK_METRICS_ADDR instead", body = ErrorBody),
+    ))]
 #[allow(dead_code)]
 fn metrics() {}
 

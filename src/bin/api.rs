@@ -34,8 +34,27 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.api.api_addr, "API listening");
     let mut config = args.api.api_config();
     config.schema = schema;
-    let api = Api::start_with_direct(pool, direct, config, signal::shutdown_token());
+    let shutdown = signal::shutdown_token();
+    // Started first: it creates the metric series a first scrape must see.
+    let api = Api::start_with_direct(pool, direct, config, shutdown.clone());
+    // /metrics on its own address, away from the public port.
+    let metrics = match args.api.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            tracing::info!(%addr, "metrics listening");
+            Some(tokio::spawn(skipjack::api::serve_metrics(
+                listener,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     api.serve(listener).await?;
+    if let Some(metrics) = metrics {
+        metrics.await??;
+    }
     tracing::info!("API stopped");
     Ok(())
 }

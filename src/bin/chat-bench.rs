@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use skipjack::chat::bench::{self, ChatBenchArgs};
+use skipjack::config::DEFAULT_DATABASE_URL;
 use skipjack::telemetry;
 
 #[derive(Parser)]
@@ -13,7 +14,7 @@ use skipjack::telemetry;
 )]
 struct Cli {
     /// Postgres to create the scratch database in.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
     database_url: String,
     #[command(flatten)]
     args: ChatBenchArgs,

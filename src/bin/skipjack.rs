@@ -1,12 +1,16 @@
 //! `skipjack`: the admin CLI (migrate, tenants and keys, queue statistics,
-//! benchmark).
+//! benchmark, and the container health check).
 //!
 //! Commands that create a key print it, alone, on stdout, and everything else
 //! on stderr, so `KEY=$(skipjack tenants create acme)` works.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use skipjack::{bench, config::DatabaseArgs, db, queue, telemetry, tenants};
+use skipjack::config::{DatabaseArgs, DEFAULT_DATABASE_URL};
+use skipjack::{bench, db, queue, telemetry, tenants};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "skipjack", version, about = "skipjack admin CLI")]
@@ -20,7 +24,7 @@ enum Command {
     /// Apply pending database migrations (through the direct URL when one
     /// is set: DDL and its locks do not belong behind a transaction pooler).
     Migrate {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
         #[arg(long, env = "SKIPJACK_DIRECT_DATABASE_URL", hide_env_values = true)]
         direct_database_url: Option<String>,
@@ -48,9 +52,20 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// GET a health URL: exit 0 on a 2xx answer, 1 otherwise (for container
+    /// health checks: the image has no curl).
+    Health {
+        /// URL to GET. Default: /health on the port of SKIPJACK_API_ADDR
+        /// (8000) or of SKIPJACK_WORKER_ADDR (8080), whichever answers, so
+        /// one check fits the API and the worker container.
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout_seconds: f64,
+    },
     /// Measure the queue with no-op jobs in a scratch database.
     Bench {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
         #[command(flatten)]
         args: bench::BenchArgs,
@@ -91,9 +106,21 @@ enum KeysCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     telemetry::init();
     match Cli::parse().command {
+        Command::Health {
+            url,
+            timeout_seconds,
+        } => {
+            let timeout = Duration::try_from_secs_f64(timeout_seconds)
+                .context("--timeout-seconds must be a non-negative number")?;
+            let urls = match url {
+                Some(url) => vec![url],
+                None => local_health_urls(),
+            };
+            return Ok(health(&urls, timeout).await);
+        }
         Command::Migrate {
             database_url,
             direct_database_url,
@@ -177,7 +204,52 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `/health` of the API and of the worker on this host, from the addresses
+/// they are configured to listen on.
+fn local_health_urls() -> Vec<String> {
+    [
+        ("SKIPJACK_API_ADDR", "0.0.0.0:8000"),
+        ("SKIPJACK_WORKER_ADDR", "0.0.0.0:8080"),
+    ]
+    .iter()
+    .filter_map(|(var, default)| {
+        let addr: SocketAddr = std::env::var(var)
+            .unwrap_or_else(|_| (*default).to_owned())
+            .parse()
+            .ok()?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        Some(format!("http://{host}:{}/health", addr.port()))
+    })
+    .collect()
+}
+
+/// Success when any of `urls` answers 2xx within `timeout`; says on stderr
+/// what each answered otherwise.
+async fn health(urls: &[String], timeout: Duration) -> ExitCode {
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for url in urls {
+        match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => return ExitCode::SUCCESS,
+            Ok(response) => eprintln!("health: {url} answered {}", response.status()),
+            Err(e) => eprintln!("health: {url}: {e}"),
+        }
+    }
+    ExitCode::FAILURE
 }
 
 async fn connect_checked(args: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {

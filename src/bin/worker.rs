@@ -7,8 +7,8 @@ use skipjack::chat::config::{CacheArgs, HistoryArgs};
 use skipjack::chat::worker as chat_worker;
 use skipjack::config::{DatabaseArgs, WorkerArgs};
 use skipjack::llm::LlmConfig;
-use skipjack::worker::{NoopHandler, Worker};
-use skipjack::{db, health, signal, telemetry};
+use skipjack::worker::{Handler, NoopHandler, Worker};
+use skipjack::{db, health, metrics, signal, telemetry};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let handler =
         chat_worker::chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
             .context("setting up the chat handler")?;
+    metrics::init_worker(&[NoopHandler.kind(), handler.kind()]);
     let shutdown = signal::shutdown_token();
     // Three idle polls without a claim (while slots are free) means the claim
     // loop is stuck.

@@ -33,6 +33,7 @@ use super::store::{self, HistoryMessage, HistoryVersion, Turn};
 use super::{ChatPayload, ChatResult, CHAT_KIND};
 use crate::db::Schema;
 use crate::ids::{ConversationId, JobId};
+use crate::llm::cost::TokenMeter;
 use crate::llm::{self, ChatMessage, ChatRequest, LlmError, Provider, Role};
 use crate::metrics::metrics;
 use crate::queue::{Outcome, TokenUsage};
@@ -61,6 +62,8 @@ pub struct ChatHandler {
     cache: Option<HistoryCache>,
     /// Most estimated tokens of stored history sent per turn.
     history_max_tokens: u32,
+    /// Counts tokens and estimated spend by provider and model.
+    meter: TokenMeter,
     /// With a cache: the history each successful attempt used, so the
     /// completion can write history + turn to the cache without reading the
     /// history again.
@@ -85,10 +88,13 @@ struct Stashed {
 impl ChatHandler {
     /// A handler that reads history from Postgres. Call it within a Tokio
     /// runtime: it starts the history loader's task.
+    /// Tokens are counted under the model label `unknown` with no price
+    /// until [`ChatHandler::with_meter`] says which model this is.
     pub fn new(pool: PgPool, provider: Arc<dyn Provider>) -> Self {
         ChatHandler {
             loader: HistoryLoader::spawn(pool.clone()),
             pool,
+            meter: TokenMeter::unannounced(provider.name(), "unknown"),
             provider,
             cache: None,
             history_max_tokens: DEFAULT_HISTORY_MAX_TOKENS,
@@ -110,6 +116,12 @@ impl ChatHandler {
     pub fn with_history_budget(mut self, max_tokens: u32) -> Self {
         self.history_max_tokens = max_tokens;
         self.loader = HistoryLoader::spawn_with_budget(self.pool.clone(), max_tokens);
+        self
+    }
+
+    /// Counts tokens and cost with `meter` (`LlmConfig::meter`).
+    pub fn with_meter(mut self, meter: TokenMeter) -> Self {
+        self.meter = meter;
         self
     }
 
@@ -149,7 +161,7 @@ impl ChatHandler {
     fn remember(&self, job: JobId, version: HistoryVersion, messages: Arc<Vec<HistoryMessage>>) {
         let mut stash = self.lock_stash();
         stash.inserts += 1;
-        if stash.inserts % STASH_PRUNE_EVERY == 0 {
+        if stash.inserts.is_multiple_of(STASH_PRUNE_EVERY) {
             stash.entries.retain(|_, s| s.at.elapsed() < STASH_MAX_AGE);
         }
         stash.entries.insert(
@@ -252,13 +264,7 @@ impl Handler for ChatHandler {
             Err(error) => return failed(&error),
         };
 
-        let m = metrics();
-        m.llm_tokens
-            .with_label_values(&["input"])
-            .inc_by(u64::from(response.usage.input_tokens));
-        m.llm_tokens
-            .with_label_values(&["output"])
-            .inc_by(u64::from(response.usage.output_tokens));
+        self.meter.record(&response.usage);
         if let Some(version) = version {
             self.remember(job.id, version, history);
         }

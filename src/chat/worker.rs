@@ -45,9 +45,22 @@ pub fn chat_handler(
         max_rps = llm.max_rps,
         "LLM provider ready"
     );
+    let meter = llm.meter()?;
+    if meter.price().is_none()
+        && llm
+            .price_per_mtok
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+    {
+        tracing::warn!(
+            model = meter.model(),
+            "SKIPJACK_LLM_PRICE_PER_MTOK has no price for this model: its cost stays 0"
+        );
+    }
     let mut handler = ChatHandler::new(pool, provider)
         .with_schema(schema)
-        .with_history_budget(history.history_max_tokens);
+        .with_history_budget(history.history_max_tokens)
+        .with_meter(meter);
     tracing::info!(
         max_tokens = history.history_max_tokens,
         "history budget per turn"

@@ -216,6 +216,12 @@ pub struct LlmConfig {
         default_value_t = 0.0
     )]
     pub max_rps: f64,
+
+    /// Price table for the estimated-cost metric, US dollars per million
+    /// tokens: `MODEL=INPUT/OUTPUT,…`, `*=INPUT/OUTPUT` for any other model
+    /// (see `llm::cost`). Unset: tokens are counted, cost stays 0.
+    #[arg(long = "llm-price-per-mtok", env = "SKIPJACK_LLM_PRICE_PER_MTOK")]
+    pub price_per_mtok: Option<String>,
 }
 
 impl Default for LlmConfig {
@@ -238,6 +244,7 @@ impl Default for LlmConfig {
             eject_after: DEFAULT_EJECT_AFTER,
             eject_seconds: DEFAULT_EJECT_SECONDS,
             max_rps: 0.0,
+            price_per_mtok: None,
         }
     }
 }
@@ -337,6 +344,7 @@ impl LlmConfig {
         if self.max_tokens == 0 {
             return Err(invalid("SKIPJACK_LLM_MAX_TOKENS", "must be at least 1"));
         }
+        self.prices()?;
         Ok(())
     }
 
@@ -362,6 +370,22 @@ impl LlmConfig {
             (_, ProviderKind::Anthropic) => DEFAULT_ANTHROPIC_MODEL.to_owned(),
             (_, ProviderKind::Simulated) => "simulated".to_owned(),
         }
+    }
+
+    /// The parsed price table (empty when unset).
+    pub fn prices(&self) -> Result<super::cost::PriceTable, ConfigError> {
+        super::cost::PriceTable::parse(self.price_per_mtok.as_deref().unwrap_or(""))
+    }
+
+    /// The token and cost meter of this configuration's provider and model.
+    pub fn meter(&self) -> Result<super::cost::TokenMeter, ConfigError> {
+        let model = self.model_or_default();
+        let price = self.prices()?.price_of(&model);
+        Ok(super::cost::TokenMeter::new(
+            self.provider.as_str(),
+            model,
+            price,
+        ))
     }
 
     /// What every HTTP and simulated provider needs besides the network.

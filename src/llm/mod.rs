@@ -26,6 +26,7 @@
 
 pub mod anthropic;
 pub mod config;
+pub mod cost;
 pub mod http;
 pub mod limit;
 pub mod openai;
@@ -163,6 +164,17 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class (the metric's label values).
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::RateLimited,
+        ErrorClass::Server,
+        ErrorClass::Timeout,
+        ErrorClass::Connect,
+        ErrorClass::Client,
+        ErrorClass::Malformed,
+        ErrorClass::Simulated,
+    ];
+
     /// The metric label value for this class.
     pub fn as_str(self) -> &'static str {
         match self {

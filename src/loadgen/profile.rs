@@ -243,7 +243,7 @@ pub fn format_duration(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else if secs < 120.0 || secs.fract() != 0.0 {
         format!("{} s", trim_float(secs))
-    } else if secs < 7200.0 && (secs as u64) % 60 == 0 {
+    } else if secs < 7200.0 && (secs as u64).is_multiple_of(60) {
         format!("{} min", secs as u64 / 60)
     } else {
         format!("{} s", trim_float(secs))
