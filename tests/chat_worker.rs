@@ -356,10 +356,9 @@ async fn openai_compatible_turn_runs_through_the_worker() {
     })
     .await;
     let conv = conversations(&db.pool, 1).await[0];
-    let handler = ChatHandler::new(
-        db.pool.clone(),
-        provider(&openai_config(&format!("{}/v1", mock.url))),
-    );
+    let llm = openai_config(&format!("{}/v1", mock.url));
+    let handler =
+        ChatHandler::new(db.pool.clone(), provider(&llm)).with_meter(llm.meter().unwrap());
     let worker = Running::start(db.pool.clone(), handler, config("w"));
     let id = enqueue_one(&db.pool, chat_job(conv, "hi there")).await;
     wait_final(&db.pool, &[id], Duration::from_secs(20)).await;
@@ -379,8 +378,8 @@ async fn openai_compatible_turn_runs_through_the_worker() {
     let text = skipjack::metrics::render();
     for series in [
         "skipjack_llm_request_seconds_count{provider=\"openai\"}",
-        "skipjack_llm_tokens_total{direction=\"input\"}",
-        "skipjack_llm_tokens_total{direction=\"output\"}",
+        "skipjack_llm_tokens_total{direction=\"input\",model=\"gpt-test\",provider=\"openai\"}",
+        "skipjack_llm_tokens_total{direction=\"output\",model=\"gpt-test\",provider=\"openai\"}",
     ] {
         assert!(text.contains(series), "{series} missing from /metrics");
     }
