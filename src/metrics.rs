@@ -401,6 +401,12 @@ pub const RESCUE_RESULTS: [&str; 2] = ["requeued", "failed"];
 pub const BACKPRESSURE_SCOPES: [&str; 2] = ["global", "tenant"];
 /// The label values of `long_polls_refused`' `scope`.
 pub const LONG_POLL_SCOPES: [&str; 2] = ["process", "tenant"];
+/// The label values of `maintenance_lock_timeouts`' `step`.
+pub const MAINTENANCE_STEPS: [&str; 3] = [
+    "create_partition",
+    "drop_partition",
+    "prune_history_default",
+];
 /// The label values of `cache_requests`' `result`.
 pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
 /// The label values of `llm_tokens`' `direction`.
@@ -457,6 +463,9 @@ pub fn init_worker(kinds: &[&str]) {
     for result in CACHE_RESULTS {
         m.cache_requests.with_label_values(&[result]);
     }
+    for step in MAINTENANCE_STEPS {
+        m.maintenance_lock_timeouts.with_label_values(&[step]);
+    }
 }
 
 /// Records the time since `since` in `histogram`.
@@ -490,7 +499,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 27);
+        assert_eq!(exported().len(), 28);
     }
 
     #[test]
