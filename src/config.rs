@@ -1,7 +1,8 @@
 //! Command-line and environment settings shared by the binaries.
 //!
 //! Every setting is a `--flag` and an environment variable (the interface
-//! contract in DESIGN.md); the binaries flatten the groups they need.
+//! contract listed in the README's Configuration table); the binaries
+//! flatten the groups they need.
 
 use crate::db::DbConfig;
 use crate::queue::maintenance::MaintenanceConfig;

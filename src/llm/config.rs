@@ -132,7 +132,7 @@ impl FromStr for Secret {
 ///
 /// Each field is `--flag` and an environment variable; the names of the
 /// provider, base URL, model, key and simulated settings are a public
-/// contract (see DESIGN.md, "Interface contract").
+/// contract (the README's Configuration table).
 #[derive(clap::Args, Clone, Debug)]
 pub struct LlmConfig {
     /// Model backend.

@@ -4,7 +4,7 @@
 //! It is the default provider so that the whole system (API, workers, load
 //! generator, dashboards) runs on a laptop without a key, and it is what tests
 //! and benchmarks measure the queue with. Its reply is a public contract
-//! (DESIGN.md, "Interface contract"):
+//! (the load generator and tests check every reply against it):
 //!
 //! ```text
 //! echo(N): MESSAGE
