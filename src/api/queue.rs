@@ -15,7 +15,7 @@
 //! the answer is at most about one interval old (`as_of` says when it was
 //! taken) and a crowd of pollers costs the database nothing more.
 
-use super::auth::Caller;
+use super::auth::{bearer_key, Caller};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::observe::observed;
 use super::sql;
@@ -23,7 +23,6 @@ use super::AppState;
 use crate::ids::TenantId;
 use crate::queue::QueueStats;
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -225,15 +224,7 @@ impl FromRequestParts<AppState> for Viewer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let is_admin = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-            })
-            .is_some_and(|key| state.queue.is_admin(key));
+        let is_admin = bearer_key(parts).is_some_and(|key| state.queue.is_admin(key));
         if is_admin {
             return Ok(Viewer::Admin);
         }

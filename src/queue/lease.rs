@@ -3,7 +3,9 @@
 
 use super::{finish::unblock, is_transient, sql, AttemptId, JobState, QueueError, Result};
 use crate::ids::{ConversationId, JobId};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgExecutor, PgPool, Postgres};
 use std::time::Duration;
 
 /// Extends to now + `lease` the leases of all of `owner`'s running attempts
@@ -46,30 +48,9 @@ pub struct RescueReport {
 /// Takes back up to `limit` jobs whose lease expired. Safe to run in every
 /// process at once.
 pub async fn rescue(pool: &PgPool, limit: usize) -> Result<RescueReport> {
-    let mut tries = 0;
-    loop {
-        match rescue_once(pool, limit).await {
-            Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
-            other => return other,
-        }
-    }
-}
-
-async fn rescue_once(pool: &PgPool, limit: usize) -> Result<RescueReport> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(JobId, Option<ConversationId>, JobState)> = sqlx::query_as(sql::RESCUE)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-    let heads: Vec<ConversationId> = rows
-        .iter()
-        .filter(|(_, _, state)| *state == JobState::Failed)
-        .filter_map(|(_, conversation, _)| *conversation)
-        .collect();
-    unblock(&mut tx, &heads).await?;
-    tx.commit().await?;
+    let rows = take_back(pool, || sqlx::query_as(sql::RESCUE).bind(limit as i64)).await?;
     let mut report = RescueReport::default();
-    for (id, _, state) in rows {
+    for (id, state) in rows {
         match state {
             JobState::Failed => report.failed.push(id),
             _ => report.requeued.push(id),
@@ -86,22 +67,36 @@ pub async fn release(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<(J
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    take_back(pool, || sqlx::query_as(sql::RELEASE).bind(owner).bind(ids)).await
+}
+
+/// A row of rescue.sql and release.sql: a job taken back from its worker,
+/// its conversation, and its state now (queued, or failed into history).
+type TakenBack = (JobId, Option<ConversationId>, JobState);
+
+/// Runs a statement that takes jobs back from their workers (`query` makes
+/// it afresh for each try) and, in the same transaction, unblocks the
+/// conversations whose head job it failed; retried on deadlock. Returns
+/// each job with its state now.
+async fn take_back<'q, F>(pool: &PgPool, query: F) -> Result<Vec<(JobId, JobState)>>
+where
+    F: Fn() -> QueryAs<'q, Postgres, TakenBack, PgArguments>,
+{
     let mut tries = 0;
     loop {
-        match release_once(pool, owner, ids).await {
+        match take_back_once(pool, query()).await {
             Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
             other => return other,
         }
     }
 }
 
-async fn release_once(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<(JobId, JobState)>> {
+async fn take_back_once(
+    pool: &PgPool,
+    query: QueryAs<'_, Postgres, TakenBack, PgArguments>,
+) -> Result<Vec<(JobId, JobState)>> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(JobId, Option<ConversationId>, JobState)> = sqlx::query_as(sql::RELEASE)
-        .bind(owner)
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
+    let rows = query.fetch_all(&mut *tx).await?;
     let heads: Vec<ConversationId> = rows
         .iter()
         .filter(|(_, _, state)| *state == JobState::Failed)
