@@ -10,6 +10,8 @@
 //! - [`worker`]: the runtime that claims jobs and runs their handlers.
 //! - [`llm`]: LLM providers behind one trait.
 //! - [`chat`]: conversations, messages, the chat job's payload.
+//! - [`stream`]: streamed replies, from the worker that receives them to
+//!   the API replica that serves them as Server-Sent Events.
 //! - [`api`]: the REST API (axum): submit, long-poll, cancel, tenants' keys,
 //!   group commit, backpressure. [`tenants`]: tenants and hashed API keys.
 //! - [`db`]: connection pool, migrations, schema check. [`tls`]: TLS to
@@ -36,6 +38,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod signal;
+pub mod stream;
 pub mod telemetry;
 pub mod tenants;
 pub mod text;

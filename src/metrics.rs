@@ -45,6 +45,8 @@ pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
 pub const LLM_COST_USD_TOTAL: &str = "skipjack_llm_cost_usd_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
+pub const STREAM_PIECES_WRITTEN_TOTAL: &str = "skipjack_stream_pieces_written_total";
+pub const STREAMS_OPEN: &str = "skipjack_streams_open";
 pub const QUEUE_STATS_LEADER: &str = "skipjack_queue_stats_leader";
 pub const QUEUE_STATS_QUERY_SECONDS: &str = "skipjack_queue_stats_query_seconds";
 pub const QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS: &str =
@@ -69,6 +71,10 @@ pub struct Metrics {
     pub jobs_rescued: IntCounterVec,
     /// Completions a worker wrote after losing its lease (changed nothing).
     pub jobs_lease_lost: IntCounter,
+    /// Pieces of streamed replies written by this worker.
+    pub stream_deltas_written: IntCounter,
+    /// Event streams (`GET /v1/chat/{id}/stream`) open in this API process.
+    pub streams_open: IntGauge,
     /// Submit to first start, by priority.
     pub job_wait: HistogramVec,
     /// One attempt's run time, by kind.
@@ -222,6 +228,11 @@ impl Metrics {
                 JOBS_LEASE_LOST_TOTAL,
                 "Outcomes discarded because the worker had lost the job's lease.",
             ),
+            stream_deltas_written: counter(
+                STREAM_PIECES_WRITTEN_TOTAL,
+                "Pieces of streamed replies written for the API's event streams.",
+            ),
+            streams_open: gauge(STREAMS_OPEN, "Event streams open in this API process."),
             job_wait: histogram_vec(
                 JOB_WAIT_SECONDS,
                 "Time from submission to the first start of a job.",
@@ -337,6 +348,8 @@ impl Metrics {
         r.add(&m.jobs_retried, K::Counter);
         r.add(&m.jobs_rescued, K::Counter);
         r.add(&m.jobs_lease_lost, K::Counter);
+        r.add(&m.stream_deltas_written, K::Counter);
+        r.add(&m.streams_open, K::Gauge);
         r.add(&m.job_wait, K::Histogram);
         r.add(&m.job_run, K::Histogram);
         r.add(&m.worker_slots_busy, K::Gauge);
@@ -499,7 +512,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 28);
+        assert_eq!(exported().len(), 30);
     }
 
     #[test]

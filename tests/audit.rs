@@ -123,6 +123,7 @@ fn chat_job(tenant: TenantId, conversation: ConversationId, user: &str, message:
         user_id: user.to_owned(),
         message: message.to_owned(),
         metadata: None,
+        stream: false,
     };
     NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap())
         .with_tenant(tenant)

@@ -59,6 +59,7 @@ fn chat_job(conversation: ConversationId, message: &str) -> NewJob {
         user_id: "user".into(),
         message: message.into(),
         metadata: None,
+        stream: false,
     };
     NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap()).with_conversation(conversation)
 }

@@ -362,6 +362,7 @@ async fn worker_logs_json_lines_with_the_job_span() {
         user_id: "alice".into(),
         message: "hello".into(),
         metadata: None,
+        stream: false,
     })
     .unwrap();
     let job = queue::enqueue(

@@ -584,6 +584,7 @@ async fn turns_with_cache(db: &TestDb, cache: &HistoryCache, turns: usize) -> Ve
             user_id: "user".into(),
             message: format!("turn {k}"),
             metadata: None,
+            stream: false,
         };
         let job =
             NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap()).with_conversation(conv);

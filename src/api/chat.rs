@@ -56,6 +56,10 @@ pub struct ChatRequest {
     /// Free-form JSON kept with the job for auditing.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Publish the reply's text as the model writes it, for
+    /// `GET /v1/chat/{job_id}/stream`; default false (the stream then
+    /// carries the life-cycle events and the whole reply at the end).
+    pub stream: Option<bool>,
 }
 
 /// Answer of `POST /v1/chat`.
@@ -200,6 +204,7 @@ pub async fn submit(
         user_id: req.user_id,
         message: req.message,
         metadata: req.metadata,
+        stream: req.stream.unwrap_or(false),
     };
     let payload = serde_json::to_value(&payload)
         .map_err(|e| ApiError::Internal(format!("serialising a chat payload: {e}")))?;

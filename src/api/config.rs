@@ -6,6 +6,7 @@ use crate::db::Schema;
 use crate::queue::gauges::GaugesConfig;
 use crate::queue::notify::ListenerConfig;
 use crate::queue::NewJob;
+use crate::stream::HubConfig;
 use clap::Args;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,6 +62,11 @@ pub struct ApiConfig {
     pub admin_key_hash: Option<[u8; 32]>,
     /// Serve `/metrics` here instead of on the public address.
     pub metrics_addr: Option<SocketAddr>,
+    /// Longest an event stream stays open; the client then reconnects with
+    /// `Last-Event-ID`.
+    pub stream_max: Duration,
+    /// Reading streamed pieces: the fallback poll and the LISTEN probe.
+    pub stream_hub: HubConfig,
 }
 
 impl Default for ApiConfig {
@@ -84,6 +90,8 @@ impl Default for ApiConfig {
             queue_refresh: Duration::from_secs(1),
             admin_key_hash: None,
             metrics_addr: None,
+            stream_max: Duration::from_secs(600),
+            stream_hub: HubConfig::default(),
         }
     }
 }
@@ -188,6 +196,11 @@ pub struct ApiArgs {
     /// How often the snapshot behind GET /v1/queue is re-read.
     #[arg(long, env = "SKIPJACK_QUEUE_REFRESH_MS", default_value_t = 1000)]
     pub queue_refresh_ms: u64,
+    /// Longest an event stream (GET /v1/chat/{id}/stream) stays open; the
+    /// client then reconnects with Last-Event-ID.
+    #[arg(long, env = "SKIPJACK_STREAM_MAX_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stream_max_seconds: u64,
 }
 
 impl ApiArgs {
@@ -228,6 +241,19 @@ impl ApiArgs {
                 .as_ref()
                 .map(|key| super::queue::admin_key_hash(&key.0)),
             metrics_addr: self.metrics_addr,
+            stream_max: Duration::from_secs(self.stream_max_seconds),
+            stream_hub: HubConfig {
+                listener: ListenerConfig {
+                    probe_interval: Duration::from_secs_f64(
+                        self.listener_probe_seconds.clamp(0.1, 300.0),
+                    ),
+                    probe_timeout: Duration::from_secs_f64(
+                        self.listener_probe_seconds.clamp(0.1, 300.0),
+                    ),
+                    ..ListenerConfig::default()
+                },
+                ..HubConfig::default()
+            },
         }
     }
 }

@@ -113,13 +113,15 @@ pub struct LongPoll {
     listening: watch::Sender<bool>,
 }
 
-/// Counts a wait in flight (in total and for its tenant) while it lives.
-struct InFlight<'a> {
-    long_poll: &'a LongPoll,
+/// A wait admitted under the caps: counts it in flight (in total and for
+/// its tenant) while it lives. An event stream holds one for its whole
+/// life.
+pub struct Admitted {
+    long_poll: Arc<LongPoll>,
     tenant: TenantId,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
         let mut tenants = self.long_poll.lock_tenants();
         if let Some(n) = tenants.get_mut(&self.tenant) {
@@ -215,13 +217,26 @@ impl LongPoll {
     /// with 429 while the process or the tenant has its maximum of waits in
     /// flight.
     pub async fn wait(
-        &self,
+        self: &Arc<Self>,
         job: JobId,
         tenant: TenantId,
         deadline: Instant,
         shutdown: &CancellationToken,
     ) -> Result<Option<JobView>, ApiError> {
-        let _in_flight = self.admit(tenant)?;
+        let admitted = self.admit(tenant)?;
+        self.wait_admitted(&admitted, job, deadline, shutdown).await
+    }
+
+    /// [`LongPoll::wait`] for a wait already admitted (an event stream
+    /// admits itself before it answers, and may wait several times).
+    pub async fn wait_admitted(
+        &self,
+        admitted: &Admitted,
+        job: JobId,
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<JobView>, ApiError> {
+        let tenant = admitted.tenant;
         let mut listening = self.listening.subscribe();
         tokio::select! {
             // Normally at once: the listener connected long ago.
@@ -276,7 +291,7 @@ impl LongPoll {
     }
 
     /// Counts a wait in, or refuses it when a cap is reached.
-    fn admit(&self, tenant: TenantId) -> Result<InFlight<'_>, ApiError> {
+    pub fn admit(self: &Arc<Self>, tenant: TenantId) -> Result<Admitted, ApiError> {
         let mut tenants = self.lock_tenants();
         let refuse = |scope| {
             metrics()
@@ -297,8 +312,8 @@ impl LongPoll {
         }
         *mine += 1;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        Ok(InFlight {
-            long_poll: self,
+        Ok(Admitted {
+            long_poll: self.clone(),
             tenant,
         })
     }

@@ -45,6 +45,7 @@ pub mod observe;
 pub mod openapi;
 pub mod queue;
 mod sql;
+pub mod stream;
 pub mod validate;
 
 pub use config::{ApiArgs, ApiConfig, MAX_WAIT_SECONDS};
@@ -74,6 +75,8 @@ pub struct AppState {
     pub long_poll: Arc<LongPoll>,
     /// The queue snapshot behind `GET /v1/queue`.
     pub queue: Arc<queue::QueueView>,
+    /// Reads streamed pieces for the event streams this process serves.
+    pub stream_hub: Arc<crate::stream::Hub>,
     /// Cancelled at shutdown: long-polls answer at once.
     pub shutdown: CancellationToken,
 }
@@ -129,6 +132,9 @@ impl Api {
             background.clone(),
         ));
         tasks.extend(long_poll.spawn(background.clone()));
+        let stream_hub =
+            crate::stream::Hub::new(pool.clone(), direct.clone(), config.stream_hub.clone());
+        tasks.extend(stream_hub.spawn(background.clone()));
         if let Some(gauges) = config.queue_gauges.clone() {
             tasks.push(crate::queue::gauges::spawn(
                 direct,
@@ -154,6 +160,7 @@ impl Api {
             admission,
             group_commit: Arc::new(group_commit),
             long_poll,
+            stream_hub,
             pool,
             config: Arc::new(config),
             shutdown,
@@ -251,6 +258,7 @@ pub fn router(state: AppState) -> Router {
     let metrics_public = state.config.metrics_addr.is_none();
     let router = Router::new()
         .merge(chat::router())
+        .merge(stream::router())
         .merge(conversations::router())
         .merge(queue::router())
         .merge(openapi::router())

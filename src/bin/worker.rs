@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use clap::Parser;
-use skipjack::chat::config::{CacheArgs, HistoryArgs};
+use skipjack::chat::config::{CacheArgs, HistoryArgs, StreamArgs};
 use skipjack::chat::worker as chat_worker;
 use skipjack::config::{DatabaseArgs, WorkerArgs};
 use skipjack::llm::LlmConfig;
 use skipjack::worker::{Handler, NoopHandler, Worker};
-use skipjack::{db, health, metrics, signal, telemetry};
+use skipjack::{db, health, metrics, signal, stream, telemetry};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -22,6 +22,8 @@ struct Args {
     llm: LlmConfig,
     #[command(flatten)]
     history: HistoryArgs,
+    #[command(flatten)]
+    stream: StreamArgs,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -42,9 +44,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the database directly")?;
 
+    // Outlives the worker: it writes the last pieces after the last job.
+    let publisher_stop = tokio_util::sync::CancellationToken::new();
+    let (publisher, publisher_task) = stream::Publisher::spawn(
+        pool.clone(),
+        args.stream.publisher_config(),
+        publisher_stop.clone(),
+    );
     let handler =
         chat_worker::chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
-            .context("setting up the chat handler")?;
+            .context("setting up the chat handler")?
+            .with_stream_publisher(publisher);
     metrics::init_worker(&[NoopHandler.kind(), handler.kind()]);
     let shutdown = signal::shutdown_token();
     // Three idle polls without a claim (while slots are free) means the claim
@@ -72,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
     worker.run(shutdown).await?;
+    publisher_stop.cancel();
+    let _ = publisher_task.await;
     server.await??;
     Ok(())
 }

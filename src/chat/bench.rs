@@ -313,6 +313,7 @@ async fn enqueue(pool: &PgPool, args: &ChatBenchArgs) -> anyhow::Result<()> {
                 user_id: format!("user-{c}"),
                 message: format!("conversation {c}, turn {k}: how is the weather today?"),
                 metadata: None,
+                stream: false,
             };
             jobs.push(
                 NewJob::new(CHAT_KIND, serde_json::to_value(payload)?)

@@ -12,6 +12,11 @@
 //! the history read is a short statement on a pooled connection, given
 //! back before the call.
 //!
+//! A job that asked for streaming (`stream` in its payload) calls the
+//! provider in streaming mode and publishes the pieces through the
+//! [`Publisher`], when the process has one; the reply stored at completion
+//! is their concatenation.
+//!
 //! At a schema with [`store::MODEL_VERSION`], the turn also records the
 //! model that wrote the reply.
 //!
@@ -37,6 +42,7 @@ use crate::llm::cost::TokenMeter;
 use crate::llm::{self, ChatMessage, ChatRequest, LlmError, Provider, Role};
 use crate::metrics::metrics;
 use crate::queue::{Outcome, TokenUsage};
+use crate::stream::Publisher;
 use crate::worker::{FinishedJob, Handler, JobContext};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -71,6 +77,9 @@ pub struct ChatHandler {
     /// The schema the process runs at: decides whether the model of a
     /// reply is recorded.
     schema: Schema,
+    /// Publishes the pieces of replies whose job asked for streaming; none:
+    /// every call waits for the whole reply.
+    publisher: Option<Publisher>,
 }
 
 #[derive(Default)]
@@ -100,7 +109,14 @@ impl ChatHandler {
             history_max_tokens: DEFAULT_HISTORY_MAX_TOKENS,
             stash: Mutex::default(),
             schema: Schema::current(),
+            publisher: None,
         }
+    }
+
+    /// Streams the replies of jobs that ask for it through `publisher`.
+    pub fn with_stream_publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// Writes what `schema` allows (default: the newest schema this build
@@ -254,7 +270,20 @@ impl Handler for ChatHandler {
         let request = request(&history, &payload.message);
 
         let started = Instant::now();
-        let answer = self.provider.chat(&request).await;
+        let answer = match self.publisher.as_ref().filter(|_| payload.stream) {
+            Some(publisher) => {
+                let writer = publisher.open(job.id, job.attempt);
+                let on_delta = |piece: &str| writer.push(piece);
+                let answer = self.provider.chat_stream(&request, &on_delta).await;
+                if answer.is_ok() {
+                    // Every piece is stored before the completion (and so
+                    // the stream's final event) can be.
+                    writer.finish().await;
+                }
+                answer
+            }
+            None => self.provider.chat(&request).await,
+        };
         metrics()
             .llm_request
             .with_label_values(&[self.provider.name()])

@@ -39,6 +39,9 @@ pub struct ChatPayload {
     /// Free-form data from the client, kept with the job for auditing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Publish the reply's pieces as they arrive (see [`crate::stream`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// What a completed chat job's result holds.

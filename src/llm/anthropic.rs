@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ConfigError, ModelSettings, Secret};
 use super::http::{post_json, secret_header};
+use super::sse::{self, Flow};
 use super::{
-    estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, Provider, Role, Usage,
+    estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider, Role, Usage,
 };
 
 /// API version header value this code speaks; Anthropic requires one and
@@ -73,6 +74,7 @@ impl AnthropicProvider {
         MessagesRequest {
             model: &self.settings.model,
             max_tokens: self.settings.max_tokens,
+            stream: false,
             system: (!system_parts.is_empty()).then(|| system_parts.join("\n\n")),
             messages: req
                 .messages
@@ -126,6 +128,127 @@ impl Provider for AnthropicProvider {
             })
         })
     }
+
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        on_delta: OnDelta<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(self.stream(req, on_delta))
+    }
+}
+
+impl AnthropicProvider {
+    /// A streamed message: `message_start` (model, input tokens),
+    /// `content_block_delta` text pieces, `message_delta` (output tokens),
+    /// `message_stop`; `error` events fail the call, `ping`s are ignored.
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        on_delta: OnDelta<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = self.body(req);
+        body.stream = true;
+        let mut content = String::new();
+        let mut model = None;
+        let mut input_tokens = None;
+        let mut output_tokens = None;
+        sse::post_sse(
+            &self.client,
+            NAME,
+            &self.url,
+            &self.headers,
+            &body,
+            |event, data| {
+                match event {
+                    "message_start" => {
+                        let start: MessageStart = sse::parse(NAME, data)?;
+                        model = start.message.model;
+                        if let Some(usage) = start.message.usage {
+                            input_tokens = usage.input_tokens;
+                            output_tokens = usage.output_tokens;
+                        }
+                    }
+                    "content_block_delta" => {
+                        let delta: BlockDelta = sse::parse(NAME, data)?;
+                        if let Some(text) = delta.delta.text.filter(|t| !t.is_empty()) {
+                            on_delta(&text);
+                            content.push_str(&text);
+                        }
+                    }
+                    "message_delta" => {
+                        let delta: MessageDelta = sse::parse(NAME, data)?;
+                        if let Some(usage) = delta.usage {
+                            input_tokens = usage.input_tokens.or(input_tokens);
+                            output_tokens = usage.output_tokens.or(output_tokens);
+                        }
+                    }
+                    "message_stop" => return Ok(Flow::Done),
+                    "error" => return Err(sse::upstream_error(NAME, data)),
+                    // ping, content_block_start/stop, and event types added
+                    // later.
+                    _ => {}
+                }
+                Ok(Flow::More)
+            },
+        )
+        .await?;
+        if content.is_empty() {
+            return Err(LlmError::permanent(
+                ErrorClass::Malformed,
+                format!("{NAME}: the stream carried no text"),
+            ));
+        }
+        let usage = match (input_tokens, output_tokens) {
+            (Some(input_tokens), Some(output_tokens)) => Usage {
+                input_tokens,
+                output_tokens,
+            },
+            _ => estimate_usage(body.system.as_deref(), &req.messages, &content),
+        };
+        Ok(ChatResponse {
+            content,
+            usage,
+            model: model.unwrap_or_else(|| self.settings.model.clone()),
+        })
+    }
+}
+
+/// `message_start`: the message's model and its usage so far.
+#[derive(Deserialize)]
+struct MessageStart {
+    message: StartedMessage,
+}
+
+#[derive(Deserialize)]
+struct StartedMessage {
+    model: Option<String>,
+    usage: Option<StreamUsage>,
+}
+
+/// `content_block_delta`: a text piece (`text_delta`), or another kind of
+/// delta (tool input) without `text`.
+#[derive(Deserialize)]
+struct BlockDelta {
+    delta: DeltaBody,
+}
+
+#[derive(Deserialize)]
+struct DeltaBody {
+    text: Option<String>,
+}
+
+/// `message_delta`: the final usage.
+#[derive(Deserialize)]
+struct MessageDelta {
+    usage: Option<StreamUsage>,
+}
+
+/// Usage as streamed: either count may be missing from an event.
+#[derive(Deserialize)]
+struct StreamUsage {
+    input_tokens: Option<u32>,
+    output_tokens: Option<u32>,
 }
 
 /// Request body of `POST /v1/messages`.
@@ -133,6 +256,9 @@ impl Provider for AnthropicProvider {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
+    /// Sent only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
     messages: Vec<WireMessage<'a>>,

@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// Default whole-request timeout; LLM answers are slow, but a minute without
 /// a byte means something is wrong.
 pub const DEFAULT_TIMEOUT_SECONDS: f64 = 60.0;
+/// Default number of pieces of a streamed simulated reply.
+pub const DEFAULT_SIMULATED_CHUNKS: u32 = 8;
 /// Default mean latency of the simulated provider: about a short real answer.
 pub const DEFAULT_SIMULATED_LATENCY_MS: u64 = 500;
 /// Default consecutive retryable failures before an endpoint is ejected.
@@ -188,6 +190,12 @@ pub struct LlmConfig {
     )]
     pub simulated_failure_rate: f64,
 
+    /// Simulated provider, streaming calls: the reply comes in this many
+    /// pieces spread evenly over the latency (fewer when the reply is
+    /// shorter); an injected failure strikes after half of them.
+    #[arg(long = "simulated-chunks", env = "SKIPJACK_SIMULATED_CHUNKS", default_value_t = DEFAULT_SIMULATED_CHUNKS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub simulated_chunks: u32,
+
     /// How the pool picks an endpoint when several are configured.
     #[arg(long = "llm-strategy", env = "SKIPJACK_LLM_STRATEGY", value_enum, default_value_t = Strategy::RoundRobin)]
     pub strategy: Strategy,
@@ -239,6 +247,7 @@ impl Default for LlmConfig {
             simulated_latency_ms: DEFAULT_SIMULATED_LATENCY_MS,
             simulated_jitter_ms: None,
             simulated_failure_rate: 0.0,
+            simulated_chunks: DEFAULT_SIMULATED_CHUNKS,
             strategy: Strategy::RoundRobin,
             weights: None,
             eject_after: DEFAULT_EJECT_AFTER,

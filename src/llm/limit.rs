@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{ChatRequest, ChatResponse, EndpointStats, LlmError, Provider};
+use super::{ChatRequest, ChatResponse, EndpointStats, LlmError, OnDelta, Provider};
 
 /// Evenly spaced start times at a fixed rate.
 #[derive(Debug)]
@@ -83,6 +83,17 @@ impl Provider for RateLimited {
         Box::pin(async move {
             self.limiter.acquire().await;
             self.inner.chat(req).await
+        })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        on_delta: OnDelta<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            self.limiter.acquire().await;
+            self.inner.chat_stream(req, on_delta).await
         })
     }
 

@@ -32,6 +32,7 @@ pub mod limit;
 pub mod openai;
 pub mod pool;
 pub mod simulated;
+mod sse;
 
 use std::fmt;
 use std::sync::Arc;
@@ -120,6 +121,10 @@ impl ChatRequest {
             .or(default.filter(|s| !s.is_empty()))
     }
 }
+
+/// Where a streaming call puts each piece of the reply as it arrives
+/// ([`Provider::chat_stream`]). A plain callback: it must not block.
+pub type OnDelta<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 /// Token accounting for one call, stored with the job for cost auditing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +287,25 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Send one chat request and wait for the answer.
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+
+    /// Send one chat request in streaming mode: `on_delta` gets each piece
+    /// of the reply as it arrives, in order, and the answer's `content` is
+    /// their concatenation. Pieces already given stay given when the call
+    /// fails later: the caller treats them as an interrupted attempt.
+    ///
+    /// The default calls [`Provider::chat`] and gives the whole reply as one
+    /// piece, for providers that cannot stream.
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        on_delta: OnDelta<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let response = self.chat(req).await?;
+            on_delta(&response.content);
+            Ok(response)
+        })
+    }
 
     /// Per-upstream-endpoint counters, for tests, logs and metrics. Providers
     /// without upstream endpoints (the simulated one) report none. Never

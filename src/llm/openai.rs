@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ConfigError, ModelSettings, Secret};
 use super::http::{post_json, secret_header};
+use super::sse::{self, Flow};
 use super::{
-    estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, Provider, Role, Usage,
+    estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider, Role, Usage,
 };
 
 const NAME: &str = "openai";
@@ -67,6 +68,7 @@ impl OpenAiProvider {
         CompletionRequest {
             model: &self.settings.model,
             max_tokens: self.settings.max_tokens,
+            stream: None,
             messages: system
                 .into_iter()
                 .chain(req.messages.iter().map(|m| WireMessage {
@@ -120,6 +122,87 @@ impl Provider for OpenAiProvider {
             })
         })
     }
+
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        on_delta: OnDelta<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(self.stream(req, on_delta))
+    }
+}
+
+impl OpenAiProvider {
+    /// A streamed completion: `choices[0].delta.content` pieces until
+    /// `data: [DONE]`, the usage in the last chunk when the server sends it.
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        on_delta: OnDelta<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = self.body(req);
+        body.stream = Some(StreamOptions {
+            stream: true,
+            stream_options: IncludeUsage {
+                include_usage: true,
+            },
+        });
+        let mut content = String::new();
+        let mut usage = None;
+        let mut model = None;
+        sse::post_sse(
+            &self.client,
+            NAME,
+            &self.url,
+            &self.headers,
+            &body,
+            |_, data| {
+                if data.trim() == "[DONE]" {
+                    return Ok(Flow::Done);
+                }
+                let chunk: CompletionChunk = sse::parse(NAME, data)?;
+                if chunk.error.is_some() {
+                    return Err(sse::upstream_error(NAME, data));
+                }
+                if let Some(piece) = chunk
+                    .choices
+                    .into_iter()
+                    .next()
+                    .and_then(|c| c.delta.content)
+                    .filter(|p| !p.is_empty())
+                {
+                    on_delta(&piece);
+                    content.push_str(&piece);
+                }
+                usage = chunk.usage.or(usage.take());
+                model = chunk.model.filter(|m| !m.is_empty()).or(model.take());
+                Ok(Flow::More)
+            },
+        )
+        .await?;
+        if content.is_empty() {
+            return Err(LlmError::permanent(
+                ErrorClass::Malformed,
+                format!("{NAME}: the stream carried no content"),
+            ));
+        }
+        let usage = match usage {
+            Some(u) => Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+            },
+            None => estimate_usage(
+                req.effective_system(self.settings.default_system.as_deref()),
+                &req.messages,
+                &content,
+            ),
+        };
+        Ok(ChatResponse {
+            content,
+            usage,
+            model: model.unwrap_or_else(|| self.settings.model.clone()),
+        })
+    }
 }
 
 /// Request body of `POST /chat/completions`.
@@ -127,7 +210,46 @@ impl Provider for OpenAiProvider {
 struct CompletionRequest<'a> {
     model: &'a str,
     max_tokens: u32,
+    /// Set only for streaming calls.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    stream: Option<StreamOptions>,
     messages: Vec<WireMessage<'a>>,
+}
+
+/// `"stream": true` and the final usage chunk (`include_usage`), which
+/// OpenAI, vLLM and recent Ollama send; servers that do not get their
+/// tokens estimated.
+#[derive(Serialize)]
+struct StreamOptions {
+    stream: bool,
+    stream_options: IncludeUsage,
+}
+
+#[derive(Serialize)]
+struct IncludeUsage {
+    include_usage: bool,
+}
+
+/// One chunk of a streamed completion.
+#[derive(Deserialize)]
+struct CompletionChunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    usage: Option<OpenAiUsage>,
+    model: Option<String>,
+    /// Some servers report a failure mid-stream as an error chunk.
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: ChunkDelta,
+}
+
+#[derive(Default, Deserialize)]
+struct ChunkDelta {
+    content: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -46,7 +46,7 @@ use super::anthropic::AnthropicProvider;
 use super::config::{redact_url, ConfigError, LlmConfig, ProviderKind, Strategy};
 use super::http::build_client;
 use super::openai::OpenAiProvider;
-use super::{ChatRequest, ChatResponse, LlmError, Provider};
+use super::{ChatRequest, ChatResponse, LlmError, OnDelta, Provider};
 
 /// Counters of one endpoint, as reported by [`Provider::endpoint_stats`].
 /// Holds the URL without credentials, never a key.
@@ -349,6 +349,26 @@ impl Provider for Pool {
             self.record(endpoint, &result);
             if self.endpoints.len() > 1 {
                 // Say which upstream failed; the label has no credentials.
+                return result.map_err(|e| with_endpoint(e, &endpoint.label));
+            }
+            result
+        })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        on_delta: OnDelta<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let endpoint = &self.endpoints[self.pick(Instant::now())];
+            endpoint.requests.fetch_add(1, Ordering::Relaxed);
+            let result = {
+                let _in_flight = InFlight::enter(&endpoint.in_flight);
+                endpoint.provider.chat_stream(req, on_delta).await
+            };
+            self.record(endpoint, &result);
+            if self.endpoints.len() > 1 {
                 return result.map_err(|e| with_endpoint(e, &endpoint.label));
             }
             result
