@@ -43,7 +43,7 @@ pub enum Submitted {
 }
 
 /// A job as `GET /v1/chat/{id}` shows it (the fields the checks need).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct JobStatus {
     pub status: String,
     #[serde(default)]

@@ -480,7 +480,9 @@ async fn long_poll(
 /// `Err`: the turn is lost (turn timeout, or the drain ended).
 ///
 /// After the final event the connection is read to its end (at most
-/// [`AFTER_FINAL`]), so that an event after the final one is seen.
+/// [`AFTER_FINAL`]), so that an event after the final one is seen. A
+/// connection that ended without a single event is reopened after
+/// [`ERROR_BACKOFF`], any other at once.
 async fn follow_stream(
     shared: &Shared,
     user_id: &str,
@@ -520,6 +522,7 @@ async fn follow_stream(
                 continue;
             }
         };
+        let mut received = 0u64;
         loop {
             let finished = stream.final_event().is_some();
             let wait = if finished {
@@ -535,6 +538,7 @@ async fn follow_stream(
             };
             match next {
                 Ok(Some(Ok(event))) => {
+                    received += 1;
                     stream.on_event(&event, Instant::now(), chrono::Utc::now());
                 }
                 // The connection ended (cleanly or not) after the final
@@ -553,8 +557,13 @@ async fn follow_stream(
                 Err(_) => return Err(timed_out(shared, user_id, k, job_id)),
             }
         }
-        if let Some(end) = stream.take_final() {
-            return Ok((end.job, end.at, stream));
+        if let Some(end) = stream.final_event() {
+            let (job, at) = (end.job.clone(), end.at);
+            return Ok((job, at, stream));
+        }
+        // A connection that ended with nothing at all: do not hammer.
+        if received == 0 && pause(&shared.hard, ERROR_BACKOFF).await.is_err() {
+            return Err(cut_by_drain(shared, user_id, k, job_id));
         }
     }
 }

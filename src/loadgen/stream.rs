@@ -80,7 +80,7 @@ struct RestartedData {
 }
 
 /// The final event of a turn's stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct FinalEvent {
     /// `completed`, `failed` or `cancelled`.
     pub name: String,
@@ -145,11 +145,6 @@ impl TurnStream {
     /// The final event, once it arrived.
     pub fn final_event(&self) -> Option<&FinalEvent> {
         self.final_event.as_ref()
-    }
-
-    /// Takes the final event out (the turn is over).
-    pub fn take_final(&mut self) -> Option<FinalEvent> {
-        self.final_event.take()
     }
 
     /// The text of the current (last) attempt.
