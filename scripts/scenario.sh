@@ -3,6 +3,7 @@
 #
 #   scripts/scenario.sh black-friday            # 100 users, spike to 1,000, 2 s LLM
 #   scripts/scenario.sh black-friday --workers 2
+#   scripts/scenario.sh black-friday --stream --chunks 40   # replies as event streams
 #   scripts/scenario.sh overload                # far beyond capacity, low queue limit
 #   scripts/scenario.sh soak                    # 30 min at about half of capacity
 #   scripts/scenario.sh steady --users 50 --duration 2m -- --turns 10
@@ -29,6 +30,12 @@
 #   --duration D         steady/soak/ramp duration [DURATION]
 #   --think D            mean think time [THINK]; --think-jitter D [THINK_JITTER]
 #   --max-queue-depth N  API's SKIPJACK_MAX_QUEUE_DEPTH [MAX_QUEUE_DEPTH]
+#   --stream             users submit with "stream": true and follow each turn
+#                        over GET /v1/chat/{id}/stream (loadgen --stream,
+#                        docs/streaming.md) [STREAM=1]
+#   --chunks N           simulated provider's chunks per reply
+#                        (SKIPJACK_SIMULATED_CHUNKS, also loadgen's
+#                        --expected-chunks) [CHUNKS; default the provider's]
 #   --vacuum-every D     run VACUUM (ANALYZE) on the churning tables (jobs,
 #                        conversation_queues) this often, for a server with
 #                        autovacuum off [VACUUM_EVERY; default none]
@@ -97,6 +104,8 @@ while [ $# -gt 0 ]; do
     --think) THINK="$2"; shift 2 ;;
     --think-jitter) THINK_JITTER="$2"; shift 2 ;;
     --max-queue-depth) MAX_QUEUE_DEPTH="$2"; shift 2 ;;
+    --stream) STREAM=1; shift ;;
+    --chunks) CHUNKS="$2"; shift 2 ;;
     --report-dir) REPORT_DIR="$2"; shift 2 ;;
     --vacuum-every) VACUUM_EVERY="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -108,6 +117,13 @@ while [ $# -gt 0 ]; do
 done
 
 : "${JITTER_MS:=$((LATENCY_MS / 2))}"
+if [ "${STREAM:-0}" = 1 ]; then
+  loadgen_args=(--stream "${loadgen_args[@]}")
+fi
+# The workers' simulated provider and loadgen (--expected-chunks) both read it.
+if [ -n "${CHUNKS:-}" ]; then
+  export SKIPJACK_SIMULATED_CHUNKS="$CHUNKS"
+fi
 
 case "$profile" in
   spike) profile_args=(spike --users "$USERS" --peak "$PEAK" --at "$SPIKE_AT" --hold "$SPIKE_HOLD" --after "$SPIKE_AFTER") ;;
@@ -188,6 +204,8 @@ DURATION=$DURATION
 THINK=$THINK
 THINK_JITTER=$THINK_JITTER
 MAX_QUEUE_DEPTH=$MAX_QUEUE_DEPTH
+STREAM=${STREAM:-0}
+CHUNKS=${CHUNKS:-}
 LOADGEN_ARGS=${loadgen_args[*]:-}
 VACUUM_EVERY=${VACUUM_EVERY:-}
 ENV
@@ -224,7 +242,7 @@ for p in $(seq "$port" $((port + WORKERS))); do
   done
   curl -sf "http://127.0.0.1:$p/ready" >/dev/null || { echo "error: 127.0.0.1:$p did not become ready (logs in $dir)" >&2; exit 2; }
 done
-echo "api on 127.0.0.1:$port, $WORKERS worker(s) × $CONCURRENCY slots, simulated latency ${LATENCY_MS} ± ${JITTER_MS} ms" >&2
+echo "api on 127.0.0.1:$port, $WORKERS worker(s) × $CONCURRENCY slots, simulated latency ${LATENCY_MS} ± ${JITTER_MS} ms${CHUNKS:+ in $CHUNKS chunks}$([ "${STREAM:-0}" = 1 ] && echo ', streamed')" >&2
 
 # Where the CPU goes: a snapshot of the busiest processes every 10 s; and
 # the vacuum that a server without autovacuum lacks, when asked for.

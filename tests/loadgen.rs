@@ -280,6 +280,10 @@ async fn the_report_has_the_documented_fields() {
         }
     }
     assert_eq!(json["counts"]["completed"], 15);
+    // The generator's own CPU; no stream section without --stream.
+    assert_eq!(json["client_cpu"]["turns"], 15);
+    assert!(json["client_cpu"]["per_turn_ms"].is_number());
+    assert!(json.get("stream").is_none());
     assert_eq!(json["profile"]["kind"], "steady");
     assert_eq!(json["phases"][0]["name"], "steady");
     assert!(json["phases"][0]["expected_turns_per_s"].is_number());

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "loadgen",
     version,
-    about = "skipjack load generator: virtual chat users that submit, long-poll, check every reply and report",
+    about = "skipjack load generator: virtual chat users that submit, long-poll (or stream), check every reply and report",
     after_help = "Exit status: 0 when the run passed, 1 when it found errors, lost turns or integrity mismatches, 2 when it could not run."
 )]
 pub struct LoadgenArgs {
@@ -51,6 +51,16 @@ pub struct LoadgenArgs {
     /// the report (users / (latency + think)).
     #[arg(long, global = true, env = "SKIPJACK_SIMULATED_LATENCY_MS", value_parser = parse_millis)]
     pub expected_latency_ms: Option<Duration>,
+    /// The server's simulated chunks per reply, for `--stream`'s first-delta
+    /// overhead (the first chunk comes latency / chunks after the start);
+    /// without it, the number of deltas of each turn's last attempt.
+    #[arg(long, global = true, env = "SKIPJACK_SIMULATED_CHUNKS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expected_chunks: Option<u32>,
+    /// Submit with `"stream": true` and follow each turn over
+    /// `GET /v1/chat/{id}/stream` (Server-Sent Events, reconnecting with
+    /// `Last-Event-ID`) instead of long-polling.
+    #[arg(long, global = true)]
+    pub stream: bool,
     /// Priority of the submitted turns (1..=10).
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=10))]
     pub priority: u8,
@@ -196,7 +206,9 @@ impl LoadgenArgs {
             drain_timeout: self.drain_timeout,
             max_turns: self.turns,
             expected_latency: self.expected_latency_ms,
+            expected_chunks: self.expected_chunks,
             priority: self.priority,
+            stream: self.stream,
             verify_transcripts: !self.no_verify_transcripts,
             drift_window: self.drift_window,
             progress: if self.quiet {

@@ -1,9 +1,13 @@
-//! The load generator's HTTP client: the three calls a virtual user makes
-//! (submit, long-poll, queue depth) with their outcomes classified, over one
-//! shared connection pool.
+//! The load generator's HTTP client: the calls a virtual user makes
+//! (submit, long-poll or event stream, queue depth) with their outcomes
+//! classified, over one shared connection pool.
 
 use crate::llm::config::Secret;
-use reqwest::header::RETRY_AFTER;
+use chrono::{DateTime, Utc};
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use std::time::Duration;
@@ -39,7 +43,7 @@ pub enum Submitted {
 }
 
 /// A job as `GET /v1/chat/{id}` shows it (the fields the checks need).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct JobStatus {
     pub status: String,
     #[serde(default)]
@@ -48,7 +52,17 @@ pub struct JobStatus {
     pub error: Option<String>,
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// When the job's first attempt started.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Attempts started so far.
+    #[serde(default)]
+    pub attempts: Option<i32>,
 }
+
+/// The events of one `GET /v1/chat/{id}/stream` connection; an error is a
+/// short, id-free kind (`stream: connection`, `stream: bad event`).
+pub type Events = BoxStream<'static, Result<Event, String>>;
 
 impl JobStatus {
     /// True once the job will not change any more.
@@ -111,12 +125,29 @@ impl ApiClient {
         idempotency_key: &str,
         priority: u8,
     ) -> Submitted {
-        let body = serde_json::json!({
+        self.submit_turn(user_id, message, idempotency_key, priority, false)
+            .await
+    }
+
+    /// [`submit`](Self::submit), with `stream`: ask for the reply to be
+    /// published as it is written (`"stream": true`).
+    pub async fn submit_turn(
+        &self,
+        user_id: &str,
+        message: &str,
+        idempotency_key: &str,
+        priority: u8,
+        stream: bool,
+    ) -> Submitted {
+        let mut body = serde_json::json!({
             "user_id": user_id,
             "message": message,
             "idempotency_key": idempotency_key,
             "priority": priority,
         });
+        if stream {
+            body["stream"] = true.into();
+        }
         let response = match self
             .http
             .post(format!("{}/v1/chat", self.base))
@@ -180,6 +211,61 @@ impl ApiClient {
             .json::<JobStatus>()
             .await
             .map_err(|e| transport_kind("poll", &e))
+    }
+
+    /// Opens `GET /v1/chat/{job_id}/stream`, resuming after `last_event_id`
+    /// when given. The request has no overall timeout (a stream lasts as
+    /// long as the turn); a connection that sends nothing at all (not even
+    /// the keep-alive comment) for `idle` ends with `stream: idle timeout`.
+    pub async fn stream(
+        &self,
+        job_id: &str,
+        last_event_id: Option<&str>,
+        idle: Duration,
+    ) -> Result<Events, String> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/chat/{job_id}/stream", self.base))
+            .bearer_auth(self.key.expose())
+            .header(ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_kind("stream", &e))?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let _ = response.bytes().await;
+            return Err(format!("stream: HTTP {}", status.as_u16()));
+        }
+        // The idle bound is on the bytes: comments count as life, though
+        // the parser drops them.
+        let bytes = futures_util::stream::unfold(
+            Some(response.bytes_stream().boxed()),
+            move |state| async move {
+                let mut bytes = state?;
+                match tokio::time::timeout(idle, bytes.next()).await {
+                    Ok(Some(chunk)) => {
+                        Some((chunk.map_err(|e| transport_kind("stream", &e)), Some(bytes)))
+                    }
+                    Ok(None) => None,
+                    Err(_) => Some((Err("stream: idle timeout".to_owned()), None)),
+                }
+            },
+        );
+        Ok(bytes
+            .eventsource()
+            .map(|event| {
+                event.map_err(|e| match e {
+                    EventStreamError::Transport(kind) => kind,
+                    EventStreamError::Utf8(_) | EventStreamError::Parser(_) => {
+                        "stream: bad event".to_owned()
+                    }
+                })
+            })
+            .boxed())
     }
 
     /// The queue's depth now.

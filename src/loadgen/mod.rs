@@ -1,13 +1,15 @@
 //! The load generator behind the `loadgen` binary: virtual chat users that
-//! submit turns, long-poll the answers, check every reply against the
+//! submit turns, long-poll the answers (or, with `--stream`, follow them
+//! over `GET /v1/chat/{id}/stream`), check every reply against the
 //! simulated provider's `echo(N)` contract, and report throughput, latency
-//! percentiles, errors, 429s and queue depth.
+//! percentiles, errors, 429s, queue depth and the generator's own CPU time.
 //!
 //! - [`profile`]: how many users are active when (steady, ramp, spike,
 //!   soak).
 //! - [`runner`]: the users, the controller, the queue sampler, the progress
 //!   line, the final transcript check.
 //! - [`check`]: the integrity checks (reply and transcript).
+//! - [`stream`]: one turn's event stream and its checks (`--stream`).
 //! - [`client`]: the HTTP calls, over one shared connection pool.
 //! - [`stats`]: counters, latency samples, HDR percentiles.
 //! - [`report`]: the report (`report.json`, `summary.txt`) and
@@ -25,6 +27,7 @@ pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod stats;
+pub mod stream;
 
 pub use args::LoadgenArgs;
 pub use profile::Profile;
@@ -64,8 +67,14 @@ pub struct RunConfig {
     /// then report the throughput a closed loop should reach,
     /// `users / (latency + think)`.
     pub expected_latency: Option<Duration>,
+    /// The simulated provider's chunks per reply, when known (`--stream`'s
+    /// first-delta overhead; see [`report::StreamReport`]).
+    pub expected_chunks: Option<u32>,
     /// Priority of every submitted turn (1..=10).
     pub priority: u8,
+    /// Submit with `"stream": true` and follow each turn over
+    /// `GET /v1/chat/{id}/stream` instead of long-polling.
+    pub stream: bool,
     /// Fetch every conversation at the end and compare it with the turns
     /// that completed.
     pub verify_transcripts: bool,
@@ -97,7 +106,9 @@ impl RunConfig {
             drain_timeout: Duration::from_secs(60),
             max_turns: None,
             expected_latency: None,
+            expected_chunks: None,
             priority: 1,
+            stream: false,
             verify_transcripts: true,
             drift_window: Duration::from_secs(300),
             progress: ProgressMode::Auto {

@@ -35,6 +35,20 @@
 //!   `load1`.
 //! - `queue`: the raw `GET /v1/queue` samples, one a second.
 //! - `load_average`: `start` and `end`, `[1, 5, 15]` minutes.
+//! - `client_cpu`: the load generator's own user + system CPU time over the
+//!   run and drain (`cpu_s`), per finished turn (`per_turn_ms`: completed,
+//!   failed or unexpected), and as a share of one core (`one_core_pct`): a
+//!   generator near 100% × its cores measures itself, not the server.
+//! - `stream` (`--stream` runs): `streams` (turns followed to their final
+//!   event), `connections`, `reconnects`, `restarted_events`, `deltas`,
+//!   `mismatches` (turns whose stream broke the contract; also counted in
+//!   `counts.mismatches`), `first_delta` (accepted POST sent → first delta
+//!   of the turn received), `first_delta_overhead` (first delta of a
+//!   one-attempt turn received → the job's `started_at` plus the simulated
+//!   provider's first-chunk time, latency / chunks: what the queue, the
+//!   history load, publishing and delivery add; needs the latency, see
+//!   `chunks_basis`), `delta_gap` (between consecutive deltas of an
+//!   attempt, reconnects included).
 //! - `passed` and `failures`: a run passes when something completed and
 //!   there were no mismatches, failed, lost or unexpected turns, request
 //!   errors or transcript problems. 429s do not fail a run.
@@ -68,6 +82,8 @@ pub struct Inputs<'a> {
     pub transcripts: (u64, u64),
     pub load_start: Option<[f64; 3]>,
     pub load_end: Option<[f64; 3]>,
+    /// The generator's CPU time over the run and drain.
+    pub cpu: Option<Duration>,
 }
 
 /// A finished run. See the module documentation for the fields.
@@ -94,8 +110,45 @@ pub struct Report {
     pub timeline: Vec<TimelinePoint>,
     pub queue: Vec<QueueSample>,
     pub load_average: LoadAverage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cpu: Option<ClientCpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamReport>,
     pub passed: bool,
     pub failures: Vec<String>,
+}
+
+/// The load generator's own CPU time (see the module documentation).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientCpu {
+    pub cpu_s: f64,
+    pub turns: u64,
+    pub per_turn_ms: f64,
+    pub one_core_pct: f64,
+}
+
+/// `--stream`'s numbers (see the module documentation).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamReport {
+    pub streams: u64,
+    pub connections: u64,
+    pub reconnects: u64,
+    pub restarted_events: u64,
+    pub deltas: u64,
+    pub mismatches: u64,
+    pub first_delta: LatencySummary,
+    /// The simulated provider's first-chunk time (latency / chunks), when
+    /// the chunk count was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_chunk_ms: Option<f64>,
+    /// Where the chunk count came from: `--expected-chunks N`, or each
+    /// turn's own delta count (exact when the server publishes one delta
+    /// per provider chunk).
+    pub chunks_basis: String,
+    /// `None` without the simulated latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_delta_overhead: Option<LatencySummary>,
+    pub delta_gap: LatencySummary,
 }
 
 /// The run's settings, as far as they shape the numbers.
@@ -275,6 +328,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         transcripts,
         load_start,
         load_end,
+        cpu,
     } = inputs;
     let c = &recorder.counters;
     let counts = Counts {
@@ -414,9 +468,58 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             start: load_start,
             end: load_end,
         },
+        client_cpu: cpu.map(|cpu| {
+            let turns = counts.completed + counts.failed + counts.unexpected_status;
+            let wall = (run_time + drain_time).as_secs_f64();
+            ClientCpu {
+                cpu_s: cpu.as_secs_f64(),
+                turns,
+                per_turn_ms: if turns == 0 {
+                    0.0
+                } else {
+                    cpu.as_secs_f64() * 1000.0 / turns as f64
+                },
+                one_core_pct: if wall > 0.0 {
+                    cpu.as_secs_f64() / wall * 100.0
+                } else {
+                    0.0
+                },
+            }
+        }),
+        stream: config.stream.then(|| stream_report(config, recorder)),
         passed: failures.is_empty(),
         failures,
         counts,
+    }
+}
+
+fn stream_report(config: &RunConfig, recorder: &Recorder) -> StreamReport {
+    let c = &recorder.counters;
+    StreamReport {
+        streams: Counters::get(&c.streams),
+        connections: Counters::get(&c.stream_connections),
+        reconnects: Counters::get(&c.reconnects),
+        restarted_events: Counters::get(&c.restarted_events),
+        deltas: Counters::get(&c.deltas),
+        mismatches: Counters::get(&c.stream_mismatches),
+        first_delta: summarize(recorder.first_deltas().iter().map(|s| s.latency_us)),
+        first_chunk_ms: config
+            .expected_latency
+            .zip(config.expected_chunks)
+            .map(|(l, n)| l.as_secs_f64() * 1000.0 / f64::from(n)),
+        chunks_basis: match config.expected_chunks {
+            Some(n) => format!("--expected-chunks {n}"),
+            None => "deltas of each turn's last attempt".to_owned(),
+        },
+        first_delta_overhead: config.expected_latency.map(|_| {
+            summarize(
+                recorder
+                    .first_delta_overheads()
+                    .iter()
+                    .map(|s| s.latency_us),
+            )
+        }),
+        delta_gap: recorder.delta_gaps(),
     }
 }
 
@@ -589,6 +692,43 @@ impl Report {
             load(&self.load_average.start),
             load(&self.load_average.end)
         );
+        if let Some(st) = &self.stream {
+            let _ = writeln!(
+                out,
+                "stream: {} streams over {} connections ({} reconnects), {} deltas, {} restarted events, {} stream mismatches",
+                st.streams, st.connections, st.reconnects, st.deltas, st.restarted_events, st.mismatches
+            );
+            let _ = writeln!(
+                out,
+                "stream (ms)        count      mean       p50       p95       p99       max"
+            );
+            out.push_str(&latency_row("first delta", &st.first_delta));
+            match &st.first_delta_overhead {
+                Some(o) => out.push_str(&latency_row("1st-delta ovh", o)),
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  1st-delta ovh  (needs the simulated latency: --expected-latency-ms)"
+                    );
+                }
+            }
+            out.push_str(&latency_row("delta gap", &st.delta_gap));
+            let _ = writeln!(
+                out,
+                "  (first delta: from the accepted POST; overhead: after started_at + {}, one-attempt turns, chunks from {})",
+                st.first_chunk_ms
+                    .map(|ms| format!("{ms:.1} ms"))
+                    .unwrap_or_else(|| "latency / chunks".to_owned()),
+                st.chunks_basis
+            );
+        }
+        if let Some(cpu) = &self.client_cpu {
+            let _ = writeln!(
+                out,
+                "loadgen CPU: {:.1} s ({:.0}% of one core), {:.2} ms per finished turn ({} turns)",
+                cpu.cpu_s, cpu.one_core_pct, cpu.per_turn_ms, cpu.turns
+            );
+        }
         for p in &self.problems {
             let _ = writeln!(out, "  problem: {p}");
         }

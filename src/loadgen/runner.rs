@@ -6,7 +6,15 @@
 //! User `i` (user id `lg-{run}-{i}`, and so its own default conversation)
 //! is active while the profile asks for more than `i` users. Active, it
 //! loops: submit turn k, long-poll until the job is finished, check the
-//! reply, think (`think ± jitter`, uniform), repeat. A user that the profile
+//! reply, think (`think ± jitter`, uniform), repeat.
+//!
+//! With `--stream` it submits with `"stream": true` and reads
+//! `GET /v1/chat/{id}/stream` instead of long-polling (docs/streaming.md):
+//! a connection that ends without the final event is reopened with
+//! `Last-Event-ID` (a reconnect; a broken or silent one is also a request
+//! error), and besides the reply check the stream must keep the contract
+//! (see [`super::stream`]); a turn that breaks it is an integrity
+//! mismatch. A user that the profile
 //! no longer wants finishes its turn and parks; when it is wanted again it
 //! waits a random part of the think time (so a crowd does not arrive in
 //! lock-step) and goes on with the same conversation.
@@ -24,11 +32,13 @@
 //! out a 429 then are abandoned (never accepted: not an error).
 
 use super::check::{self, check_reply, check_transcript};
-use super::client::{ApiClient, Submitted};
+use super::client::{ApiClient, JobStatus, Submitted};
 use super::profile::format_duration;
 use super::report::{self, IntervalReport, Report};
-use super::stats::{load_average, Counters, QueueSample, Recorder};
+use super::stats::{load_average, process_cpu_time, Counters, QueueSample, Recorder};
+use super::stream::TurnStream;
 use super::{LoadgenError, ProgressMode, RunConfig, INTERRUPTED_DRAIN};
+use futures_util::StreamExt;
 use rand::Rng;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -52,6 +62,13 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_SUBMIT_ERRORS: u32 = 3;
 /// Conversations whose transcripts are fetched at once at the end.
 const TRANSCRIPT_FETCHES: usize = 16;
+/// `--stream`: longest wait for a stream's response headers.
+const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--stream`: a connection silent this long is dead (the server sends a
+/// keep-alive comment every 15 s); it is reopened.
+const STREAM_IDLE: Duration = Duration::from_secs(40);
+/// `--stream`: time the server gets to end a stream after its final event.
+const AFTER_FINAL: Duration = Duration::from_secs(5);
 
 /// What every task of the run shares.
 struct Shared {
@@ -105,6 +122,7 @@ pub async fn run(config: RunConfig) -> Result<Report, LoadgenError> {
     let run_id = config.run_id.clone();
     let started_at = chrono::Utc::now();
     let load_start = load_average();
+    let cpu_start = process_cpu_time();
     let start = Instant::now();
     let recorder = Arc::new(Recorder::new(start));
     let (target_tx, target_rx) = watch::channel(config.profile.users_at(Duration::ZERO));
@@ -188,6 +206,9 @@ pub async fn run(config: RunConfig) -> Result<Report, LoadgenError> {
         }
     }
     let drain_time = drain_start.elapsed();
+    let cpu = cpu_start
+        .zip(process_cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
     background.cancel();
     while helpers.join_next().await.is_some() {}
     if shared.config.progress != ProgressMode::Off && std::io::stderr().is_terminal() {
@@ -207,6 +228,7 @@ pub async fn run(config: RunConfig) -> Result<Report, LoadgenError> {
         transcripts,
         load_start,
         load_end: load_average(),
+        cpu,
     }))
 }
 
@@ -290,11 +312,12 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
         let sent = Instant::now();
         match shared
             .client
-            .submit(
+            .submit_turn(
                 &outcome.user_id,
                 &message,
                 &idempotency_key,
                 config.priority,
+                config.stream,
             )
             .await
         {
@@ -347,16 +370,83 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
     };
 
     let deadline = accepted_at + config.turn_timeout;
+    let (job, finished_at, stream) = if config.stream {
+        match follow_stream(shared, &outcome.user_id, k, &job_id, deadline).await {
+            Ok((job, at, stream)) => (job, at, Some(stream)),
+            Err(end) => return end,
+        }
+    } else {
+        match long_poll(shared, &outcome.user_id, k, &job_id, deadline).await {
+            Ok(job) => (job, Instant::now(), None),
+            Err(end) => return end,
+        }
+    };
+    let stream_broken = stream
+        .as_ref()
+        .is_some_and(|s| record_stream(shared, &outcome.user_id, k, &job_id, accepted_at, s, &job));
+    match job.status.as_str() {
+        "completed" => {
+            recorder.record_end_to_end(finished_at.saturating_duration_since(accepted_at));
+            Counters::add(&counters.completed);
+            let before = outcome.completed.len() as u64;
+            let reply = job.response.as_deref().unwrap_or("");
+            let reply_wrong = match check_reply(before, &message, reply) {
+                Ok(()) => false,
+                Err(mismatch) => {
+                    recorder.example(format!("{}: turn {k}: {mismatch}", outcome.user_id));
+                    true
+                }
+            };
+            // One turn counts once, however many checks it failed.
+            if reply_wrong || stream_broken {
+                Counters::add(&counters.mismatches);
+                outcome.unreliable = true;
+            }
+            outcome.completed.push(message);
+            TurnEnd::Done
+        }
+        "failed" => {
+            Counters::add(&counters.failed);
+            if stream_broken {
+                Counters::add(&counters.mismatches);
+            }
+            recorder.example(format!(
+                "{}: turn {k} (job {job_id}) failed: {}",
+                outcome.user_id,
+                job.error.as_deref().unwrap_or("no error given")
+            ));
+            TurnEnd::Done
+        }
+        other => {
+            Counters::add(&counters.unexpected_status);
+            if stream_broken {
+                Counters::add(&counters.mismatches);
+            }
+            recorder.example(format!(
+                "{}: turn {k} (job {job_id}) ended {other:?}",
+                outcome.user_id
+            ));
+            TurnEnd::Done
+        }
+    }
+}
+
+/// Long-polls a turn's job until it is finished; `Err`: the turn is lost
+/// (turn timeout, or the drain ended).
+async fn long_poll(
+    shared: &Shared,
+    user_id: &str,
+    k: u64,
+    job_id: &str,
+    deadline: Instant,
+) -> Result<JobStatus, TurnEnd> {
+    let config = &shared.config;
+    let recorder = &shared.recorder;
+    let counters = &recorder.counters;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            Counters::add(&counters.lost);
-            recorder.example(format!(
-                "{}: turn {k} (job {job_id}) not finished after {}",
-                outcome.user_id,
-                format_duration(config.turn_timeout)
-            ));
-            return TurnEnd::Lost;
+            return Err(timed_out(shared, user_id, k, job_id));
         }
         // Whole seconds: the API's long-poll takes at most 60.
         let wait = config
@@ -366,61 +456,191 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
             .as_secs()
             .max(1);
         let polled = tokio::select! {
-            polled = shared.client.poll(&job_id, Duration::from_secs(wait)) => polled,
-            _ = shared.hard.cancelled() => {
-                Counters::add(&counters.lost);
-                recorder.example(format!(
-                    "{}: turn {k} (job {job_id}) still running when the drain ended",
-                    outcome.user_id
-                ));
-                return TurnEnd::Lost;
-            }
+            polled = shared.client.poll(job_id, Duration::from_secs(wait)) => polled,
+            _ = shared.hard.cancelled() => return Err(cut_by_drain(shared, user_id, k, job_id)),
         };
-        let job = match polled {
-            Ok(job) => job,
+        match polled {
+            Ok(job) if job.is_finished() => return Ok(job),
+            Ok(_) => continue,
             Err(kind) => {
                 recorder.record_error(&kind);
                 if pause(&shared.hard, ERROR_BACKOFF).await.is_err() {
                     Counters::add(&counters.lost);
-                    return TurnEnd::Lost;
+                    return Err(TurnEnd::Lost);
+                }
+            }
+        }
+    }
+}
+
+/// Follows a turn over `GET /v1/chat/{id}/stream` until its final event,
+/// reconnecting with `Last-Event-ID` whenever a connection ends (or
+/// breaks, or sends nothing for [`STREAM_IDLE`]) without it. Returns the
+/// finished job, when its final event arrived, and the stream's record;
+/// `Err`: the turn is lost (turn timeout, or the drain ended).
+///
+/// After the final event the connection is read to its end (at most
+/// [`AFTER_FINAL`]), so that an event after the final one is seen. A
+/// connection that ended without a single event is reopened after
+/// [`ERROR_BACKOFF`], any other at once.
+async fn follow_stream(
+    shared: &Shared,
+    user_id: &str,
+    k: u64,
+    job_id: &str,
+    deadline: Instant,
+) -> Result<(JobStatus, Instant, TurnStream), TurnEnd> {
+    let recorder = &shared.recorder;
+    let counters = &recorder.counters;
+    let mut stream = TurnStream::new();
+    let mut connections = 0u32;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out(shared, user_id, k, job_id));
+        }
+        connections += 1;
+        Counters::add(&counters.stream_connections);
+        if connections > 1 {
+            Counters::add(&counters.reconnects);
+        }
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(
+                remaining.min(STREAM_CONNECT_TIMEOUT),
+                shared.client.stream(job_id, stream.resume_id(), STREAM_IDLE),
+            ) => opened.unwrap_or_else(|_| Err("stream: timeout".to_owned())),
+            _ = shared.hard.cancelled() => return Err(cut_by_drain(shared, user_id, k, job_id)),
+        };
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(kind) => {
+                recorder.record_error(&kind);
+                if pause(&shared.hard, ERROR_BACKOFF).await.is_err() {
+                    Counters::add(&counters.lost);
+                    return Err(TurnEnd::Lost);
                 }
                 continue;
             }
         };
-        match job.status.as_str() {
-            "queued" | "processing" => continue,
-            "completed" => {
-                recorder.record_end_to_end(accepted_at.elapsed());
-                Counters::add(&counters.completed);
-                let before = outcome.completed.len() as u64;
-                let reply = job.response.as_deref().unwrap_or("");
-                if let Err(mismatch) = check_reply(before, &message, reply) {
-                    Counters::add(&counters.mismatches);
-                    recorder.example(format!("{}: turn {k}: {mismatch}", outcome.user_id));
-                    outcome.unreliable = true;
+        let mut received = 0u64;
+        loop {
+            let finished = stream.final_event().is_some();
+            let wait = if finished {
+                AFTER_FINAL
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            let next = tokio::select! {
+                next = tokio::time::timeout(wait, events.next()) => next,
+                _ = shared.hard.cancelled(), if !finished => {
+                    return Err(cut_by_drain(shared, user_id, k, job_id));
                 }
-                outcome.completed.push(message);
-                return TurnEnd::Done;
-            }
-            "failed" => {
-                Counters::add(&counters.failed);
-                recorder.example(format!(
-                    "{}: turn {k} (job {job_id}) failed: {}",
-                    outcome.user_id,
-                    job.error.as_deref().unwrap_or("no error given")
-                ));
-                return TurnEnd::Done;
-            }
-            other => {
-                Counters::add(&counters.unexpected_status);
-                recorder.example(format!(
-                    "{}: turn {k} (job {job_id}) ended {other:?}",
-                    outcome.user_id
-                ));
-                return TurnEnd::Done;
+            };
+            match next {
+                Ok(Some(Ok(event))) => {
+                    received += 1;
+                    stream.on_event(&event, Instant::now(), chrono::Utc::now());
+                }
+                // The connection ended (cleanly or not) after the final
+                // event: the turn is over.
+                Ok(None) | Ok(Some(Err(_))) if finished => break,
+                Err(_) if finished => {
+                    recorder.record_error("stream: open after the final event");
+                    break;
+                }
+                // Ended without the final event: reconnect.
+                Ok(None) => break,
+                Ok(Some(Err(kind))) => {
+                    recorder.record_error(&kind);
+                    break;
+                }
+                Err(_) => return Err(timed_out(shared, user_id, k, job_id)),
             }
         }
+        if let Some(end) = stream.final_event() {
+            let (job, at) = (end.job.clone(), end.at);
+            return Ok((job, at, stream));
+        }
+        // A connection that ended with nothing at all: do not hammer.
+        if received == 0 && pause(&shared.hard, ERROR_BACKOFF).await.is_err() {
+            return Err(cut_by_drain(shared, user_id, k, job_id));
+        }
     }
+}
+
+/// Counts a stream's numbers and checks it; true when it broke the
+/// contract (the reason is kept as an example).
+fn record_stream(
+    shared: &Shared,
+    user_id: &str,
+    k: u64,
+    job_id: &str,
+    accepted_at: Instant,
+    stream: &TurnStream,
+    job: &JobStatus,
+) -> bool {
+    let config = &shared.config;
+    let recorder = &shared.recorder;
+    let counters = &recorder.counters;
+    Counters::add(&counters.streams);
+    Counters::add_n(&counters.deltas, stream.deltas);
+    Counters::add_n(&counters.restarted_events, stream.restarted);
+    if let Some(first) = stream.first_delta {
+        recorder.record_first_delta(first.saturating_duration_since(accepted_at));
+    }
+    recorder.record_delta_gaps(&stream.gaps_us);
+    // The overhead needs the attempt's start: the job view's `started_at`
+    // is its first attempt's, so only one-attempt turns are measured.
+    if let (Some(latency), Some((_, wall)), Some(started), Some(1)) = (
+        config.expected_latency,
+        stream.attempt_first_delta,
+        job.started_at,
+        job.attempts,
+    ) {
+        let chunks = config
+            .expected_chunks
+            .map_or(stream.attempt_deltas(), u64::from)
+            .max(1);
+        let first_chunk = latency / chunks as u32;
+        let due = started + chrono::Duration::from_std(first_chunk).unwrap_or_default();
+        // Early (clock granularity, or fewer chunks than assumed) is 0.
+        let overhead = (wall - due).to_std().unwrap_or_default();
+        recorder.record_first_delta_overhead(overhead);
+    }
+    let mut problems = stream.violations.clone();
+    if stream.violation_count > problems.len() as u64 {
+        problems.push(format!(
+            "{} more",
+            stream.violation_count - problems.len() as u64
+        ));
+    }
+    problems.extend(stream.text_mismatch());
+    if problems.is_empty() {
+        return false;
+    }
+    Counters::add(&counters.stream_mismatches);
+    recorder.example(format!(
+        "{user_id}: turn {k} (job {job_id}) stream: {}",
+        problems.join("; ")
+    ));
+    true
+}
+
+fn timed_out(shared: &Shared, user_id: &str, k: u64, job_id: &str) -> TurnEnd {
+    Counters::add(&shared.recorder.counters.lost);
+    shared.recorder.example(format!(
+        "{user_id}: turn {k} (job {job_id}) not finished after {}",
+        format_duration(shared.config.turn_timeout)
+    ));
+    TurnEnd::Lost
+}
+
+fn cut_by_drain(shared: &Shared, user_id: &str, k: u64, job_id: &str) -> TurnEnd {
+    Counters::add(&shared.recorder.counters.lost);
+    shared.recorder.example(format!(
+        "{user_id}: turn {k} (job {job_id}) still running when the drain ended"
+    ));
+    TurnEnd::Lost
 }
 
 /// Sleeps `d`, or returns `Err` as soon as `token` is cancelled.

@@ -46,14 +46,20 @@ pub struct LatencySummary {
 /// histogram (3 significant digits: within 0.1% of the exact value, never
 /// below it); the max is exact.
 pub fn summarize(latencies_us: impl IntoIterator<Item = u64>) -> LatencySummary {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
-        // The bounds and digits are constants that hdrhistogram accepts.
-        .expect("valid histogram bounds");
-    let mut max = 0;
+    let mut d = Distribution::default();
     for us in latencies_us {
-        histogram.saturating_record(us.max(1));
-        max = max.max(us);
+        d.record(us);
     }
+    d.summary()
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
+        // The bounds and digits are constants that hdrhistogram accepts.
+        .expect("valid histogram bounds")
+}
+
+fn summary_of(histogram: &Histogram<u64>, max: u64) -> LatencySummary {
     if histogram.is_empty() {
         return LatencySummary::default();
     }
@@ -128,6 +134,22 @@ pub struct Counters {
     /// Turns cut off by the end of the run before they were accepted (in a
     /// 429 back-off): not an error.
     pub abandoned: AtomicU64,
+    /// `--stream`: turns followed over `GET /v1/chat/{id}/stream` to their
+    /// final event.
+    pub streams: AtomicU64,
+    /// `--stream`: connections opened (first ones and reconnects).
+    pub stream_connections: AtomicU64,
+    /// `--stream`: connections opened again for a turn whose stream ended
+    /// (or broke) without the final event.
+    pub reconnects: AtomicU64,
+    /// `--stream`: `restarted` events received.
+    pub restarted_events: AtomicU64,
+    /// `--stream`: turns whose stream broke the contract (text not the
+    /// response, ids out of order, a gap, an event after the final one);
+    /// each also counts in `mismatches`.
+    pub stream_mismatches: AtomicU64,
+    /// `--stream`: `delta` events received.
+    pub deltas: AtomicU64,
 }
 
 impl Counters {
@@ -137,6 +159,38 @@ impl Counters {
 
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_n(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// An HDR histogram of microseconds and the exact maximum: for samples too
+/// many to keep one by one (the gaps between deltas).
+#[derive(Debug)]
+pub struct Distribution {
+    histogram: Histogram<u64>,
+    max_us: u64,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Distribution {
+            histogram: new_histogram(),
+            max_us: 0,
+        }
+    }
+}
+
+impl Distribution {
+    pub fn record(&mut self, us: u64) {
+        self.histogram.saturating_record(us.max(1));
+        self.max_us = self.max_us.max(us);
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        summary_of(&self.histogram, self.max_us)
     }
 }
 
@@ -156,6 +210,13 @@ pub struct Recorder {
     rejected: Mutex<Vec<Sample>>,
     /// Readings of `GET /v1/queue`, one a second.
     queue: Mutex<Vec<QueueSample>>,
+    /// `--stream`: accepted POST sent → first delta received.
+    first_delta: Mutex<Vec<Sample>>,
+    /// `--stream`: first delta of the last attempt received → its
+    /// `started_at` plus the simulated provider's first-chunk time.
+    first_delta_overhead: Mutex<Vec<Sample>>,
+    /// `--stream`: time between consecutive deltas of an attempt.
+    delta_gaps: Mutex<Distribution>,
     errors_by_kind: Mutex<BTreeMap<String, u64>>,
     /// The first integrity problems and failures, word for word.
     examples: Mutex<Vec<String>>,
@@ -174,6 +235,9 @@ impl Recorder {
             submit: Mutex::default(),
             rejected: Mutex::default(),
             queue: Mutex::default(),
+            first_delta: Mutex::default(),
+            first_delta_overhead: Mutex::default(),
+            delta_gaps: Mutex::default(),
             errors_by_kind: Mutex::default(),
             examples: Mutex::default(),
             target_users: AtomicUsize::new(0),
@@ -211,6 +275,38 @@ impl Recorder {
         Counters::add(&self.counters.rejected);
         let s = self.sample(latency);
         lock(&self.rejected).push(s);
+    }
+
+    pub fn record_first_delta(&self, latency: Duration) {
+        let s = self.sample(latency);
+        lock(&self.first_delta).push(s);
+    }
+
+    pub fn record_first_delta_overhead(&self, overhead: Duration) {
+        let s = self.sample(overhead);
+        lock(&self.first_delta_overhead).push(s);
+    }
+
+    pub fn record_delta_gaps(&self, gaps_us: &[u64]) {
+        if gaps_us.is_empty() {
+            return;
+        }
+        let mut d = lock(&self.delta_gaps);
+        for &us in gaps_us {
+            d.record(us);
+        }
+    }
+
+    pub fn first_deltas(&self) -> Vec<Sample> {
+        lock(&self.first_delta).clone()
+    }
+
+    pub fn first_delta_overheads(&self) -> Vec<Sample> {
+        lock(&self.first_delta_overhead).clone()
+    }
+
+    pub fn delta_gaps(&self) -> LatencySummary {
+        lock(&self.delta_gaps).summary()
     }
 
     pub fn record_queue(&self, sample: QueueSample) {
@@ -283,6 +379,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// User + system CPU time this process has used so far, from
+/// `/proc/self/stat` (Linux; `utime` and `stime` in clock ticks, taken as
+/// the usual 100 a second). The resolution is 10 ms.
+pub fn process_cpu_time() -> Option<Duration> {
+    cpu_time_of_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// `utime + stime` of a `/proc/PID/stat` line.
+fn cpu_time_of_stat(stat: &str) -> Option<Duration> {
+    // The command name may hold spaces and parentheses: fields are counted
+    // after its last ')'. utime and stime are fields 14 and 15 (1-based);
+    // the first after ')' is field 3.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// The 1-, 5- and 15-minute load averages (Linux `/proc/loadavg`).
 pub fn load_average() -> Option<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -297,6 +411,14 @@ mod tests {
     #[test]
     fn empty_summary_is_zero() {
         assert_eq!(summarize([]), LatencySummary::default());
+    }
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime() {
+        let stat =
+            "4242 (load gen) (x) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 37 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_time_of_stat(stat), Some(Duration::from_millis(2870)));
+        assert!(process_cpu_time().is_some());
     }
 
     #[test]
