@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS webhooks (
                     AND events <@ ARRAY['job.completed', 'job.failed', 'job.cancelled']),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- The table was created empty by this same transaction: nothing to block.
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX IF NOT EXISTS webhooks_tenant ON webhooks (tenant_id);
 
 -- A time-ordered UUID (version 7) like the ids the application makes, so
