@@ -25,9 +25,9 @@
 -- are inserted into the partition itself, which does not fire it: only
 -- finishes do.
 --
--- Additive: builds at schema 6 never name the table and their finishes
--- enqueue deliveries through the trigger all the same (a worker without
--- the webhook handler leaves them queued for one that has it).
+-- Additive: builds at schema 5 and 6 never name the table and their
+-- finishes enqueue deliveries through the trigger all the same (a worker
+-- without the webhook handler leaves them queued for one that has it).
 
 SET lock_timeout = '2s';
 SET statement_timeout = '10s';
@@ -134,8 +134,8 @@ CREATE TRIGGER job_history_webhooks
     FOR EACH STATEMENT
     EXECUTE FUNCTION skipjack_enqueue_webhooks();
 
--- Additive: builds at schema 6 keep working.
-INSERT INTO schema_compat (version, oldest_compatible) VALUES (8, 6) ON CONFLICT (version) DO NOTHING;
+-- Additive: builds at schema 5 and 6 keep working.
+INSERT INTO schema_compat (version, oldest_compatible) VALUES (8, 5) ON CONFLICT (version) DO NOTHING;
 
 -- The session goes back to the server's defaults.
 SET lock_timeout = 0;
