@@ -11,8 +11,8 @@
 -- with the final event, which carries the whole reply), and pruned by age
 -- (`SKIPJACK_STREAM_RETENTION_SECONDS`).
 --
--- A new table: no lock on anything in use. Additive: builds at schema 8
--- keep working.
+-- A new table: no lock on anything in use. Additive: builds at schema 5
+-- and later keep working (they never name it).
 
 SET lock_timeout = '2s';
 SET statement_timeout = '10s';
@@ -30,4 +30,4 @@ CREATE UNLOGGED TABLE IF NOT EXISTS stream_deltas (
 -- almost no write cost.
 CREATE INDEX IF NOT EXISTS stream_deltas_created ON stream_deltas USING brin (created_at);
 
-INSERT INTO schema_compat (version, oldest_compatible) VALUES (9, 8) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_compat (version, oldest_compatible) VALUES (9, 5) ON CONFLICT (version) DO NOTHING;

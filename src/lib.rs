@@ -22,6 +22,8 @@
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
+//! - [`webhooks`]: tenants' endpoints told when jobs finish (signed
+//!   deliveries run as `webhook` jobs). All its SQL lives in `sql/webhooks/`.
 //! - [`ids`]: id newtypes. [`text`]: text Postgres can store (no NUL).
 //!
 //! The binaries in `src/bin/` only parse settings and wire these together.
@@ -43,4 +45,5 @@ pub mod telemetry;
 pub mod tenants;
 pub mod text;
 pub mod tls;
+pub mod webhooks;
 pub mod worker;

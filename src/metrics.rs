@@ -47,6 +47,8 @@ pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
 pub const STREAM_PIECES_WRITTEN_TOTAL: &str = "skipjack_stream_pieces_written_total";
 pub const STREAMS_OPEN: &str = "skipjack_streams_open";
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "skipjack_webhook_deliveries_total";
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "skipjack_webhook_delivery_seconds";
 pub const QUEUE_STATS_LEADER: &str = "skipjack_queue_stats_leader";
 pub const QUEUE_STATS_QUERY_SECONDS: &str = "skipjack_queue_stats_query_seconds";
 pub const QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS: &str =
@@ -128,6 +130,13 @@ pub struct Metrics {
     /// them) and were left for the next pass, by `step` (create_partition,
     /// drop_partition, prune_history_default).
     pub maintenance_lock_timeouts: IntCounterVec,
+    /// Webhook delivery attempts by `outcome`: `delivered` (2xx),
+    /// `retried` (failed, tried again later), `dead` (failed on the last
+    /// attempt: the delivery job ends `failed`), `skipped` (the webhook was
+    /// deleted).
+    pub webhook_deliveries: IntCounterVec,
+    /// Duration of one webhook POST, answered or not.
+    pub webhook_delivery_seconds: Histogram,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -336,6 +345,19 @@ impl Metrics {
                 "Maintenance steps that timed out waiting for their locks and were left for the next pass.",
                 &["step"],
             ),
+            webhook_deliveries: counter_vec(
+                WEBHOOK_DELIVERIES_TOTAL,
+                "Webhook delivery attempts by outcome.",
+                &["outcome"],
+            ),
+            webhook_delivery_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    WEBHOOK_DELIVERY_SECONDS,
+                    "Duration of one webhook delivery attempt.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric definitions are static and valid"),
         };
         let mut r = Registrar {
             registry: m.registry.clone(),
@@ -372,6 +394,8 @@ impl Metrics {
         r.add(&m.llm_cost, K::Counter);
         r.add(&m.cache_requests, K::Counter);
         r.add(&m.maintenance_lock_timeouts, K::Counter);
+        r.add(&m.webhook_deliveries, K::Counter);
+        r.add(&m.webhook_delivery_seconds, K::Histogram);
         (m, r.exported)
     }
 }
@@ -422,6 +446,8 @@ pub const MAINTENANCE_STEPS: [&str; 3] = [
 ];
 /// The label values of `cache_requests`' `result`.
 pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
+/// The label values of `webhook_deliveries`' `outcome`.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retried", "dead", "skipped"];
 /// The label values of `llm_tokens`' `direction`.
 pub const TOKEN_DIRECTIONS: [&str; 2] = ["input", "output"];
 
@@ -454,7 +480,7 @@ pub fn init_api<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, &'a str)
 
 /// Creates a worker's labelled series at 0: outcomes, rescues, waits by
 /// priority, run times of each handler `kinds`, LLM errors by class and the
-/// history cache's results. The LLM's per-model series come from
+/// history cache's results and webhook delivery outcomes. The LLM's per-model series come from
 /// [`crate::llm::cost::TokenMeter::new`].
 pub fn init_worker(kinds: &[&str]) {
     let m = metrics();
@@ -478,6 +504,9 @@ pub fn init_worker(kinds: &[&str]) {
     }
     for step in MAINTENANCE_STEPS {
         m.maintenance_lock_timeouts.with_label_values(&[step]);
+    }
+    for outcome in WEBHOOK_OUTCOMES {
+        m.webhook_deliveries.with_label_values(&[outcome]);
     }
 }
 
@@ -512,7 +541,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 30);
+        assert_eq!(exported().len(), 32);
     }
 
     #[test]

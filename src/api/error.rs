@@ -74,7 +74,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `unauthorized`,
     /// `not_found`, `method_not_allowed`, `not_cancellable`,
-    /// `idempotency_key_reused`, `payload_too_large`, `invalid_*`,
+    /// `idempotency_key_reused`, `too_many_webhooks`, `payload_too_large`, `invalid_*`,
     /// `queue_full`, `too_many_long_polls`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.

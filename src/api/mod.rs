@@ -8,6 +8,8 @@
 //!   [`long_poll`] (one LISTEN connection per process).
 //! - `DELETE /v1/chat/{job_id}`: cancel a queued job.
 //! - `POST /v1/conversations`, `GET /v1/conversations/{id}/messages`.
+//! - `POST /v1/webhooks`, `GET /v1/webhooks`, `DELETE /v1/webhooks/{id}`
+//!   ([`webhooks`]): endpoints told when the tenant's jobs finish.
 //! - `GET /v1/queue` ([`queue`]): the caller's queue (the whole queue for
 //!   the admin key), from a snapshot refreshed every second.
 //! - `GET /health`, `/ready`, `/metrics` ([`crate::health`]) and
@@ -47,6 +49,7 @@ pub mod queue;
 mod sql;
 pub mod stream;
 pub mod validate;
+pub mod webhooks;
 
 pub use config::{ApiArgs, ApiConfig, MAX_WAIT_SECONDS};
 pub use error::ApiError;
@@ -261,6 +264,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::router())
         .merge(conversations::router())
         .merge(queue::router())
+        .merge(webhooks::router())
         .merge(openapi::router())
         .fallback_service(observe::observed(observe::UNMATCHED, any(not_found)))
         .method_not_allowed_fallback(method_not_allowed)

@@ -8,6 +8,7 @@ use super::conversations::{
 use super::error::{ErrorBody, ErrorDetail};
 use super::observe::observed;
 use super::queue::{QueueResponse, QueueScope};
+use super::webhooks::{CreatedWebhookResponse, NewWebhookRequest, WebhookList, WebhookResponse};
 use super::AppState;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -35,6 +36,9 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         super::conversations::create,
         super::conversations::messages,
         super::queue::stats,
+        super::webhooks::create,
+        super::webhooks::list,
+        super::webhooks::remove,
         health,
         ready,
         metrics,
@@ -51,6 +55,10 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         MessageOut,
         QueueResponse,
         QueueScope,
+        NewWebhookRequest,
+        WebhookResponse,
+        CreatedWebhookResponse,
+        WebhookList,
         ErrorBody,
         ErrorDetail,
         Status,
@@ -59,6 +67,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
     tags(
         (name = "chat", description = "Submit, poll and cancel chat turns"),
         (name = "conversations", description = "Conversations and their messages"),
+        (name = "webhooks", description = "Endpoints told when the tenant's jobs finish (signed POSTs)"),
         (name = "queue", description = "The caller's queue depth (the whole queue for the admin key)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

@@ -1,5 +1,5 @@
 //! `worker`: claims jobs and runs them (chat turns through the configured
-//! LLM, and no-op jobs), with a health/metrics server.
+//! LLM, webhook deliveries and no-op jobs), with a health/metrics server.
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,6 +7,7 @@ use skipjack::chat::config::{CacheArgs, HistoryArgs, StreamArgs};
 use skipjack::chat::worker as chat_worker;
 use skipjack::config::{DatabaseArgs, WorkerArgs};
 use skipjack::llm::LlmConfig;
+use skipjack::webhooks::{WebhookArgs, WebhookHandler};
 use skipjack::worker::{Handler, NoopHandler, Worker};
 use skipjack::{db, health, metrics, signal, stream, telemetry};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ struct Args {
     stream: StreamArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 #[tokio::main]
@@ -55,7 +58,14 @@ async fn main() -> anyhow::Result<()> {
         chat_worker::chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
             .context("setting up the chat handler")?
             .with_stream_publisher(publisher);
-    metrics::init_worker(&[NoopHandler.kind(), handler.kind()]);
+    let webhooks = WebhookHandler::new(pool.clone(), args.webhooks.webhook_config())
+        .context("setting up webhook deliveries")?;
+    tracing::info!(
+        timeout_ms = webhooks.config().timeout.as_millis() as u64,
+        max_attempts = webhooks.config().max_attempts,
+        "webhook deliveries ready"
+    );
+    metrics::init_worker(&[NoopHandler.kind(), handler.kind(), webhooks.kind()]);
     let shutdown = signal::shutdown_token();
     // Three idle polls without a claim (while slots are free) means the claim
     // loop is stuck.
@@ -65,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             .direct_pool(direct)
             .register(NoopHandler)
             .register(handler)
+            .register(webhooks)
             .config(worker_config)
             .build()?,
     );
