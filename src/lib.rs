@@ -17,6 +17,8 @@
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
+//! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
+//!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
@@ -34,6 +36,7 @@ pub mod ids;
 pub mod llm;
 pub mod loadgen;
 pub mod metrics;
+pub mod operator;
 pub mod queue;
 pub mod signal;
 pub mod telemetry;

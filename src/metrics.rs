@@ -26,6 +26,7 @@ pub const JOBS_FINISHED_TOTAL: &str = "skipjack_jobs_finished_total";
 pub const JOBS_RETRIED_TOTAL: &str = "skipjack_jobs_retried_total";
 pub const JOBS_RESCUED_TOTAL: &str = "skipjack_jobs_rescued_total";
 pub const JOBS_LEASE_LOST_TOTAL: &str = "skipjack_jobs_lease_lost_total";
+pub const WORKER_JOBS_CANCELLED_TOTAL: &str = "skipjack_worker_jobs_cancelled_total";
 pub const JOB_WAIT_SECONDS: &str = "skipjack_job_wait_seconds";
 pub const JOB_RUN_SECONDS: &str = "skipjack_job_run_seconds";
 pub const WORKER_SLOTS_BUSY: &str = "skipjack_worker_slots_busy";
@@ -69,6 +70,9 @@ pub struct Metrics {
     pub jobs_rescued: IntCounterVec,
     /// Completions a worker wrote after losing its lease (changed nothing).
     pub jobs_lease_lost: IntCounter,
+    /// Running attempts this worker stopped because their job was
+    /// cancelled (nothing written for them).
+    pub worker_jobs_cancelled: IntCounter,
     /// Submit to first start, by priority.
     pub job_wait: HistogramVec,
     /// One attempt's run time, by kind.
@@ -222,6 +226,10 @@ impl Metrics {
                 JOBS_LEASE_LOST_TOTAL,
                 "Outcomes discarded because the worker had lost the job's lease.",
             ),
+            worker_jobs_cancelled: counter(
+                WORKER_JOBS_CANCELLED_TOTAL,
+                "Running attempts stopped because their job was cancelled.",
+            ),
             job_wait: histogram_vec(
                 JOB_WAIT_SECONDS,
                 "Time from submission to the first start of a job.",
@@ -337,6 +345,7 @@ impl Metrics {
         r.add(&m.jobs_retried, K::Counter);
         r.add(&m.jobs_rescued, K::Counter);
         r.add(&m.jobs_lease_lost, K::Counter);
+        r.add(&m.worker_jobs_cancelled, K::Counter);
         r.add(&m.job_wait, K::Histogram);
         r.add(&m.job_run, K::Histogram);
         r.add(&m.worker_slots_busy, K::Gauge);
@@ -499,7 +508,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 28);
+        assert_eq!(exported().len(), 29);
     }
 
     #[test]

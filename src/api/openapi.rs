@@ -31,6 +31,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         super::chat::submit,
         super::chat::get_job,
         super::chat::cancel,
+        super::chat::retry,
         super::conversations::create,
         super::conversations::messages,
         super::queue::stats,
