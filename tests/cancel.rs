@@ -363,7 +363,11 @@ async fn a_cancel_for_a_job_the_worker_does_not_run_is_harmless() {
     assert_eq!(started, both);
 
     // Notifications naming no job of this worker, or nothing at all.
-    for payload in [JobId::new().to_string(), "not a uuid".to_owned(), String::new()] {
+    for payload in [
+        JobId::new().to_string(),
+        "not a uuid".to_owned(),
+        String::new(),
+    ] {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(queue::CANCEL_CHANNEL)
             .bind(payload)
@@ -556,7 +560,11 @@ async fn a_cancelled_chat_turn_drops_its_provider_call_and_stores_no_turn() {
         turns,
         vec![
             ("user".to_owned(), "second".to_owned(), Some(second)),
-            ("assistant".to_owned(), "second answer".to_owned(), Some(second)),
+            (
+                "assistant".to_owned(),
+                "second answer".to_owned(),
+                Some(second)
+            ),
         ],
         "no turn for the cancelled job"
     );
@@ -583,10 +591,13 @@ async fn a_cancel_racing_completion_ends_in_one_state_and_answers_it() {
         tasks.push(tokio::spawn(async move {
             // A few users, so conversations have queued, blocked and
             // running jobs when the cancels arrive.
-            let id = api.submit(&format!("user-{}", i % 7), "hi").await;
-            if i % 3 == 0 {
-                tokio::task::yield_now().await;
-            }
+            let id = api.submit(&format!("user-{}", i % 40), "hi").await;
+            // Staggered, so that cancels find jobs queued, blocked,
+            // running, being completed and completed.
+            tokio::time::sleep(Duration::from_millis(
+                (i * 7) % 100 + (i % 4 == 0) as u64 * 300,
+            ))
+            .await;
             let answer = api
                 .call("DELETE", &format!("/v1/chat/{id}"), &api.key, None)
                 .await;
@@ -634,6 +645,12 @@ async fn a_cancel_racing_completion_ends_in_one_state_and_answers_it() {
             other => panic!("unexpected {other}: {}", answer.body),
         }
     }
+    let running = count(
+        &db.pool,
+        "SELECT count(*) FROM job_history WHERE state = 'cancelled' AND worker IS NOT NULL",
+    )
+    .await;
+    eprintln!("race: {cancelled} cancelled ({running} while running), {completed} completed");
     assert_eq!(cancelled + completed, answers.len());
     assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 0);
     assert_eq!(
@@ -654,7 +671,10 @@ async fn a_failed_job_is_retried_with_its_id_and_history_and_completes() {
     let api = TestApi::new(&db.pool).await;
     let other = new_tenant(&db.pool, "other").await;
     let id = api.submit("alice", "hello").await;
-    assert_eq!(finish_ready(&db.pool, &failed("upstream said no")).await, [id]);
+    assert_eq!(
+        finish_ready(&db.pool, &failed("upstream said no")).await,
+        [id]
+    );
     let before = queue::get(&db.pool, id, None).await.unwrap().unwrap();
     assert_eq!((before.state, before.attempts), (JobState::Failed, 1));
 
@@ -664,7 +684,12 @@ async fn a_failed_job_is_retried_with_its_id_and_history_and_completes() {
         .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     let answer = api
-        .call("POST", &format!("/v1/chat/{}/retry", JobId::new()), &api.key, None)
+        .call(
+            "POST",
+            &format!("/v1/chat/{}/retry", JobId::new()),
+            &api.key,
+            None,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 
@@ -869,7 +894,10 @@ async fn operator_functions_list_show_retry_and_cancel() {
     let mut want = vec![x, y];
     want.sort();
     assert_eq!(failed_ids, want);
-    assert!(listed[0].finished_at >= listed[1].finished_at, "newest first");
+    assert!(
+        listed[0].finished_at >= listed[1].finished_at,
+        "newest first"
+    );
     assert!(operator::list_text(&listed).contains("provider down"));
     // Another tenant has none; an unknown tenant is an error.
     new_tenant(&db.pool, "empty").await;
@@ -925,7 +953,10 @@ async fn operator_functions_list_show_retry_and_cancel() {
     assert_eq!(detail.job.state, JobState::Queued);
     assert_eq!(detail.events.len(), 1);
     let text = detail.text();
-    assert!(text.contains("retried attempt 1 (manual): provider down"), "{text}");
+    assert!(
+        text.contains("retried attempt 1 (manual): provider down"),
+        "{text}"
+    );
     assert!(operator::show(&db.pool, unknown).await.unwrap().is_none());
 
     // Cancel: the retried x (queued) and y2 (queued) go, z is refused.

@@ -760,7 +760,9 @@ async fn cancel_queued_and_processing_jobs_but_not_finished_ones() {
     // Processing: cancelled too, and its worker's late finish changes
     // nothing (fenced off: the row is gone).
     assert_eq!(
-        queue::cancel(&db.pool, ids[2], Some(tenant), "stop").await.unwrap(),
+        queue::cancel(&db.pool, ids[2], Some(tenant), "stop")
+            .await
+            .unwrap(),
         JobState::Processing
     );
     let late = claimed.iter().find(|j| j.id == ids[2]).unwrap();

@@ -221,12 +221,25 @@ pub async fn cancel(
     reason: &str,
 ) -> Result<JobState> {
     let mut tries = 0;
+    let mut busy = 0;
     loop {
         match cancel_once(pool, id, tenant, reason).await {
             Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
+            // The job's row was held by a finish waiting for the
+            // conversation's row (see lock_job_nowait.sql): start again,
+            // and the next look waits for that finish instead.
+            Err(QueueError::Database(e)) if is_lock_not_available(&e) && busy < 100 => {
+                busy += 1;
+                tokio::task::yield_now().await;
+            }
             other => return other,
         }
     }
+}
+
+/// A `NOWAIT` lock that another transaction held.
+fn is_lock_not_available(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03")
 }
 
 async fn cancel_once(
@@ -237,13 +250,17 @@ async fn cancel_once(
 ) -> Result<JobState> {
     let mut tx = pool.begin().await?;
     // A running job is locked before its conversation (as finish does); a
-    // queued one after it (as unblock does). See cancel.sql.
+    // queued one after it (as unblock does), without waiting. See cancel.sql.
     sqlx::query(sql::LOCK_RUNNING)
         .bind(id)
         .bind(tenant)
         .fetch_optional(&mut *tx)
         .await?;
     sqlx::query(sql::LOCK_LANE)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    sqlx::query(sql::LOCK_JOB_NOWAIT)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;

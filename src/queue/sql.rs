@@ -18,6 +18,7 @@ statements! {
     LOCK_LANE => "lock_lane.sql",
     CANCEL => "cancel.sql",
     LOCK_RUNNING => "lock_running.sql",
+    LOCK_JOB_NOWAIT => "lock_job_nowait.sql",
     LOCK_LANE_FINISHED => "lock_lane_finished.sql",
     RETRY => "retry.sql",
     LIST => "list.sql",
