@@ -20,7 +20,8 @@
 //! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
-//! - [`bench`]: the queue benchmark behind `skipjack bench`.
+//! - [`bench`]: the queue benchmark behind `skipjack bench`;
+//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`ids`]: id newtypes. [`text`]: text Postgres can store (no NUL).
 //!
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod cancel_bench;
 pub mod chat;
 pub mod config;
 pub mod db;

@@ -80,6 +80,13 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Measure DELETE -> worker abort of running jobs in a scratch database.
+    BenchCancel {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        #[command(flatten)]
+        args: skipjack::cancel_bench::CancelBenchArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +284,14 @@ async fn main() -> anyhow::Result<ExitCode> {
                 "revoked key {} (prefix {}) of tenant {}",
                 revoked.id, revoked.key_prefix, revoked.tenant_id
             );
+        }
+        Command::BenchCancel { database_url, args } => {
+            let report = skipjack::cancel_bench::run(&database_url, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
         }
         Command::Bench { database_url, args } => {
             let report = bench::run(&database_url, &args).await?;
