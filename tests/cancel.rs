@@ -967,3 +967,72 @@ async fn operator_functions_list_show_retry_and_cancel() {
     assert_eq!(report.refused[0].code, "not_cancellable");
     assert_eq!(state(&db.pool, x).await, JobState::Cancelled);
 }
+
+/// Runs `skipjack ARGS` against `db`; (exit success, stdout).
+async fn cli(db: &TestDb, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_cli_lists_shows_retries_and_cancels() {
+    let db = TestDb::new().await;
+    let api = TestApi::new(&db.pool).await;
+    let a = api.submit("a", "one").await;
+    let b = api.submit("b", "one").await;
+    assert_eq!(finish_ready(&db.pool, &failed("outage")).await.len(), 2);
+
+    let (ok, out) = cli(
+        &db,
+        &[
+            "jobs", "list", "--state", "failed", "--since", "1h", "--tenant", "acme",
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains(&a.to_string()) && out.contains("outage"),
+        "{out}"
+    );
+    let (ok, out) = cli(&db, &["jobs", "list", "--state", "failed", "--json"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let (ok, out) = cli(&db, &["jobs", "retry", &a.to_string()]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("retried {a}")), "{out}");
+    // a is live again: only b is still failed.
+    let (ok, out) = cli(&db, &["jobs", "retry", "--failed-since", "1h"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("retried {b}")), "{out}");
+    assert!(out.contains("1 retried, 0 refused"), "{out}");
+    // A refusal is printed, and exits 1.
+    let (ok, out) = cli(&db, &["jobs", "retry", &a.to_string()]).await;
+    assert!(!ok);
+    assert!(out.contains("not_retryable"), "{out}");
+
+    let (ok, out) = cli(&db, &["jobs", "show", &a.to_string(), "--json"]).await;
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["job"]["state"], "queued");
+    assert_eq!(shown["events"][0]["event"], "retried");
+
+    let (ok, out) = cli(&db, &["jobs", "cancel", &a.to_string(), &b.to_string()]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("2 cancelled, 0 refused"), "{out}");
+    let (ok, out) = cli(&db, &["jobs", "show", &a.to_string()]).await;
+    assert!(ok);
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(!cli(&db, &["jobs", "list", "--since", "soon"]).await.0);
+}
