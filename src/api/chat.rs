@@ -411,6 +411,9 @@ completed (the message names its state), or has used 100 attempts; \
 `conversation_moved_on`: a later job of its conversation exists (live or finished), so \
 retrying this one would run an older turn after a newer one", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 429, description = "Queue full (the limits of `POST /v1/chat`); see Retry-After",
+         body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
@@ -420,7 +423,16 @@ pub async fn retry(
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
     let id = JobId(id);
+    let before = queue::get(&state.pool, id, Some(caller.tenant))
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    // A retried job is queued again: it counts against the queue limits as
+    // a submission does.
+    let ticket = state
+        .admission
+        .try_admit(caller.tenant, caller.max_queued, before.priority)?;
     queue::retry(&state.pool, id, Some(caller.tenant)).await?;
+    ticket.keep();
     let job = queue::get(&state.pool, id, Some(caller.tenant))
         .await?
         .ok_or(ApiError::NotFound("job"))?;

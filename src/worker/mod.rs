@@ -8,6 +8,10 @@
 //!   the previous batch was being written into one transaction.
 //! - [`heartbeat`]: extends all running leases in one statement every
 //!   lease/3, and cancels the jobs whose lease was lost.
+//! - the listener ([`crate::queue::notify`]): a NOTIFY on `skipjack_jobs`
+//!   wakes the producer; one on `skipjack_cancel` (the job was cancelled
+//!   while running) stops that job's attempt at once: its handler's future
+//!   is dropped and nothing is written for it.
 //! - maintenance ([`crate::queue::maintenance`]): rescue and housekeeping.
 //!
 //! Shutdown has two phases: stop claiming and let running jobs finish within
