@@ -19,8 +19,11 @@
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
+//! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
+//!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
-//! - [`bench`]: the queue benchmark behind `skipjack bench`.
+//! - [`bench`]: the queue benchmark behind `skipjack bench`;
+//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`webhooks`]: tenants' endpoints told when jobs finish (signed
 //!   deliveries run as `webhook` jobs). All its SQL lives in `sql/webhooks/`.
@@ -30,6 +33,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod cancel_bench;
 pub mod chat;
 pub mod config;
 pub mod db;
@@ -38,6 +42,7 @@ pub mod ids;
 pub mod llm;
 pub mod loadgen;
 pub mod metrics;
+pub mod operator;
 pub mod queue;
 pub mod signal;
 pub mod stream;

@@ -26,6 +26,7 @@ pub const JOBS_FINISHED_TOTAL: &str = "skipjack_jobs_finished_total";
 pub const JOBS_RETRIED_TOTAL: &str = "skipjack_jobs_retried_total";
 pub const JOBS_RESCUED_TOTAL: &str = "skipjack_jobs_rescued_total";
 pub const JOBS_LEASE_LOST_TOTAL: &str = "skipjack_jobs_lease_lost_total";
+pub const WORKER_JOBS_CANCELLED_TOTAL: &str = "skipjack_worker_jobs_cancelled_total";
 pub const JOB_WAIT_SECONDS: &str = "skipjack_job_wait_seconds";
 pub const JOB_RUN_SECONDS: &str = "skipjack_job_run_seconds";
 pub const WORKER_SLOTS_BUSY: &str = "skipjack_worker_slots_busy";
@@ -77,6 +78,9 @@ pub struct Metrics {
     pub stream_deltas_written: IntCounter,
     /// Event streams (`GET /v1/chat/{id}/stream`) open in this API process.
     pub streams_open: IntGauge,
+    /// Running attempts this worker stopped because their job was
+    /// cancelled (nothing written for them).
+    pub worker_jobs_cancelled: IntCounter,
     /// Submit to first start, by priority.
     pub job_wait: HistogramVec,
     /// One attempt's run time, by kind.
@@ -242,6 +246,10 @@ impl Metrics {
                 "Pieces of streamed replies written for the API's event streams.",
             ),
             streams_open: gauge(STREAMS_OPEN, "Event streams open in this API process."),
+            worker_jobs_cancelled: counter(
+                WORKER_JOBS_CANCELLED_TOTAL,
+                "Running attempts stopped because their job was cancelled.",
+            ),
             job_wait: histogram_vec(
                 JOB_WAIT_SECONDS,
                 "Time from submission to the first start of a job.",
@@ -372,6 +380,7 @@ impl Metrics {
         r.add(&m.jobs_lease_lost, K::Counter);
         r.add(&m.stream_deltas_written, K::Counter);
         r.add(&m.streams_open, K::Gauge);
+        r.add(&m.worker_jobs_cancelled, K::Counter);
         r.add(&m.job_wait, K::Histogram);
         r.add(&m.job_run, K::Histogram);
         r.add(&m.worker_slots_busy, K::Gauge);
@@ -541,7 +550,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 32);
+        assert_eq!(exported().len(), 33);
     }
 
     #[test]

@@ -721,7 +721,7 @@ async fn a_job_reads_the_same_live_or_finished() {
 }
 
 #[tokio::test]
-async fn cancel_queued_jobs_only() {
+async fn cancel_queued_and_processing_jobs_but_not_finished_ones() {
     let db = TestDb::new().await;
     let tenant = create_tenant(&db.pool, "acme").await;
     let conversation = ConversationId::new();
@@ -757,14 +757,31 @@ async fn cancel_queued_jobs_only() {
         .unwrap();
     let claimed_ids: HashSet<JobId> = claimed.iter().map(|j| j.id).collect();
     assert_eq!(claimed_ids, HashSet::from([ids[2], ids[3]]));
-    // Processing: not cancellable.
+    // Processing: cancelled too, and its worker's late finish changes
+    // nothing (fenced off: the row is gone).
+    assert_eq!(
+        queue::cancel(&db.pool, ids[2], Some(tenant), "stop")
+            .await
+            .unwrap(),
+        JobState::Processing
+    );
+    let late = claimed.iter().find(|j| j.id == ids[2]).unwrap();
     assert!(matches!(
-        queue::cancel(&db.pool, ids[2], Some(tenant), "no").await,
-        Err(QueueError::NotCancellable {
-            state: JobState::Processing,
-            ..
-        })
+        finish_one(
+            &db.pool,
+            &late.lease("w"),
+            &Outcome::Completed {
+                result: json!("late"),
+                usage: None
+            },
+            &Backoff::default()
+        )
+        .await,
+        Err(QueueError::LeaseLost(_))
     ));
+    let view = queue::get(&db.pool, ids[2], None).await.unwrap().unwrap();
+    assert_eq!((view.state, view.attempts), (JobState::Cancelled, 1));
+    assert_eq!(view.worker.as_deref(), Some("w"));
     let view = queue::get(&db.pool, ids[0], None).await.unwrap().unwrap();
     assert_eq!(view.state, JobState::Cancelled);
     assert_eq!(view.error.as_deref(), Some("user gave up"));

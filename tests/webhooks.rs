@@ -182,6 +182,7 @@ async fn chat_job(pool: &PgPool, tenant: TenantId, message: &str) -> JobId {
         user_id: "user".into(),
         message: message.into(),
         metadata: None,
+        stream: false,
     };
     let job = NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap())
         .with_tenant(tenant)

@@ -12,7 +12,8 @@
 --   limit   most rows (default 1000)
 --
 -- events lists one line per event: "rescued attempt 2 (worker w-1): lease
--- expired". For a rescue, worker is the one that lost the lease; many
+-- expired". A retry by hand (POST /v1/chat/{id}/retry, skipjack jobs retry)
+-- is a 'retried' event with worker 'manual' and the error it retried. For a rescue, worker is the one that lost the lease; many
 -- rescues naming one worker point at that worker (docs/runbook.md).
 -- Events are kept as long as the job history (SKIPJACK_RETENTION_DAYS).
 --

@@ -1,4 +1,5 @@
-//! `/v1/chat`: submit a chat turn, read it (or long-poll it), cancel it.
+//! `/v1/chat`: submit a chat turn, read it (or long-poll it), cancel it,
+//! retry it.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
@@ -31,6 +32,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/chat/{job_id}",
             observed("/v1/chat/{job_id}", get(get_job).delete(cancel)),
+        )
+        .route(
+            "/v1/chat/{job_id}/retry",
+            observed("/v1/chat/{job_id}/retry", post(retry)),
         )
 }
 
@@ -349,17 +354,22 @@ pub async fn get_job(
     Ok(Json(job.into()))
 }
 
-/// Cancels a queued job. A job being processed or already finished cannot
-/// be cancelled (409).
+/// Cancels a job that is queued or being processed. A running job's
+/// worker stops it at once (its call to the LLM is abandoned) and stores no
+/// turn for it; the conversation's next turn runs. A cancel racing the
+/// job's completion: whichever commits first wins, and the answer says
+/// which (200 `cancelled`, or 409 with the state it finished in).
 #[utoipa::path(
     delete, path = "/v1/chat/{job_id}", tag = "chat",
     params(("job_id" = Uuid, Path, description = "Job id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Cancelled; the job as it is now", body = JobResponse),
+        (status = 200, description = "Cancelled; the job as it is now (status `cancelled`)",
+         body = JobResponse),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 409, description = "The job is processing or finished", body = ErrorBody),
+        (status = 409, description = "`not_cancellable`: the job is already finished \
+(completed, failed or cancelled); the message names its state", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
@@ -385,4 +395,55 @@ pub async fn cancel(
         .await?
         .ok_or(ApiError::NotFound("job"))?;
     Ok(Json(job.into()))
+}
+
+/// Runs a failed or cancelled job again: the same job id goes back to the
+/// queue as a new attempt, with a fresh budget of attempts; its earlier
+/// attempts stay in its events. It keeps its place in its conversation, so
+/// it is allowed only while no later job of the conversation exists.
+#[utoipa::path(
+    post, path = "/v1/chat/{job_id}/retry", tag = "chat",
+    params(("job_id" = Uuid, Path, description = "Job id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Queued again; the job as it is now (status `queued`)",
+         body = JobResponse,
+         headers(("Location" = String, description = "Where to poll the job"))),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 409, description = "`not_retryable`: the job is queued, processing or \
+completed (the message names its state), or has used 100 attempts; \
+`conversation_moved_on`: a later job of its conversation exists (live or finished), so \
+retrying this one would run an older turn after a newer one", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 429, description = "Queue full (the limits of `POST /v1/chat`); see Retry-After",
+         body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    let id = JobId(id);
+    let before = queue::get(&state.pool, id, Some(caller.tenant))
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    // A retried job is queued again: it counts against the queue limits as
+    // a submission does.
+    let ticket = state
+        .admission
+        .try_admit(caller.tenant, caller.max_queued, before.priority)?;
+    queue::retry(&state.pool, id, Some(caller.tenant)).await?;
+    ticket.keep();
+    let job = queue::get(&state.pool, id, Some(caller.tenant))
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let mut response = (StatusCode::ACCEPTED, Json(JobResponse::from(job))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/chat/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }

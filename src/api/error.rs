@@ -73,8 +73,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `unauthorized`,
-    /// `not_found`, `method_not_allowed`, `not_cancellable`,
-    /// `idempotency_key_reused`, `too_many_webhooks`, `payload_too_large`, `invalid_*`,
+    /// `not_found`, `method_not_allowed`, `not_cancellable`, `not_retryable`,
+    /// `conversation_moved_on`, `idempotency_key_reused`, `too_many_webhooks`,
+    /// `payload_too_large`, `invalid_*`,
     /// `queue_full`, `too_many_long_polls`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
@@ -162,7 +163,24 @@ impl From<QueueError> for ApiError {
             QueueError::NotFound(_) | QueueError::LeaseLost(_) => ApiError::NotFound("job"),
             QueueError::NotCancellable { state, .. } => ApiError::Conflict {
                 code: "not_cancellable",
-                message: format!("the job is {state}; only queued jobs can be cancelled"),
+                message: format!(
+                    "the job is {state}; only queued or processing jobs can be cancelled"
+                ),
+            },
+            QueueError::NotRetryable { state, detail, .. } => ApiError::Conflict {
+                code: "not_retryable",
+                message: if detail.is_empty() {
+                    format!("the job is {state}; only failed or cancelled jobs can be retried")
+                } else {
+                    format!("the job is {state} and cannot be retried{detail}")
+                },
+            },
+            QueueError::ConversationMovedOn(_) => ApiError::Conflict {
+                code: "conversation_moved_on",
+                message: "a later job of this job's conversation exists (queued, running or \
+                          finished); retrying this one would run an older turn after a newer \
+                          one. Submit the message again as a new turn instead"
+                    .to_owned(),
             },
             QueueError::Invalid(message) => ApiError::Conflict {
                 code: "conflict",

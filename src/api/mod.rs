@@ -6,7 +6,10 @@
 //!   [`group_commit`]; `202` with the job id and a `Location`.
 //! - `GET /v1/chat/{job_id}?wait=N`: the job, long-polled through
 //!   [`long_poll`] (one LISTEN connection per process).
-//! - `DELETE /v1/chat/{job_id}`: cancel a queued job.
+//! - `DELETE /v1/chat/{job_id}`: cancel a queued or running job (the
+//!   worker running it is told at once).
+//! - `POST /v1/chat/{job_id}/retry`: a failed or cancelled job back in the
+//!   queue under the same id, while its conversation has no later job.
 //! - `POST /v1/conversations`, `GET /v1/conversations/{id}/messages`.
 //! - `POST /v1/webhooks`, `GET /v1/webhooks`, `DELETE /v1/webhooks/{id}`
 //!   ([`webhooks`]): endpoints told when the tenant's jobs finish.

@@ -33,6 +33,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         super::chat::get_job,
         super::chat::cancel,
         super::stream::stream,
+        super::chat::retry,
         super::conversations::create,
         super::conversations::messages,
         super::queue::stats,

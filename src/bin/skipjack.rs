@@ -1,5 +1,6 @@
 //! `skipjack`: the admin CLI (migrate, tenants and keys, queue statistics,
-//! benchmark, and the container health check).
+//! jobs: show, list, retry, cancel; benchmark, and the container health
+//! check).
 //!
 //! Commands that create a key print it, alone, on stdout, and everything else
 //! on stderr, so `KEY=$(skipjack tenants create acme)` works.
@@ -7,6 +8,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use skipjack::config::{DatabaseArgs, DEFAULT_DATABASE_URL};
+use skipjack::ids::JobId;
+use skipjack::operator::{self, ListArgs};
+use skipjack::queue::JobState;
 use skipjack::{bench, db, queue, telemetry, tenants};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -42,6 +46,12 @@ enum Command {
         #[arg(long, env = "SKIPJACK_RETENTION_DAYS", default_value_t = 30)]
         retention_days: u32,
     },
+    /// Jobs: show one, list by state, retry failed or cancelled ones,
+    /// cancel live ones.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Tenants: `tenants create NAME` prints the new tenant's first API key.
     Tenants {
         #[command(subcommand)]
@@ -70,6 +80,85 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Measure DELETE -> worker abort of running jobs in a scratch database.
+    BenchCancel {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        #[command(flatten)]
+        args: skipjack::cancel_bench::CancelBenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// A job's state, attempts, errors, events and timings.
+    Show {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        id: JobId,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jobs newest first (by finish time, or creation time while live).
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// queued, processing, completed, failed or cancelled (default: any).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        /// Tenant name or id.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only jobs finished (or created, while live) this recently: 90s,
+        /// 30m, 1h, 2d.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed or cancelled jobs back in the queue (same id, a new
+    /// attempt, a fresh budget of attempts). By id, or every job failed
+    /// since a time (--failed-since). Prints what was retried and what was
+    /// refused and why; exits 1 when anything was refused.
+    Retry {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(
+            required_unless_present = "failed_since",
+            conflicts_with = "failed_since"
+        )]
+        ids: Vec<JobId>,
+        /// Retry every job that failed this recently: 30m, 1h, 2d.
+        #[arg(long, value_parser = parse_duration)]
+        failed_since: Option<Duration>,
+        /// With --failed-since: only this tenant's jobs (name or id).
+        #[arg(long, requires = "failed_since")]
+        tenant: Option<String>,
+        /// With --failed-since: at most this many jobs.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Cancel queued or running jobs (a running job's worker stops it at
+    /// once). Exits 1 when anything was refused.
+    Cancel {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+    },
+}
+
+fn parse_state(text: &str) -> Result<JobState, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_lowercase()))
+        .map_err(|_| "expected queued, processing, completed, failed or cancelled".to_owned())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    operator::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -157,6 +246,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 queue::maintenance::housekeeping(&pool, &config, chrono::Utc::now()).await?;
             eprintln!("{report:?}");
         }
+        Command::Jobs { command } => return jobs(command).await,
         Command::Tenants {
             command:
                 TenantsCommand::Create {
@@ -195,12 +285,91 @@ async fn main() -> anyhow::Result<ExitCode> {
                 revoked.id, revoked.key_prefix, revoked.tenant_id
             );
         }
+        Command::BenchCancel { database_url, args } => {
+            let report = skipjack::cancel_bench::run(&database_url, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+        }
         Command::Bench { database_url, args } => {
             let report = bench::run(&database_url, &args).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!("{}", report.table());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `skipjack jobs ...`.
+async fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JobsCommand::Show { db: args, id, json } => {
+            let pool = connect_checked(&args).await?;
+            let Some(detail) = operator::show(&pool, id).await? else {
+                eprintln!("no job {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                print!("{}", detail.text());
+            }
+        }
+        JobsCommand::List {
+            db: args,
+            state,
+            tenant,
+            since,
+            limit,
+            json,
+        } => {
+            let pool = connect_checked(&args).await?;
+            let listed = operator::list(
+                &pool,
+                &ListArgs {
+                    state,
+                    tenant,
+                    since,
+                    limit,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                print!("{}", operator::list_text(&listed));
+            }
+        }
+        JobsCommand::Retry {
+            db: args,
+            ids,
+            failed_since,
+            tenant,
+            limit,
+        } => {
+            let pool = connect_checked(&args).await?;
+            let report = match failed_since {
+                Some(ago) => {
+                    operator::retry_failed_since(&pool, ago, tenant.as_deref(), limit).await?
+                }
+                None => operator::retry(&pool, &ids).await?,
+            };
+            print!("{}", report.text("retried"));
+            if !report.refused.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        JobsCommand::Cancel { db: args, ids } => {
+            let pool = connect_checked(&args).await?;
+            let report = operator::cancel(&pool, &ids, "cancelled by an operator").await?;
+            print!("{}", report.text("cancelled"));
+            if !report.refused.is_empty() {
+                return Ok(ExitCode::FAILURE);
             }
         }
     }

@@ -204,22 +204,42 @@ pub(super) async fn unblock(conn: &mut PgConnection, heads: &[ConversationId]) -
     Ok(unblocked as u64)
 }
 
-/// Cancels a queued job (blocked or not). `tenant` limits it to one tenant's
-/// jobs (`None` for operators). A job being processed or already finished is
-/// `NotCancellable`; a job of another tenant is `NotFound`.
+/// Cancels a live job: a queued one (blocked or not) or one being
+/// processed. `tenant` limits it to one tenant's jobs (`None` for
+/// operators). Returns the state the job was in. A finished job is
+/// `NotCancellable` (with its state); a job of another tenant is
+/// `NotFound`.
+///
+/// A processing job leaves `jobs` in the same statement, and its worker is
+/// told on [`super::CANCEL_CHANNEL`] to drop the attempt; whichever of the
+/// cancel and the worker's fenced finish commits first wins, the other
+/// changes nothing.
 pub async fn cancel(
     pool: &PgPool,
     id: JobId,
     tenant: Option<TenantId>,
     reason: &str,
-) -> Result<()> {
+) -> Result<JobState> {
     let mut tries = 0;
+    let mut busy = 0;
     loop {
         match cancel_once(pool, id, tenant, reason).await {
             Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
+            // The job's row was held by a finish waiting for the
+            // conversation's row (see lock_job_nowait.sql): start again,
+            // and the next look waits for that finish instead.
+            Err(QueueError::Database(e)) if is_lock_not_available(&e) && busy < 100 => {
+                busy += 1;
+                tokio::task::yield_now().await;
+            }
             other => return other,
         }
     }
+}
+
+/// A `NOWAIT` lock that another transaction held.
+fn is_lock_not_available(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03")
 }
 
 async fn cancel_once(
@@ -227,25 +247,37 @@ async fn cancel_once(
     id: JobId,
     tenant: Option<TenantId>,
     reason: &str,
-) -> Result<()> {
+) -> Result<JobState> {
     let mut tx = pool.begin().await?;
+    // A running job is locked before its conversation (as finish does); a
+    // queued one after it (as unblock does), without waiting. See cancel.sql.
+    sqlx::query(sql::LOCK_RUNNING)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
     sqlx::query(sql::LOCK_LANE)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    let cancelled: Option<(JobId, Option<ConversationId>, bool)> = sqlx::query_as(sql::CANCEL)
+    sqlx::query(sql::LOCK_JOB_NOWAIT)
         .bind(id)
-        .bind(tenant)
-        .bind(reason)
         .fetch_optional(&mut *tx)
         .await?;
+    let cancelled: Option<(JobId, Option<ConversationId>, bool, JobState)> =
+        sqlx::query_as(sql::CANCEL)
+            .bind(id)
+            .bind(tenant)
+            .bind(reason)
+            .fetch_optional(&mut *tx)
+            .await?;
     match cancelled {
-        Some((_, conversation, blocked)) => {
+        Some((_, conversation, blocked, was)) => {
             if let (Some(conversation), false) = (conversation, blocked) {
                 unblock(&mut tx, &[conversation]).await?;
             }
             tx.commit().await?;
-            Ok(())
+            Ok(was)
         }
         None => {
             drop(tx);

@@ -6,7 +6,8 @@
 //! - [`claim`]: hands ready jobs to a worker under a lease.
 //! - [`finish`]: complete, retry, fail (batched and fenced), cancel.
 //! - [`lease`]: heartbeats, the rescuer, releases at shutdown.
-//! - [`read`]: a job live or finished, its events, queue statistics.
+//! - [`retry`]: a failed or cancelled job back in the queue, by hand.
+//! - [`read`]: a job live or finished, its events, queue statistics, lists.
 //! - [`notify`]: LISTEN/NOTIFY wake-ups and waiter registration.
 //! - [`gauges`]: the queue depth gauges for Prometheus, refreshed by one
 //!   process at a time.
@@ -35,6 +36,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod notify;
 pub mod read;
+pub mod retry;
 mod sql;
 pub mod types;
 
@@ -42,7 +44,8 @@ pub use claim::claim;
 pub use enqueue::{enqueue, enqueue_many};
 pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};
-pub use read::{events, get, stats};
+pub use read::{events, get, list, stats, JobFilter};
+pub use retry::retry;
 pub use types::*;
 
 use crate::ids::JobId;
@@ -60,6 +63,19 @@ pub enum QueueError {
     /// The job cannot be cancelled in its current state.
     #[error("job {id} is {state} and cannot be cancelled")]
     NotCancellable { id: JobId, state: JobState },
+    /// The job cannot be retried in its current state (it is live, or
+    /// completed, or has used the most attempts a job may have).
+    #[error("job {id} is {state} and cannot be retried{detail}")]
+    NotRetryable {
+        id: JobId,
+        state: JobState,
+        /// Why, when the state does not say it (e.g. ": attempts used up").
+        detail: &'static str,
+    },
+    /// The job's conversation has a later job (live or finished): retrying
+    /// it would run an old turn after a newer one.
+    #[error("job {0} cannot be retried: a later job of its conversation exists")]
+    ConversationMovedOn(JobId),
     /// A job field outside what the schema accepts.
     #[error("invalid job: {0}")]
     Invalid(String),
@@ -72,6 +88,9 @@ pub type Result<T = (), E = QueueError> = std::result::Result<T, E>;
 
 /// The NOTIFY channel that announces claimable jobs to waiting workers.
 pub const JOBS_CHANNEL: &str = "skipjack_jobs";
+/// The NOTIFY channel that tells workers to stop a running job (payload: the
+/// job id); sent by [`cancel`] when it cancels a processing job.
+pub const CANCEL_CHANNEL: &str = "skipjack_cancel";
 /// The NOTIFY channel that announces finished jobs (comma-separated ids).
 pub const DONE_CHANNEL: &str = "skipjack_done";
 

@@ -1,7 +1,9 @@
-//! Reading the queue: one job live or finished, its events, and statistics.
+//! Reading the queue: one job live or finished, its events, statistics,
+//! and lists of jobs for operators.
 
-use super::{sql, JobEvent, JobView, QueueStats, Result};
+use super::{sql, JobEvent, JobState, JobView, QueueStats, Result};
 use crate::ids::{JobId, TenantId};
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 /// A job, live or finished; `tenant` hides other tenants' jobs (`None`: any).
@@ -43,4 +45,40 @@ pub async fn stats<'e>(executor: impl PgExecutor<'e>) -> Result<QueueStats> {
         processing,
         oldest_queued_age_seconds: oldest,
     })
+}
+
+/// Which jobs [`list`] returns.
+#[derive(Clone, Debug)]
+pub struct JobFilter {
+    /// Only jobs in this state (`None`: any).
+    pub state: Option<JobState>,
+    /// Only this tenant's jobs (`None`: any).
+    pub tenant: Option<TenantId>,
+    /// Only jobs finished (or, while live, created) at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Most jobs returned.
+    pub limit: i64,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter {
+            state: None,
+            tenant: None,
+            since: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Jobs matching `filter`, newest first (by finish time, or creation time
+/// while live).
+pub async fn list<'e>(executor: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec<JobView>> {
+    Ok(sqlx::query_as::<_, JobView>(sql::LIST)
+        .bind(filter.state)
+        .bind(filter.tenant)
+        .bind(filter.since)
+        .bind(filter.limit.max(0))
+        .fetch_all(executor)
+        .await?)
 }

@@ -33,7 +33,9 @@ impl JobState {
         }
     }
 
-    /// True for the states a job never leaves.
+    /// True for the states of finished jobs (in `job_history`). Only a
+    /// retry by hand ([`crate::queue::retry`]) takes a failed or cancelled
+    /// job back to the queue.
     pub fn is_final(self) -> bool {
         matches!(
             self,

@@ -239,6 +239,12 @@ pub(super) async fn write(
         match state {
             Some(JobState::Queued) => m.jobs_retried.inc(),
             Some(state) => m.jobs_finished.with_label_values(&[state.as_str()]).inc(),
+            // The job was cancelled while its outcome waited to be written.
+            None if shared.cancel_requested(f.job.attempt_id()) => {
+                m.worker_jobs_cancelled.inc();
+                let _job = executor::job_span(&shared.config.id, &f.job).entered();
+                tracing::info!("outcome discarded: the job was cancelled");
+            }
             None => {
                 m.jobs_lease_lost.inc();
                 // The job's span puts its conversation, tenant and worker on

@@ -5,6 +5,7 @@ use crate::metrics::{metrics, observe_since};
 use crate::queue::{AttemptId, ClaimedJob, Outcome};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
@@ -21,6 +22,9 @@ pub(super) enum Attempt {
     /// Cancelled because the lease was lost: nothing to write (the attempt
     /// has left the running set).
     LeaseLost(AttemptId),
+    /// Stopped because the job was cancelled (its row is gone): nothing to
+    /// write or release (the attempt has left the running set).
+    Cancelled(AttemptId),
 }
 
 /// Runs `job` in its own task under `permit`, and hands the result to the
@@ -36,6 +40,11 @@ pub(super) fn spawn(
         let message = match attempt(&shared, job).await {
             Attempt::Finished(finished) => Some(Done::Finished(finished)),
             Attempt::Abandoned(attempt) => Some(Done::Release(attempt)),
+            Attempt::Cancelled(attempt) => {
+                metrics().worker_jobs_cancelled.inc();
+                tracing::info!(job_id = %attempt.job, attempt = attempt.attempt, "job cancelled while running; stopped the job");
+                None
+            }
             Attempt::LeaseLost(attempt) => {
                 metrics().jobs_lease_lost.inc();
                 tracing::warn!(job_id = %attempt.job, attempt = attempt.attempt, "lease lost while running; stopped the job");
@@ -85,11 +94,13 @@ pub(super) fn job_span(worker: &str, job: &ClaimedJob) -> tracing::Span {
 
 async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
     let cancel = shared.hard_stop.child_token();
+    let cancelled = Arc::new(AtomicBool::new(false));
     let attempt_id = job.attempt_id();
     shared.lock_running().insert(
         attempt_id,
         Running {
             cancel: cancel.clone(),
+            cancelled: cancelled.clone(),
         },
     );
     if job.attempt == 1 {
@@ -115,7 +126,8 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
             let run = AssertUnwindSafe(handler.handle_boxed(ctx)).catch_unwind();
             tokio::select! {
                 biased;
-                // Lease lost or grace period over: drop the handler's future.
+                // Job cancelled, lease lost or grace period over: drop the
+                // handler's future (and with it any call it was making).
                 _ = cancel.cancelled() => None,
                 result = run => Some(result.unwrap_or_else(|panic| Outcome::Retry {
                     error: format!("handler panicked: {}", panic_message(&panic)),
@@ -133,7 +145,8 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
             Some(Outcome::Completed { .. }) => "completed",
             Some(Outcome::Retry { .. }) => "retry",
             Some(Outcome::Failed { .. }) => "failed",
-            None => "cancelled",
+            None if cancelled.load(Ordering::SeqCst) => "cancelled",
+            None => "stopped",
         },
         run_s = (chrono::Utc::now() - started).num_milliseconds() as f64 / 1e3,
         "attempt finished"
@@ -144,6 +157,11 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
             job,
             outcome: outcome.without_nul(),
         }),
+        // The job's row is gone: nothing to release or write.
+        None if cancelled.load(Ordering::SeqCst) => {
+            shared.forget([attempt_id]);
+            Attempt::Cancelled(attempt_id)
+        }
         None if shared.hard_stop.is_cancelled() => Attempt::Abandoned(attempt_id),
         None => {
             shared.forget([attempt_id]);

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub job: ClaimedJob,
-    /// Cancelled when the worker lost the job's lease (another worker may be
-    /// running it now) or when shutdown's grace period is over. The worker
+    /// Cancelled when the job was cancelled (`DELETE /v1/chat/{id}`), when
+    /// the worker lost the job's lease (another worker may be running it
+    /// now) or when shutdown's grace period is over. The worker
     /// drops the handler's future either way; long handlers may also watch
     /// it to stop cleanly.
     pub cancel: CancellationToken,

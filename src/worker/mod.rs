@@ -8,6 +8,10 @@
 //!   the previous batch was being written into one transaction.
 //! - [`heartbeat`]: extends all running leases in one statement every
 //!   lease/3, and cancels the jobs whose lease was lost.
+//! - the listener ([`crate::queue::notify`]): a NOTIFY on `skipjack_jobs`
+//!   wakes the producer; one on `skipjack_cancel` (the job was cancelled
+//!   while running) stops that job's attempt at once: its handler's future
+//!   is dropped and nothing is written for it.
 //! - maintenance ([`crate::queue::maintenance`]): rescue and housekeeping.
 //!
 //! Shutdown has two phases: stop claiming and let running jobs finish within
@@ -24,6 +28,7 @@ mod producer;
 pub use handler::{FinishedJob, Handler, JobContext};
 pub use noop::NoopHandler;
 
+use crate::ids::JobId;
 use crate::metrics::metrics;
 use crate::queue::{
     self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, AttemptId, Backoff,
@@ -32,7 +37,7 @@ use handler::DynHandler;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -108,10 +113,16 @@ pub enum WorkerError {
     Queue(#[from] queue::QueueError),
 }
 
-/// A job being run, as the heartbeat and shutdown see it.
+/// A job being run, as the heartbeat, the cancel listener and shutdown see
+/// it.
 struct Running {
-    /// Cancelled on lease loss or at the end of the grace period.
+    /// Cancelled on lease loss, on a cancel of the job, or at the end of the
+    /// grace period.
     cancel: CancellationToken,
+    /// Set (before `cancel` is cancelled) when the job was cancelled through
+    /// the queue ([`queue::CANCEL_CHANNEL`]): the attempt counts as
+    /// cancelled, not as a lost lease.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// State shared by the worker's tasks.
@@ -164,6 +175,29 @@ impl Shared {
         for attempt in attempts {
             running.remove(&attempt);
         }
+    }
+
+    /// Stops every attempt of `job` this worker runs, because the job was
+    /// cancelled (its row is gone): the handler's future is dropped at once
+    /// and nothing is written for it. Returns the attempts stopped; a job
+    /// this worker does not run stops nothing.
+    fn cancel_job(&self, job: JobId) -> usize {
+        let running = self.lock_running();
+        let mut stopped = 0;
+        for (attempt, run) in running.iter() {
+            if attempt.job == job && !run.cancelled.swap(true, Ordering::SeqCst) {
+                run.cancel.cancel();
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// True when `attempt` was stopped by a cancel of its job.
+    fn cancel_requested(&self, attempt: AttemptId) -> bool {
+        self.lock_running()
+            .get(&attempt)
+            .is_some_and(|run| run.cancelled.load(Ordering::SeqCst))
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptId, Running>> {
@@ -243,6 +277,19 @@ impl WorkerBuilder {
     }
 }
 
+/// Handles a NOTIFY on [`queue::CANCEL_CHANNEL`]: stops the attempt of the
+/// named job if this worker runs it; anything else is ignored.
+fn on_cancel(shared: &Shared, payload: &str) {
+    let Ok(id) = payload.trim().parse::<uuid::Uuid>() else {
+        tracing::debug!(payload, "ignored a cancel notification that names no job");
+        return;
+    };
+    let stopped = shared.cancel_job(JobId(id));
+    if stopped > 0 {
+        tracing::info!(job_id = %id, "job cancelled; stopping its attempt");
+    }
+}
+
 /// What [`Worker::run_once`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOnce {
@@ -252,6 +299,8 @@ pub struct RunOnce {
     pub failed: usize,
     /// Outcomes discarded because the lease had been lost.
     pub lease_lost: usize,
+    /// Attempts stopped because their job was cancelled.
+    pub cancelled: usize,
 }
 
 impl Worker {
@@ -285,8 +334,14 @@ impl Worker {
             let waker = shared.clone();
             notify::spawn_listener(
                 shared.direct_pool.clone(),
-                vec![queue::JOBS_CHANNEL],
+                vec![queue::JOBS_CHANNEL, queue::CANCEL_CHANNEL],
                 move |wakeup| {
+                    if let notify::Wakeup::Notification { channel, payload } = &wakeup {
+                        if channel == queue::CANCEL_CHANNEL {
+                            on_cancel(&waker, payload);
+                            return;
+                        }
+                    }
                     if wakeup == notify::Wakeup::Reconnected {
                         metrics().listener_reconnects.inc();
                         waker.listener_epoch.fetch_add(1, Ordering::SeqCst);
@@ -375,6 +430,10 @@ impl Worker {
                 executor::Attempt::Abandoned(attempt) | executor::Attempt::LeaseLost(attempt) => {
                     shared.forget([attempt]);
                     report.lease_lost += 1
+                }
+                executor::Attempt::Cancelled(attempt) => {
+                    shared.forget([attempt]);
+                    report.cancelled += 1
                 }
             }
         }
