@@ -1,19 +1,21 @@
 //! The API replica's side: one reader for all the streams the process
 //! serves.
 //!
-//! Each open stream holds a [`Subscription`]: its job and its cursor. On
-//! every NOTIFY of [`super::STREAM_CHANNEL`] (a publisher wrote), and every
-//! [`HubConfig::poll`] as the safety net for a lost notification or a
-//! listener still connecting, the hub reads what is new for every
-//! subscription in one statement and hands each its pieces in order. A
-//! burst of notifications while a read runs costs one more read, not one
-//! per notification.
+//! Each open stream holds a [`Subscription`]: its job and its cursor. Every
+//! NOTIFY of [`super::STREAM_CHANNEL`] names the jobs a publisher just wrote
+//! pieces of; those this process serves are marked, and one statement reads
+//! what is new for all marked streams and hands each its pieces in order.
+//! A burst of notifications while a read runs costs one more read, not one
+//! per notification, and a read costs one index probe per stream with news,
+//! not per stream open. Every [`HubConfig::poll`], and when the listener
+//! (re)connects, every stream is read: the safety net for a lost
+//! notification.
 
 use super::{Cursor, Delta};
 use crate::ids::JobId;
 use crate::queue::notify::{self, ListenerConfig};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +55,12 @@ pub struct Hub {
     listen_pool: PgPool,
     config: HubConfig,
     subs: Mutex<HashMap<u64, Sub>>,
+    /// Streams open per job, to tell which notified jobs concern us.
+    jobs: Mutex<HashMap<JobId, usize>>,
+    /// Jobs to read at the next read: notified, or just subscribed.
+    dirty: Mutex<HashSet<JobId>>,
+    /// Read every stream at the next read (poll, reconnect).
+    all_dirty: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     /// Rung by the listener and by new subscriptions.
     wake: Notify,
@@ -69,6 +77,9 @@ impl Hub {
             listen_pool,
             config,
             subs: Mutex::default(),
+            jobs: Mutex::default(),
+            dirty: Mutex::default(),
+            all_dirty: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             wake: Notify::new(),
             reads: AtomicU64::new(0),
@@ -82,8 +93,7 @@ impl Hub {
             self.listen_pool.clone(),
             vec![super::STREAM_CHANNEL],
             self.config.listener.clone(),
-            // A write, a (re)connected listener: either way, look.
-            move |_| waker.wake.notify_one(),
+            move |wakeup| waker.on_wakeup(wakeup),
             stop.clone(),
         );
         let reader = tokio::spawn(self.clone().read_loop(stop));
@@ -95,6 +105,9 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock_subs().insert(id, Sub { job, cursor, tx });
+        *lock(&self.jobs).entry(job).or_insert(0) += 1;
+        // Pieces written before the subscription: read them now.
+        lock(&self.dirty).insert(job);
         self.wake.notify_one();
         Subscription {
             hub: self.clone(),
@@ -114,30 +127,78 @@ impl Hub {
     }
 
     fn lock_subs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sub>> {
-        // Plain data: usable even if a holder panicked.
-        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.subs)
+    }
+
+    fn on_wakeup(&self, wakeup: notify::Wakeup) {
+        match wakeup {
+            notify::Wakeup::Notification { payload, .. } => {
+                let mut marked = false;
+                {
+                    let jobs = lock(&self.jobs);
+                    if jobs.is_empty() {
+                        return;
+                    }
+                    let mut dirty = lock(&self.dirty);
+                    for id in payload.split(',') {
+                        if let Ok(id) = id.trim().parse::<JobId>() {
+                            if jobs.contains_key(&id) {
+                                dirty.insert(id);
+                                marked = true;
+                            }
+                        }
+                    }
+                }
+                if marked {
+                    self.wake.notify_one();
+                }
+            }
+            // Listening at last, or again after a lost connection:
+            // notifications may have been missed.
+            notify::Wakeup::Listening | notify::Wakeup::Reconnected => {
+                self.all_dirty.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        let Some(sub) = self.lock_subs().remove(&id) else {
+            return;
+        };
+        let mut jobs = lock(&self.jobs);
+        if let Some(n) = jobs.get_mut(&sub.job) {
+            *n -= 1;
+            if *n == 0 {
+                jobs.remove(&sub.job);
+            }
+        }
     }
 
     async fn read_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut poll = tokio::time::interval(self.config.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let idle = self.lock_subs().is_empty();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                // A publisher wrote, or a stream opened.
+                // A publisher wrote pieces of a job we serve, or a stream
+                // opened.
                 _ = self.wake.notified() => {}
-                // The safety net, while anyone listens.
-                _ = tokio::time::sleep(self.config.poll), if !idle => {}
+                // The safety net: every stream, now and then.
+                _ = poll.tick() => self.all_dirty.store(true, Ordering::SeqCst),
             }
             self.read_once().await;
         }
     }
 
-    /// One read for every subscription, handed out in order.
+    /// One read for the marked subscriptions, handed out in order.
     async fn read_once(&self) {
+        let all = self.all_dirty.swap(false, Ordering::SeqCst);
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
         let cursors: Vec<(JobId, Cursor)> = {
             let subs = self.lock_subs();
             let mut lowest: HashMap<JobId, Cursor> = HashMap::new();
-            for sub in subs.values() {
+            for sub in subs.values().filter(|s| all || dirty.contains(&s.job)) {
                 lowest
                     .entry(sub.job)
                     .and_modify(|c| *c = (*c).min(sub.cursor))
@@ -152,6 +213,8 @@ impl Hub {
         let deltas = match super::read(&self.pool, &cursors).await {
             Ok(deltas) => deltas,
             Err(error) => {
+                // Marked again: the next wake-up or poll reads them.
+                lock(&self.dirty).extend(cursors.iter().map(|(job, _)| *job));
                 tracing::debug!(%error, "cannot read streamed pieces; next notification or poll retries");
                 return;
             }
@@ -216,6 +279,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.lock_subs().remove(&self.id);
+        self.hub.forget(self.id);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: usable even if a holder panicked.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -10,10 +10,11 @@
 //! behind it.
 //! - [`publish`]: each worker buffers the pieces of all the jobs it streams
 //!   and writes them every `SKIPJACK_STREAM_FLUSH_MS` in one statement,
-//!   which sends one payload-less NOTIFY on [`STREAM_CHANNEL`].
+//!   which also NOTIFYs [`STREAM_CHANNEL`] with the ids of the jobs written
+//!   (200 to a payload).
 //! - [`hub`]: each API replica keeps one cursor per open stream and, on each
-//!   NOTIFY (or its fallback poll), reads what is new for all of them in one
-//!   statement. Any replica can serve any stream, and a client that
+//!   NOTIFY, reads what is new for the streams it serves among the jobs
+//!   named, in one statement (and for all of them on its fallback poll). Any replica can serve any stream, and a client that
 //!   reconnects with `Last-Event-ID` resumes from its cursor.
 //!
 //! The stored reply is written once, at completion, as for any job; the
@@ -85,7 +86,7 @@ pub async fn write<'e>(executor: impl PgExecutor<'e>, deltas: &[Delta]) -> sqlx:
     let attempts: Vec<i32> = deltas.iter().map(|d| d.attempt).collect();
     let seqs: Vec<i32> = deltas.iter().map(|d| d.seq).collect();
     let texts: Vec<&str> = deltas.iter().map(|d| d.text.as_str()).collect();
-    let written: i64 = sqlx::query_scalar(sql::PUBLISH)
+    let (written, _notified): (i64, i64) = sqlx::query_as(sql::PUBLISH)
         .bind(ids)
         .bind(attempts)
         .bind(seqs)
