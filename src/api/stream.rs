@@ -102,7 +102,7 @@ pub async fn stream(
         tokio::spawn(async move {
             let mut emitter = Emitter::new(tx, resume.unwrap_or(Resume::Start));
             if let (Resume::After(cursor), JobState::Completed) = (emitter.resume, job.state) {
-                match crate::stream::read(&pool, &[(id, cursor)]).await {
+                match crate::stream::read_all(&pool, id, cursor).await {
                     Ok(rest) => {
                         for delta in rest {
                             if !emitter.delta(delta).await {

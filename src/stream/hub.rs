@@ -226,6 +226,16 @@ impl Hub {
         for delta in &deltas {
             by_job.entry(delta.job_id).or_default().push(delta);
         }
+        let more: Vec<JobId> = by_job
+            .iter()
+            .filter(|(_, d)| d.len() as i64 >= super::READ_LIMIT)
+            .map(|(job, _)| *job)
+            .collect();
+        if !more.is_empty() {
+            // A page was full: the rest at the next read, at once.
+            lock(&self.dirty).extend(more);
+            self.wake.notify_one();
+        }
         let mut subs = self.lock_subs();
         for sub in subs.values_mut() {
             let Some(deltas) = by_job.get(&sub.job) else {
@@ -272,7 +282,7 @@ impl Subscription {
                 out.push(delta);
             }
         }
-        out.extend(super::read(&self.hub.pool, &[(job, cursor)]).await?);
+        out.extend(super::read_all(&self.hub.pool, job, cursor).await?);
         Ok(out)
     }
 }

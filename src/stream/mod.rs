@@ -96,7 +96,12 @@ pub async fn write<'e>(executor: impl PgExecutor<'e>, deltas: &[Delta]) -> sqlx:
     Ok(written as u64)
 }
 
-/// The pieces after each `(job, cursor)`, in stream order per job.
+/// Most pieces [`read`] returns per job; a reader that got this many reads
+/// again from the last.
+pub const READ_LIMIT: i64 = 1000;
+
+/// The pieces after each `(job, cursor)`, in stream order per job, at most
+/// [`READ_LIMIT`] per job.
 pub async fn read<'e>(
     executor: impl PgExecutor<'e>,
     cursors: &[(JobId, Cursor)],
@@ -108,8 +113,25 @@ pub async fn read<'e>(
         .bind(ids)
         .bind(attempts)
         .bind(seqs)
+        .bind(READ_LIMIT)
         .fetch_all(executor)
         .await
+}
+
+/// Every piece of `job` after `cursor`, however many.
+pub async fn read_all(pool: &PgPool, job: JobId, mut cursor: Cursor) -> sqlx::Result<Vec<Delta>> {
+    let mut out = Vec::new();
+    loop {
+        let page = read(pool, &[(job, cursor)]).await?;
+        let full = page.len() as i64 >= READ_LIMIT;
+        if let Some(last) = page.last() {
+            cursor = Cursor::after(last);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Drops pieces written before `before`, `batch` rows per statement; the
