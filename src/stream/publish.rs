@@ -4,7 +4,8 @@
 //!
 //! A handler opens a [`StreamWriter`] for its attempt, pushes pieces as the
 //! provider sends them (a push only appends to a buffer under a short
-//! lock), and [`StreamWriter::finish`]es it before it reports the outcome:
+//! lock; an attempt's first piece is written at once, without waiting for
+//! the interval, as the reader has waited longest for it), and [`StreamWriter::finish`]es it before it reports the outcome:
 //! finishing flushes at once (together with whatever else is pending) and
 //! waits until the attempt's last piece is stored, so the completion, and
 //! with it the stream's final event, never overtakes a piece.
@@ -138,16 +139,21 @@ impl StreamWriter {
     /// Adds a piece (text Postgres cannot store is replaced as in the
     /// stored reply, so the two stay equal).
     pub fn push(&self, piece: &str) {
-        let first = {
+        let (first_since_flush, first_of_attempt) = {
             let mut pending = lock(&self.inner.pending);
             let Some(entry) = pending.get_mut(&self.key) else {
                 return;
             };
             let first = entry.text.is_empty();
             entry.text.push_str(&without_nul(piece));
-            first
+            (first, first && entry.next_seq == 1)
         };
-        if first {
+        if first_of_attempt {
+            // The reader has waited for the whole queue time and the
+            // model's first token already: no collecting on top of that.
+            self.inner.urgent.notify_one();
+        }
+        if first_since_flush {
             self.inner.kick.notify_one();
         }
     }
