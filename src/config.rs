@@ -52,8 +52,9 @@ impl std::fmt::Debug for DatabaseArgs {
     }
 }
 
-/// Connections of the direct pool: the LISTEN connection, the gauges
-/// leader's, and one for maintenance, with one to spare.
+/// Connections of the direct pool: the LISTEN connections (one in a
+/// worker; two in the API, long-polls and streams), the gauges leader's,
+/// and one for maintenance in workers.
 pub const DIRECT_POOL_SIZE: u32 = 4;
 
 impl DatabaseArgs {

@@ -228,12 +228,13 @@ async fn chat_turns_run_through_pgbouncer_in_transaction_mode_with_a_direct_pool
         .await
         .unwrap();
         // The LISTEN sessions (named after their pool, `-listener` and the
-        // like) of the API and of each worker; the gauges leader's lock.
-        listening == 3 && locks == 1
+        // like) of the API (long-polls and streams) and of each worker; the
+        // gauges leader's lock.
+        listening == 4 && locks == 1
     };
     eventually(
         Duration::from_secs(20),
-        "three LISTENs and the gauges lock on direct connections",
+        "four LISTENs and the gauges lock on direct connections",
         session_state,
     )
     .await;
