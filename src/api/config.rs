@@ -204,6 +204,17 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// How the API's LISTEN connections (long-polls, streams) probe
+    /// themselves.
+    fn listener_config(&self) -> ListenerConfig {
+        let probe = Duration::from_secs_f64(self.listener_probe_seconds.clamp(0.1, 300.0));
+        ListenerConfig {
+            probe_interval: probe,
+            probe_timeout: probe,
+            ..ListenerConfig::default()
+        }
+    }
+
     pub fn api_config(&self) -> ApiConfig {
         ApiConfig {
             max_body_bytes: self.max_body_bytes.max(1024),
@@ -223,15 +234,7 @@ impl ApiArgs {
                 max_waits: self.max_long_polls.max(1),
                 max_tenant_waits: self.max_tenant_long_polls.max(1),
                 retry_after_secs: self.retry_after_seconds.max(1),
-                listener: ListenerConfig {
-                    probe_interval: Duration::from_secs_f64(
-                        self.listener_probe_seconds.clamp(0.1, 300.0),
-                    ),
-                    probe_timeout: Duration::from_secs_f64(
-                        self.listener_probe_seconds.clamp(0.1, 300.0),
-                    ),
-                    ..ListenerConfig::default()
-                },
+                listener: self.listener_config(),
             },
             queue_gauges: Some(GaugesConfig::default()),
             schema: Schema::current(),
@@ -243,15 +246,7 @@ impl ApiArgs {
             metrics_addr: self.metrics_addr,
             stream_max: Duration::from_secs(self.stream_max_seconds),
             stream_hub: HubConfig {
-                listener: ListenerConfig {
-                    probe_interval: Duration::from_secs_f64(
-                        self.listener_probe_seconds.clamp(0.1, 300.0),
-                    ),
-                    probe_timeout: Duration::from_secs_f64(
-                        self.listener_probe_seconds.clamp(0.1, 300.0),
-                    ),
-                    ..ListenerConfig::default()
-                },
+                listener: self.listener_config(),
                 ..HubConfig::default()
             },
         }

@@ -101,17 +101,7 @@ impl Provider for OpenAiProvider {
                     format!("{NAME}: response has no choices[0].message.content"),
                 ));
             };
-            let usage = match response.usage {
-                Some(u) => Usage {
-                    input_tokens: u.prompt_tokens,
-                    output_tokens: u.completion_tokens,
-                },
-                None => estimate_usage(
-                    req.effective_system(self.settings.default_system.as_deref()),
-                    &req.messages,
-                    &content,
-                ),
-            };
+            let usage = self.usage(req, response.usage, &content);
             Ok(ChatResponse {
                 content,
                 usage,
@@ -133,6 +123,21 @@ impl Provider for OpenAiProvider {
 }
 
 impl OpenAiProvider {
+    /// The usage the server reported, or an estimate when it sent none.
+    fn usage(&self, req: &ChatRequest, reported: Option<OpenAiUsage>, content: &str) -> Usage {
+        match reported {
+            Some(u) => Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+            },
+            None => estimate_usage(
+                req.effective_system(self.settings.default_system.as_deref()),
+                &req.messages,
+                content,
+            ),
+        }
+    }
+
     /// A streamed completion: `choices[0].delta.content` pieces until
     /// `data: [DONE]`, the usage in the last chunk when the server sends it.
     async fn stream(
@@ -186,17 +191,7 @@ impl OpenAiProvider {
                 format!("{NAME}: the stream carried no content"),
             ));
         }
-        let usage = match usage {
-            Some(u) => Usage {
-                input_tokens: u.prompt_tokens,
-                output_tokens: u.completion_tokens,
-            },
-            None => estimate_usage(
-                req.effective_system(self.settings.default_system.as_deref()),
-                &req.messages,
-                &content,
-            ),
-        };
+        let usage = self.usage(req, usage, &content);
         Ok(ChatResponse {
             content,
             usage,
