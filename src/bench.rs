@@ -10,9 +10,21 @@
 //!
 //! History is kept (every finished job is written to `job_history`), as in
 //! production.
+//!
+//! Wall-clock rates swing with a noisy machine, so the drain also reports
+//! the work it cost per job, which noise does not move: the Postgres
+//! server's CPU (its processes' utime + stime from /proc, when the server
+//! runs on this machine; backends that exit during the drain are not
+//! counted, so the counters are read when the queue is empty, before the
+//! workers stop), this process's CPU (the workers run in it), the WAL
+//! written (`pg_current_wal_lsn()` before and after), and the heap rows
+//! inserted, updated (HOT or not) and deleted in the bench database with
+//! the index entries they wrote (`pg_stat_*`, read after waiting for every
+//! backend to report: the drain phase takes about 20 s longer for it).
 
 use crate::db::{self, DbConfig};
 use crate::ids::JobId;
+use crate::loadgen::stats::{cpu_time_of_stat, process_cpu_time};
 use crate::queue::{self, NewJob, Outcome};
 use crate::worker::{Handler, JobContext, NoopHandler, Worker, WorkerConfig};
 use serde::Serialize;
@@ -78,6 +90,31 @@ pub struct BenchReport {
     pub pickup_p95_ms: f64,
     pub pickup_p99_ms: f64,
     pub pickup_max_ms: f64,
+    /// What the drain cost per job.
+    pub drain_work: DrainWork,
+}
+
+/// The work of the drain, per drained job.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DrainWork {
+    /// CPU of every process named `postgres` on this machine, in µs;
+    /// `None` when the server is not local (no such process in /proc).
+    pub postgres_cpu_us: Option<f64>,
+    /// CPU of this process (the workers), in µs.
+    pub worker_cpu_us: Option<f64>,
+    /// WAL written, in bytes.
+    pub wal_bytes: f64,
+    /// Heap rows inserted (jobs into job_history, events).
+    pub heap_inserted: f64,
+    /// Heap rows updated, HOT or not (the claims).
+    pub heap_updated: f64,
+    /// Of those, HOT updates (no new index entries).
+    pub heap_hot_updated: f64,
+    /// Heap rows deleted (jobs leaving the live table).
+    pub heap_deleted: f64,
+    /// Index entries written: every insert and every non-HOT update adds
+    /// one to each index of its table.
+    pub index_entries: f64,
 }
 
 impl BenchReport {
@@ -106,8 +143,139 @@ impl BenchReport {
             self.pickup_p99_ms,
             "pickup max",
             self.pickup_max_ms,
+        ) + &self.drain_work.table()
+    }
+}
+
+impl DrainWork {
+    fn table(&self) -> String {
+        let us = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        format!(
+            "\ndrain, per job:\n{:<34}{:>12} µs\n{:<34}{:>12} µs\n{:<34}{:>12.0} bytes\n\
+             {:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}",
+            "  Postgres CPU",
+            us(self.postgres_cpu_us),
+            "  worker process CPU",
+            us(self.worker_cpu_us),
+            "  WAL",
+            self.wal_bytes,
+            "  heap rows inserted",
+            self.heap_inserted,
+            "  heap rows updated",
+            self.heap_updated,
+            "    of which HOT",
+            self.heap_hot_updated,
+            "  heap rows deleted",
+            self.heap_deleted,
+            "  index entries written",
+            self.index_entries,
         )
     }
+}
+
+/// The CPU and WAL counters behind [`DrainWork`], read at once.
+struct Counters {
+    postgres_cpu: Option<Duration>,
+    own_cpu: Option<Duration>,
+    wal_lsn: String,
+}
+
+/// Per table: inserted, updated, HOT-updated, deleted, and its indexes.
+type TableStats = HashMap<String, [i64; 5]>;
+
+/// How long an idle backend may keep its statistics before it reports
+/// them (Postgres's PGSTAT_IDLE_INTERVAL, 10 s), plus a margin.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+/// CPU of every process named `postgres` on this machine, if any.
+fn postgres_cpu() -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let is_postgres =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "postgres");
+        if !is_postgres {
+            continue;
+        }
+        if let Some(cpu) = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|stat| cpu_time_of_stat(&stat))
+        {
+            total += cpu;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
+    let postgres_cpu = postgres_cpu();
+    let own_cpu = process_cpu_time();
+    let wal_lsn = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?;
+    Ok(Counters {
+        postgres_cpu,
+        own_cpu,
+        wal_lsn,
+    })
+}
+
+/// The tables' row counters, once every backend has reported its part:
+/// backends report when a transaction ends at most once a second, and an
+/// idle one after [`STATS_SETTLE`]; one that exits reports at once.
+async fn table_stats(pool: &PgPool) -> anyhow::Result<TableStats> {
+    tokio::time::sleep(STATS_SETTLE).await;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT t.relname::text, t.n_tup_ins, t.n_tup_upd, t.n_tup_hot_upd, t.n_tup_del, \
+                (SELECT count(*) FROM pg_index i WHERE i.indrelid = t.relid) \
+         FROM pg_stat_user_tables t",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, ins, upd, hot, del, idx)| (name, [ins, upd, hot, del, idx]))
+        .collect())
+}
+
+async fn drain_work(
+    pool: &PgPool,
+    before: (&Counters, &TableStats),
+    after: (&Counters, &TableStats),
+    jobs: usize,
+) -> anyhow::Result<DrainWork> {
+    let per_job = |v: f64| v / jobs.max(1) as f64;
+    let cpu = |a: Option<Duration>, b: Option<Duration>| {
+        Some(per_job(b?.saturating_sub(a?).as_secs_f64() * 1e6))
+    };
+    let wal: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+        .bind(&after.0.wal_lsn)
+        .bind(&before.0.wal_lsn)
+        .fetch_one(pool)
+        .await?;
+    let mut work = DrainWork {
+        postgres_cpu_us: cpu(before.0.postgres_cpu, after.0.postgres_cpu),
+        worker_cpu_us: cpu(before.0.own_cpu, after.0.own_cpu),
+        wal_bytes: per_job(wal),
+        ..DrainWork::default()
+    };
+    for (table, a) in after.1 {
+        let b = before.1.get(table).copied().unwrap_or_default();
+        let d = |k: usize| (a[k] - b[k]) as f64;
+        let (ins, upd, hot, del, indexes) = (d(0), d(1), d(2), d(3), a[4] as f64);
+        work.heap_inserted += per_job(ins);
+        work.heap_updated += per_job(upd);
+        work.heap_hot_updated += per_job(hot);
+        work.heap_deleted += per_job(del);
+        work.index_entries += per_job((ins + upd - hot) * indexes);
+    }
+    Ok(work)
 }
 
 /// Creates the scratch database, runs every phase, drops the database.
@@ -147,10 +315,21 @@ pub async fn run(database_url: &str, args: &BenchArgs) -> anyhow::Result<BenchRe
 async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let bulk = enqueue_bulk(pool, args.jobs, args.batch).await?;
     eprintln!("bulk enqueue: {bulk:.0} jobs/s");
-    let single = enqueue_single(pool, args.single_jobs, args.producers).await?;
+    let (single, single_enqueued) = enqueue_single(pool, args.single_jobs, args.producers).await?;
     eprintln!("single-row enqueue: {single:.0} jobs/s");
     sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
-    let drain = drain(pool, args.jobs + args.single_jobs, args).await?;
+    let drained = args.jobs + single_enqueued;
+    let stats_before = table_stats(pool).await?;
+    let before = counters(pool).await?;
+    let (drain, after) = drain(pool, drained, args).await?;
+    let stats_after = table_stats(pool).await?;
+    let drain_work = drain_work(
+        pool,
+        (&before, &stats_before),
+        (&after, &stats_after),
+        drained,
+    )
+    .await?;
     eprintln!("drain: {drain:.0} jobs/s");
     // The drain leaves the claim index full of dead entries that each claim
     // would walk past until autovacuum (a minute at most with the table's
@@ -172,6 +351,7 @@ async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> 
         pickup_p95_ms: percentile(&pickup, 0.95),
         pickup_p99_ms: percentile(&pickup, 0.99),
         pickup_max_ms: pickup.last().copied().unwrap_or(0.0),
+        drain_work,
     })
 }
 
@@ -201,7 +381,13 @@ async fn enqueue_bulk(pool: &PgPool, jobs: usize, batch: usize) -> anyhow::Resul
     Ok(jobs as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn enqueue_single(pool: &PgPool, jobs: usize, producers: usize) -> anyhow::Result<f64> {
+/// Enqueues `jobs` one by one from `producers` connections (rounded down to
+/// a multiple of them); the rate and the number enqueued.
+async fn enqueue_single(
+    pool: &PgPool,
+    jobs: usize,
+    producers: usize,
+) -> anyhow::Result<(f64, usize)> {
     let per_producer = jobs / producers.max(1);
     let start = Instant::now();
     let tasks: Vec<_> = (0..producers.max(1))
@@ -219,10 +405,18 @@ async fn enqueue_single(pool: &PgPool, jobs: usize, producers: usize) -> anyhow:
     for task in tasks {
         task.await??;
     }
-    Ok((per_producer * producers.max(1)) as f64 / start.elapsed().as_secs_f64())
+    let enqueued = per_producer * producers.max(1);
+    Ok((enqueued as f64 / start.elapsed().as_secs_f64(), enqueued))
 }
 
-async fn drain(pool: &PgPool, expected: usize, args: &BenchArgs) -> anyhow::Result<f64> {
+/// Runs the workers until the queue is empty: the rate, and the work
+/// counters read then, before the workers stop (their connections, and the
+/// CPU the server spent on them, go with them).
+async fn drain(
+    pool: &PgPool,
+    expected: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<(f64, Counters)> {
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     let mut runtimes = Vec::new();
@@ -249,6 +443,7 @@ async fn drain(pool: &PgPool, expected: usize, args: &BenchArgs) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
+    let counters = counters(pool).await?;
     shutdown.cancel();
     for runtime in runtimes {
         runtime.await??;
@@ -260,7 +455,7 @@ async fn drain(pool: &PgPool, expected: usize, args: &BenchArgs) -> anyhow::Resu
         finished as usize == expected,
         "drained {finished} jobs, expected {expected}"
     );
-    Ok(expected as f64 / elapsed.as_secs_f64())
+    Ok((expected as f64 / elapsed.as_secs_f64(), counters))
 }
 
 /// Reports when each job's handler started.

@@ -387,7 +387,7 @@ pub fn process_cpu_time() -> Option<Duration> {
 }
 
 /// `utime + stime` of a `/proc/PID/stat` line.
-fn cpu_time_of_stat(stat: &str) -> Option<Duration> {
+pub fn cpu_time_of_stat(stat: &str) -> Option<Duration> {
     // The command name may hold spaces and parentheses: fields are counted
     // after its last ')'. utime and stime are fields 14 and 15 (1-based);
     // the first after ')' is field 3.
