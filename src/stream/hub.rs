@@ -89,10 +89,16 @@ impl Hub {
     /// Starts the listener and the reader; both end at `stop`.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
         let waker = self.clone();
+        // Its own name, so operators (and tests) tell it from the
+        // long-polls' LISTEN session.
+        let config = ListenerConfig {
+            name: "stream-listener".to_owned(),
+            ..self.config.listener.clone()
+        };
         let listener = notify::spawn_listener_with(
             self.listen_pool.clone(),
             vec![super::STREAM_CHANNEL],
-            self.config.listener.clone(),
+            config,
             move |wakeup| waker.on_wakeup(wakeup),
             stop.clone(),
         );
