@@ -66,9 +66,17 @@ per_client=$(( (JOBS / 500 / CLIENTS) + 2 ))
 lsn0=$(psql "$DB_URL" -Atc "SELECT pg_current_wal_lsn()")
 ticks0=$(pg_ticks)
 start=$(date +%s.%N)
-pgbench -n -q -c "$CLIENTS" -j "$CLIENTS" -t "$per_client" -f bench/raw_drain.sql "$DB_URL" >/dev/null
+pgbench -n -c "$CLIENTS" -j "$CLIENTS" -t "$per_client" -f bench/raw_drain.sql "$DB_URL" >/dev/null &
+bench=$!
+# The drain ends when the queue is empty; the clients then sleep in their
+# last transactions, so their backends' CPU is still in /proc.
+until [ "$(psql "$DB_URL" -Atc "SELECT NOT EXISTS (SELECT 1 FROM raw_jobs)")" = t ]; do
+  kill -0 "$bench" 2>/dev/null || { wait "$bench"; echo "error: pgbench ended before the queue was empty" >&2; exit 1; }
+  sleep 0.02
+done
 end=$(date +%s.%N)
 ticks1=$(pg_ticks)
+wait "$bench"
 left=$(psql "$DB_URL" -Atc "SELECT count(*) FROM raw_jobs")
 [ "$left" = 0 ] || { echo "error: $left jobs left in the queue" >&2; exit 1; }
 wal=$(psql "$DB_URL" -Atc "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')")
