@@ -1,5 +1,7 @@
 //! Prometheus metrics: every name is a constant here, and no label carries
 //! an id (job, tenant, conversation), so the series count stays bounded.
+//! One label names tenants: [`TENANT_OLDEST_AGE_SECONDS`], for the ten
+//! tenants waiting longest at each reading, and no others.
 //!
 //! One process-wide registry; `/metrics` renders it with [`render`], and
 //! [`exported`] lists every name it can render (the dashboards, alert rules
@@ -39,6 +41,8 @@ pub const HTTP_REQUEST_SECONDS: &str = "skipjack_http_request_seconds";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "skipjack_backpressure_rejections_total";
 pub const QUEUE_DEPTH: &str = "skipjack_queue_depth";
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "skipjack_queue_oldest_age_seconds";
+pub const TENANT_OLDEST_AGE_SECONDS: &str = "skipjack_tenant_oldest_queued_age_seconds";
+pub const QUEUES_AGED_TOTAL: &str = "skipjack_queues_aged_total";
 pub const JOBS_PROCESSING: &str = "skipjack_jobs_processing";
 pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
@@ -107,6 +111,10 @@ pub struct Metrics {
     /// Seconds the oldest job ready to run has been waiting (0 when none
     /// is). No labels; a vector so that non-leaders can export nothing.
     pub queue_oldest_age: GaugeVec,
+    /// The ten tenants waiting longest, by name: the one label that names a
+    /// tenant, bounded to ten series per reading (and reset at each).
+    pub tenant_oldest_age: GaugeVec,
+    pub queues_aged: IntCounter,
     /// Jobs being processed by any worker. No labels; leader only.
     pub jobs_processing: IntGaugeVec,
     /// 1 in the process that runs the queue gauges query, 0 elsewhere.
@@ -299,6 +307,18 @@ impl Metrics {
                 &[],
             )
             .expect("metric definitions are static and valid"),
+            tenant_oldest_age: GaugeVec::new(
+                Opts::new(
+                    TENANT_OLDEST_AGE_SECONDS,
+                    "Age of the oldest ready job of the ten tenants waiting longest (whole queue).",
+                ),
+                &["tenant"],
+            )
+            .expect("metric definitions are static and valid"),
+            queues_aged: counter(
+                QUEUES_AGED_TOTAL,
+                "Tenant queues whose priority aging raised (docs/scheduling.md).",
+            ),
             jobs_processing: IntGaugeVec::new(
                 Opts::new(JOBS_PROCESSING, "Jobs being processed by any worker."),
                 &[],
@@ -393,6 +413,8 @@ impl Metrics {
         r.add(&m.backpressure_rejections, K::Counter);
         r.add(&m.queue_depth, K::Gauge);
         r.add(&m.queue_oldest_age, K::Gauge);
+        r.add(&m.tenant_oldest_age, K::Gauge);
+        r.add(&m.queues_aged, K::Counter);
         r.add(&m.jobs_processing, K::Gauge);
         r.add(&m.queue_stats_leader, K::Gauge);
         r.add(&m.queue_stats_query, K::Histogram);
@@ -550,7 +572,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 33);
+        assert_eq!(exported().len(), 35);
     }
 
     #[test]

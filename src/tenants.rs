@@ -26,6 +26,9 @@ mod sql {
     pub const REVOKE_KEY: &str = include_str!("../sql/tenants/revoke_key.sql");
     pub const AUTHENTICATE: &str = include_str!("../sql/tenants/authenticate.sql");
     pub const QUEUED_BY_TENANT: &str = include_str!("../sql/tenants/queued_by_tenant.sql");
+    pub const SET_SCHEDULING: &str = include_str!("../sql/tenants/set_scheduling.sql");
+    pub const SET_SCHEDULING_DEFAULTS: &str =
+        include_str!("../sql/tenants/set_scheduling_defaults.sql");
 }
 
 /// Every key starts with this, so a leaked key is recognisable (secret
@@ -91,6 +94,82 @@ pub struct Tenant {
     pub name: String,
     /// Cap on queued jobs; `None`: the API's default.
     pub max_queued: Option<i32>,
+}
+
+/// A tenant's place in the scheduler (docs/scheduling.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Scheduling {
+    /// Its share of the workers against other tenants with work at the same
+    /// priority (1 to 100).
+    pub weight: i16,
+    /// Cap on its jobs processing at once; `None`: the shared default.
+    pub max_running: Option<i32>,
+    /// Its jobs processing now.
+    pub running: i32,
+}
+
+/// A change to a tenant's scheduling; `None` leaves a setting as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SchedulingChange {
+    pub weight: Option<i16>,
+    pub max_running: Option<i32>,
+    /// Drop the tenant's own cap: the shared default applies.
+    pub default_max_running: bool,
+}
+
+/// The scheduler's settings shared by every process (`fair_settings`).
+#[derive(Clone, Copy, Debug, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct SchedulingDefaults {
+    /// A waiting queue's priority rises one level per this many seconds.
+    pub aging_seconds: f64,
+    /// Cap on running jobs of tenants without their own; `None`: no cap.
+    pub default_max_running: Option<i32>,
+}
+
+/// Sets tenant `tenant`'s weight and cap on running jobs; the next claims
+/// apply them.
+pub async fn set_scheduling<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: TenantId,
+    change: SchedulingChange,
+) -> Result<Scheduling> {
+    if change.weight.is_some_and(|w| !(1..=100).contains(&w)) {
+        return Err(TenantError::Invalid("weight must be between 1 and 100".into()));
+    }
+    if change.max_running.is_some_and(|m| m <= 0) {
+        return Err(TenantError::Invalid("max running must be positive".into()));
+    }
+    sqlx::query_as(sql::SET_SCHEDULING)
+        .bind(tenant)
+        .bind(change.weight)
+        .bind(change.max_running)
+        .bind(change.default_max_running)
+        .fetch_optional(executor)
+        .await?
+        .ok_or_else(|| TenantError::TenantNotFound(tenant.to_string()))
+}
+
+/// Changes the scheduler's shared settings: the aging rate and the default
+/// cap on a tenant's running jobs (`clear_default_max_running`: no default
+/// cap). `None` leaves a setting as it is.
+pub async fn set_scheduling_defaults<'e>(
+    executor: impl PgExecutor<'e>,
+    aging_seconds: Option<f64>,
+    default_max_running: Option<i32>,
+    clear_default_max_running: bool,
+) -> Result<SchedulingDefaults> {
+    if aging_seconds.is_some_and(|a| !(a.is_finite() && a > 0.0)) {
+        return Err(TenantError::Invalid("aging seconds must be positive".into()));
+    }
+    if default_max_running.is_some_and(|m| m <= 0) {
+        return Err(TenantError::Invalid("max running must be positive".into()));
+    }
+    Ok(sqlx::query_as(sql::SET_SCHEDULING_DEFAULTS)
+        .bind(aging_seconds)
+        .bind(default_max_running)
+        .bind(clear_default_max_running)
+        .fetch_one(executor)
+        .await?)
 }
 
 /// Who a valid key belongs to.

@@ -131,13 +131,13 @@ async fn stats_plan_reads_indexes_only() {
             plan.join("\n")
         }
     };
-    // The oldest ready job is one probe of jobs_claim per priority, and the
-    // processing count reads jobs_lease, whatever the table's size.
+    // The oldest ready job is one probe of jobs_fair_claim per tenant queue,
+    // and the processing count reads jobs_lease, whatever the table's size.
     let plan = explain(None).await;
     assert!(
-        plan.contains("Index Only Scan using jobs_claim")
-            && plan.contains("Index Cond: (priority = (p.priority)::smallint)"),
-        "the oldest ready job must be a probe of jobs_claim per priority:\n{plan}"
+        plan.contains("using jobs_fair_claim on jobs")
+            && plan.contains("(priority = f.priority)"),
+        "the oldest ready job must be a probe of jobs_fair_claim per queue:\n{plan}"
     );
     assert!(plan.contains("using jobs_lease"), "{plan}");
     // The depth count can be answered by the small partial index alone. At
@@ -236,9 +236,17 @@ async fn gauges_export_every_priority_and_nothing_when_not_leading() {
         depth: BTreeMap::from([(1, 5), (5, 1)]),
         processing: 2,
         oldest_queued_age_seconds: 61.5,
+        tenant_waits: vec![("acme".to_owned(), 61.5), ("globex".to_owned(), 3.0)],
     };
     gauges::export(Some(&stats));
     let text = render();
+    assert_eq!(
+        sample(
+            &text,
+            r#"skipjack_tenant_oldest_queued_age_seconds{tenant="globex"}"#
+        ),
+        Some(3.0)
+    );
     assert_eq!(
         sample(&text, r#"skipjack_queue_depth{priority="1"}"#),
         Some(5.0)

@@ -894,8 +894,8 @@ async fn claim_is_index_driven_at_a_large_backlog() {
     .unwrap();
     let plan: String = plan.into_iter().map(|(l,)| l + "\n").collect();
     assert!(
-        plan.contains("jobs_claim"),
-        "claim must walk the jobs_claim index:\n{plan}"
+        plan.contains("using fair_queues_turn") && plan.contains("using jobs_fair_claim"),
+        "claim must walk the tenant queues in turn order and each queue's index:\n{plan}"
     );
     assert!(
         !plan.contains("Seq Scan on jobs"),

@@ -2,15 +2,69 @@
 --
 -- $4 kinds text[]: the job kinds the worker has handlers for.
 -- One short statement, committed at once: no transaction or row lock is held
--- while the jobs run. Walks the partial index jobs_claim (ready, unblocked
--- jobs only) in priority order, skipping rows another claimer has locked.
-WITH picked AS (
-    SELECT id
-    FROM jobs
-    WHERE state = 'queued' AND NOT blocked AND run_at <= now() AND kind = ANY($4)
-    ORDER BY priority DESC, run_at, id
+-- while the jobs run. Fair between tenants (docs/scheduling.md):
+--
+-- - `walk` visits the queues (one per tenant and priority, `fair_queues`)
+--   in turn order, highest effective priority first and least served first
+--   within it, and takes each queue's ready jobs oldest first from
+--   jobs_fair_claim, skipping rows another claimer has locked. The outer
+--   LIMIT stops the walk as soon as it has $2 jobs, so a claim reads the
+--   head of a few queues whatever the backlog. A tenant at its cap of
+--   running jobs is passed over; one below it gives at most its room.
+-- - `capped` locks the capped tenants among those in id order, re-reading
+--   their running count: a claim that ran at the same time has committed
+--   by then, so `room` counts its jobs too.
+-- - `chosen` keeps, per capped tenant, no more jobs than its room. The jobs
+--   it drops were locked only by this statement and are free again when it
+--   commits.
+--
+-- The statement triggers on `jobs` then count the claimed jobs as running
+-- and charge each queue for its jobs (migrations/V10__fair_scheduling.sql).
+WITH settings AS (
+    SELECT default_max_running FROM fair_settings
+),
+walk AS MATERIALIZED (
+    SELECT j.id, f.tenant_key, f.eff_priority, f.vtime, j.run_at
+    FROM fair_queues f
+    -- A lookup by primary key per queue visited (a plain join could be
+    -- planned as a scan of every tenant).
+    LEFT JOIN LATERAL (
+        SELECT id, max_running, running FROM tenants WHERE id = f.tenant_key) t ON true
+    CROSS JOIN settings s
+    CROSS JOIN LATERAL (
+        SELECT jobs.id, jobs.run_at
+        FROM jobs
+        WHERE coalesce(jobs.tenant_id, '00000000-0000-0000-0000-000000000000'::uuid) = f.tenant_key
+          AND jobs.priority = f.priority
+          AND jobs.state = 'queued' AND NOT jobs.blocked
+          AND jobs.run_at <= now() AND jobs.kind = ANY($4)
+        ORDER BY jobs.run_at, jobs.id
+        LIMIT greatest(0, least($2, coalesce(t.max_running, s.default_max_running) - t.running))
+        FOR UPDATE OF jobs SKIP LOCKED
+    ) j
+    WHERE f.queued > 0
+      AND (t.id IS NULL OR coalesce(t.max_running, s.default_max_running) IS NULL
+           OR t.running < coalesce(t.max_running, s.default_max_running))
+    ORDER BY f.eff_priority DESC, f.vtime
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+),
+capped AS (
+    SELECT t.id, coalesce(t.max_running, s.default_max_running) - t.running AS room
+    FROM tenants t
+    CROSS JOIN settings s
+    WHERE t.id IN (SELECT tenant_key FROM walk)
+      AND coalesce(t.max_running, s.default_max_running) IS NOT NULL
+    ORDER BY t.id
+    FOR NO KEY UPDATE OF t
+),
+chosen AS (
+    SELECT w.id
+    FROM (SELECT walk.*,
+                 row_number() OVER (PARTITION BY tenant_key
+                                    ORDER BY eff_priority DESC, vtime, run_at, id) AS n
+          FROM walk) w
+    LEFT JOIN capped c ON c.id = w.tenant_key
+    WHERE c.id IS NULL OR w.n <= c.room
 )
 UPDATE jobs j
 SET state = 'processing',
@@ -18,7 +72,7 @@ SET state = 'processing',
     lease_owner = $1,
     lease_expires_at = now() + make_interval(secs => $3),
     started_at = coalesce(j.started_at, now())
-FROM picked
-WHERE j.id = picked.id
+FROM chosen
+WHERE j.id = chosen.id
 RETURNING j.id, j.tenant_id, j.conversation_id, j.kind, j.priority, j.payload,
           j.attempt, j.max_attempts, j.created_at, j.started_at, j.lease_expires_at

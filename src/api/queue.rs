@@ -92,6 +92,7 @@ fn empty() -> QueueStats {
         depth: BTreeMap::new(),
         processing: 0,
         oldest_queued_age_seconds: 0.0,
+        tenant_waits: Vec::new(),
     }
 }
 

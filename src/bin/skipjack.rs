@@ -174,6 +174,40 @@ enum TenantsCommand {
         #[arg(long)]
         max_queued: Option<i32>,
     },
+    /// Set a tenant's scheduling (by name or id): its weight against other
+    /// tenants and its cap on jobs processing at once (docs/scheduling.md).
+    /// Prints the tenant's settings as JSON.
+    Set {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        tenant: String,
+        /// Share of the workers against other tenants with work at the same
+        /// priority, 1 to 100 (default for new tenants: 1).
+        #[arg(long)]
+        weight: Option<i16>,
+        /// Cap on the tenant's jobs processing at once.
+        #[arg(long, conflicts_with = "default_max_running")]
+        max_running: Option<i32>,
+        /// Drop the tenant's own cap: the shared default applies.
+        #[arg(long)]
+        default_max_running: bool,
+    },
+    /// Set the scheduler's settings shared by every worker: the aging rate
+    /// and the default cap on a tenant's running jobs. Prints them as JSON.
+    Defaults {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// A waiting queue's priority rises one level per this many seconds
+        /// (default 10).
+        #[arg(long)]
+        aging_seconds: Option<f64>,
+        /// Cap on running jobs for tenants without their own.
+        #[arg(long, conflicts_with = "no_max_running")]
+        max_running: Option<i32>,
+        /// No default cap on running jobs.
+        #[arg(long)]
+        no_max_running: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +296,41 @@ async fn main() -> anyhow::Result<ExitCode> {
                 key.tenant, key.id, key.prefix
             );
             println!("{}", key.secret());
+        }
+        Command::Tenants {
+            command:
+                TenantsCommand::Set {
+                    db: args,
+                    tenant,
+                    weight,
+                    max_running,
+                    default_max_running,
+                },
+        } => {
+            let pool = connect_checked(&args).await?;
+            let found = tenants::find_tenant(&pool, &tenant).await?;
+            let change = tenants::SchedulingChange {
+                weight,
+                max_running,
+                default_max_running,
+            };
+            let settings = tenants::set_scheduling(&pool, found.id, change).await?;
+            println!("{}", serde_json::to_string(&settings)?);
+        }
+        Command::Tenants {
+            command:
+                TenantsCommand::Defaults {
+                    db: args,
+                    aging_seconds,
+                    max_running,
+                    no_max_running,
+                },
+        } => {
+            let pool = connect_checked(&args).await?;
+            let settings =
+                tenants::set_scheduling_defaults(&pool, aging_seconds, max_running, no_max_running)
+                    .await?;
+            println!("{}", serde_json::to_string(&settings)?);
         }
         Command::Keys {
             command: KeysCommand::Create { db: args, tenant },

@@ -94,6 +94,12 @@ pub fn export(stats: Option<&QueueStats>) {
             m.jobs_processing
                 .with_label_values(NO_LABELS)
                 .set(stats.processing);
+            // Only the tenants of this reading: one that stopped waiting
+            // leaves the chart.
+            m.tenant_oldest_age.reset();
+            for (tenant, age) in &stats.tenant_waits {
+                m.tenant_oldest_age.with_label_values(&[tenant]).set(*age);
+            }
             m.queue_stats_updated
                 .with_label_values(NO_LABELS)
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1e3);
@@ -102,6 +108,7 @@ pub fn export(stats: Option<&QueueStats>) {
         None => {
             m.queue_depth.reset();
             m.queue_oldest_age.reset();
+            m.tenant_oldest_age.reset();
             m.jobs_processing.reset();
             m.queue_stats_updated.reset();
             m.queue_stats_leader.set(0);

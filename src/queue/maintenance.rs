@@ -1,6 +1,7 @@
 //! Maintenance: the background loop every worker process runs.
 //!
-//! Each tick rescues jobs whose lease expired. Every minute it vacuums
+//! Each tick rescues jobs whose lease expired and raises the tenant queues
+//! that waited too long for a turn (aging, docs/scheduling.md). Every minute it vacuums
 //! `jobs` if dead row versions piled up (autovacuum off or behind). Less
 //! often it does the housekeeping: creates `job_history` partitions ahead of
 //! time, drops the partitions older than the retention, and prunes
@@ -139,6 +140,20 @@ pub async fn rescue_expired(pool: &PgPool, batch: usize) -> Result<(usize, usize
             return Ok((requeued, failed));
         }
     }
+}
+
+/// Raises the effective priority of the tenant queues that waited for a
+/// turn longer than the aging rate allows (`sql/queue/age.sql`,
+/// docs/scheduling.md); returns how many were raised. Run by every rescue
+/// pass, so a queue waits at most one pass interval longer than its aging
+/// bound.
+pub async fn age_queues(pool: &PgPool) -> Result<usize> {
+    let raised = sqlx::query(sql::AGE).fetch_all(pool).await?.len();
+    if raised > 0 {
+        metrics().queues_aged.inc_by(raised as u64);
+        tracing::debug!(raised, "raised waiting tenant queues");
+    }
+    Ok(raised)
 }
 
 /// The table name of `job_history`'s partition for `day`.
@@ -407,6 +422,9 @@ pub fn spawn(
         loop {
             if let Err(error) = rescue_expired(&pool, config.rescue_batch).await {
                 tracing::warn!(%error, "rescue pass failed");
+            }
+            if let Err(error) = age_queues(&pool).await {
+                tracing::warn!(%error, "aging pass failed");
             }
             if tokio::time::Instant::now() >= next_housekeeping {
                 let mut wait = config.housekeeping_interval;

@@ -30,8 +30,9 @@ pub async fn events<'e>(executor: impl PgExecutor<'e>, id: JobId) -> Result<Vec<
 
 /// Depth by priority, jobs processing and the oldest ready job's age.
 pub async fn stats<'e>(executor: impl PgExecutor<'e>) -> Result<QueueStats> {
-    let (depth, processing, oldest): (serde_json::Value, i64, f64) =
+    let (depth, processing, oldest, tenant_waits): (serde_json::Value, i64, f64, serde_json::Value) =
         sqlx::query_as(sql::STATS).fetch_one(executor).await?;
+    let tenant_waits = serde_json::from_value(tenant_waits).unwrap_or_default();
     let depth = depth
         .as_object()
         .map(|m| {
@@ -44,6 +45,7 @@ pub async fn stats<'e>(executor: impl PgExecutor<'e>) -> Result<QueueStats> {
         depth,
         processing,
         oldest_queued_age_seconds: oldest,
+        tenant_waits,
     })
 }
 

@@ -13,6 +13,7 @@ statements! {
     ENQUEUE_SIMPLE => "enqueue_simple.sql",
     IDEMPOTENCY_LOOKUP => "idempotency_lookup.sql",
     CLAIM => "claim.sql",
+    AGE => "age.sql",
     FINISH => "finish.sql",
     UNBLOCK => "unblock.sql",
     LOCK_LANE => "lock_lane.sql",

@@ -348,6 +348,12 @@ pub struct QueueStats {
     pub processing: i64,
     /// Age of the oldest job that is ready to run now, 0 when none is.
     pub oldest_queued_age_seconds: f64,
+    /// The ten tenants whose oldest ready job has waited longest: (tenant
+    /// name, `""` for jobs without a tenant; seconds), longest first. For
+    /// the operators' gauges only: never serialised, so no tenant sees
+    /// another's name or wait.
+    #[serde(skip)]
+    pub tenant_waits: Vec<(String, f64)>,
 }
 
 impl QueueStats {

@@ -1,0 +1,222 @@
+-- skipjack schema, version 10: fair scheduling between tenants, a cap on
+-- each tenant's running jobs, and aging. docs/scheduling.md explains the
+-- rules; this file keeps the bookkeeping they need.
+--
+-- Claims no longer walk one index of all ready jobs in priority order (the
+-- dropped jobs_claim): they walk `fair_queues`, one small row per (tenant,
+-- priority) with queued jobs, in turn order, and take each queue's jobs
+-- from the new index jobs_fair_claim. The rows of `fair_queues` and the
+-- `running` count of `tenants` are kept by statement-level triggers on
+-- `jobs`, so every path that moves a job (enqueue, claim, finish, retry,
+-- rescue, release, cancel, and any future one) keeps them exact, in the
+-- transaction that moves it, at one row change per queue and tenant a
+-- statement touches.
+--
+-- Applied in one transaction under a SHARE ROW EXCLUSIVE lock on `jobs`:
+-- writes to `jobs` wait while the index is built and the counts are taken
+-- (about a second per million queued jobs, like V2), so the counts start
+-- exact.
+
+-- A lock on `jobs` for the whole migration: the counts below must see
+-- every change made before the triggers exist and none after.
+-- squawk-ignore require-timeout-settings
+LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
+
+-- Tenants: their share and their cap. The table holds one row per
+-- customer: rewriting nothing, checking a few rows.
+-- squawk-ignore adding-field-with-default, adding-not-nullable-field
+ALTER TABLE tenants ADD COLUMN weight smallint NOT NULL DEFAULT 1;
+-- squawk-ignore constraint-missing-not-valid
+ALTER TABLE tenants ADD CONSTRAINT tenants_weight_range CHECK (weight BETWEEN 1 AND 100);
+-- squawk-ignore prefer-bigint-over-int
+ALTER TABLE tenants ADD COLUMN max_running integer;
+-- squawk-ignore constraint-missing-not-valid
+ALTER TABLE tenants ADD CONSTRAINT tenants_max_running_positive CHECK (max_running > 0);
+-- Jobs of the tenant in state 'processing', kept by the triggers below.
+-- squawk-ignore adding-field-with-default, adding-not-nullable-field, prefer-bigint-over-int
+ALTER TABLE tenants ADD COLUMN running integer NOT NULL DEFAULT 0;
+
+-- The scheduler's settings, one row, shared by every process.
+CREATE TABLE fair_settings (
+    id                  boolean PRIMARY KEY DEFAULT true CHECK (id),
+    -- A queue's effective priority rises by one level per this many seconds
+    -- without a turn (aging).
+    aging_seconds       double precision NOT NULL DEFAULT 10 CHECK (aging_seconds > 0),
+    -- Cap on running jobs for tenants without their own; NULL: no cap.
+    -- squawk-ignore prefer-bigint-over-int
+    default_max_running integer CHECK (default_max_running > 0)
+);
+INSERT INTO fair_settings DEFAULT VALUES;
+
+-- One queue per (tenant, priority). The nil UUID stands for jobs without a
+-- tenant. Rows stay when a queue empties (queued = 0) and leave the partial
+-- index; there are at most ten per tenant.
+CREATE TABLE fair_queues (
+    tenant_key    uuid NOT NULL,
+    priority      smallint NOT NULL,
+    -- Jobs in state 'queued' (blocked and delayed included). No CHECK
+    -- (queued >= 0): the triggers' upsert proposes a row holding the change,
+    -- which is negative when jobs leave, and a CHECK would refuse it before
+    -- the conflict turns it into an update.
+    -- squawk-ignore prefer-bigint-over-int
+    queued        integer NOT NULL,
+    -- The priority the queue is served at: its own, raised by aging.
+    eff_priority  smallint NOT NULL,
+    -- Virtual time: the service the queue has had, in jobs divided by the
+    -- tenant's weight. Within one effective priority the queue with the
+    -- least is served first.
+    vtime         double precision NOT NULL,
+    -- Since when the queue has waited: its last turn, or when it filled.
+    waiting_since timestamptz NOT NULL,
+    PRIMARY KEY (tenant_key, priority)
+) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 100);
+
+-- Claims walk this index: highest effective priority first, least served
+-- first within it.
+CREATE INDEX fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE queued > 0;
+
+-- One queue's ready jobs in order. Replaces jobs_claim, so an enqueue still
+-- writes one claim index entry.
+-- squawk-ignore require-concurrent-index-creation
+CREATE INDEX jobs_fair_claim ON jobs (
+    (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid)), priority, run_at, id)
+    WHERE state = 'queued' AND NOT blocked;
+-- squawk-ignore require-concurrent-index-deletion
+DROP INDEX jobs_claim;
+
+-- The virtual time a queue takes when it fills in effective priority p: one
+-- job ahead of the least served queue there (so a newcomer is next), or its
+-- own when it is alone.
+CREATE FUNCTION fair_join_vtime(p smallint, own double precision) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT min(vtime) - 1 FROM fair_queues
+                     WHERE queued > 0 AND eff_priority = p), own)
+$$;
+
+-- Applies one statement's changes: `changes` holds one row per job row
+-- that entered (sign +1) or left (sign -1) the table or a state.
+CREATE FUNCTION fair_apply(changes jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Running counts first, tenants in id order (claims lock them in that
+    -- order too), then queues in key order: no two statements can wait on
+    -- each other's rows in a circle.
+    PERFORM 1 FROM tenants
+    WHERE id IN (SELECT (c->>'t')::uuid FROM jsonb_array_elements(changes) c
+                 WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL)
+    ORDER BY id
+    FOR NO KEY UPDATE;
+    UPDATE tenants t
+    SET running = t.running + d.n
+    FROM (SELECT (c->>'t')::uuid AS id, sum((c->>'n')::integer) AS n
+          FROM jsonb_array_elements(changes) c
+          WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL
+          GROUP BY 1) d
+    WHERE t.id = d.id AND d.n <> 0;
+
+    INSERT INTO fair_queues AS f (tenant_key, priority, queued, eff_priority, vtime, waiting_since)
+    SELECT d.k, d.p, d.n, d.p, fair_join_vtime(d.p, 0), now()
+    FROM (SELECT coalesce((c->>'t')::uuid, '00000000-0000-0000-0000-000000000000'::uuid) AS k,
+                 (c->>'p')::smallint AS p, sum((c->>'n')::integer) AS n
+          FROM jsonb_array_elements(changes) c
+          WHERE c->>'s' = 'queued'
+          GROUP BY 1, 2) d
+    WHERE d.n <> 0
+    ORDER BY d.k, d.p
+    ON CONFLICT (tenant_key, priority) DO UPDATE
+    SET queued = f.queued + excluded.queued,
+        -- Filling up: join the queues of its priority, waiting from now.
+        -- Served (jobs left the queue: only claims take jobs out of
+        -- 'queued' in bulk): back to its own priority, charged the jobs
+        -- it got, waiting from now.
+        eff_priority = CASE WHEN excluded.queued < 0 THEN f.priority ELSE f.eff_priority END,
+        vtime = CASE
+            WHEN f.queued = 0 AND excluded.queued > 0 THEN fair_join_vtime(f.priority, f.vtime)
+            WHEN excluded.queued < 0 THEN
+                (CASE WHEN f.eff_priority <> f.priority THEN fair_join_vtime(f.priority, f.vtime)
+                      ELSE f.vtime END)
+                - excluded.queued::double precision
+                  / coalesce((SELECT weight FROM tenants WHERE id = f.tenant_key), 1)
+            ELSE f.vtime END,
+        waiting_since = CASE
+            WHEN (f.queued = 0 AND excluded.queued > 0) OR excluded.queued < 0 THEN now()
+            ELSE f.waiting_since END;
+END
+$$;
+
+-- The statement triggers: turn the transition tables into changes.
+CREATE FUNCTION fair_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'p', priority, 't', tenant_id, 's', state, 'n', n)), '[]')
+            FROM (SELECT priority, tenant_id, state, count(*) AS n
+                  FROM new_rows GROUP BY 1, 2, 3) g));
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION fair_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'p', priority, 't', tenant_id, 's', state, 'n', -n)), '[]')
+            FROM (SELECT priority, tenant_id, state, count(*) AS n
+                  FROM old_rows GROUP BY 1, 2, 3) g));
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION fair_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Most updates (heartbeats, unblocking) move no job between states:
+    -- one pass over the rows finds that and stops.
+    IF NOT EXISTS (SELECT 1 FROM old_rows o JOIN new_rows n USING (id)
+                   WHERE (o.state, o.priority, o.tenant_id)
+                         IS DISTINCT FROM (n.state, n.priority, n.tenant_id)) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'p', priority, 't', tenant_id, 's', state, 'n', n)), '[]')
+            FROM (SELECT priority, tenant_id, state, sum(n) AS n
+                  FROM (SELECT priority, tenant_id, state, 1 AS n FROM new_rows
+                        UNION ALL
+                        SELECT priority, tenant_id, state, -1 FROM old_rows) u
+                  GROUP BY 1, 2, 3
+                  HAVING sum(n) <> 0) g));
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION fair_jobs_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE fair_queues SET queued = 0 WHERE queued <> 0;
+    UPDATE tenants SET running = 0 WHERE running <> 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER fair_jobs_inserted AFTER INSERT ON jobs
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_inserted();
+CREATE TRIGGER fair_jobs_updated AFTER UPDATE ON jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_updated();
+CREATE TRIGGER fair_jobs_deleted AFTER DELETE ON jobs
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_deleted();
+CREATE TRIGGER fair_jobs_truncated AFTER TRUNCATE ON jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_truncated();
+
+-- The counts of the jobs already there.
+INSERT INTO fair_queues (tenant_key, priority, queued, eff_priority, vtime, waiting_since)
+SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), priority, count(*),
+       priority, 0, now()
+FROM jobs
+WHERE state = 'queued'
+GROUP BY 1, 2;
+UPDATE tenants t
+SET running = r.n
+FROM (SELECT tenant_id, count(*) AS n FROM jobs
+      WHERE state = 'processing' AND tenant_id IS NOT NULL GROUP BY 1) r
+WHERE t.id = r.tenant_id;
+
+INSERT INTO schema_compat (version, oldest_compatible) VALUES (10, 5) ON CONFLICT (version) DO NOTHING;

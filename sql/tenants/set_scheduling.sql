@@ -1,0 +1,8 @@
+-- set_scheduling: tenant $1's share and cap (docs/scheduling.md). $2 weight
+-- (NULL: unchanged), $3 max running jobs (NULL: unchanged), $4 true: no cap
+-- of its own (the default applies). Returns the tenant's new settings.
+UPDATE tenants
+SET weight = coalesce($2, weight),
+    max_running = CASE WHEN $4 THEN NULL ELSE coalesce($3, max_running) END
+WHERE id = $1
+RETURNING weight, max_running, running

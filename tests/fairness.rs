@@ -1,0 +1,483 @@
+//! Fair scheduling against a real Postgres: tenants take turns within a
+//! priority (weighted), a tenant's cap on running jobs holds under
+//! concurrent claimers, aging lifts a starved priority, and the counts the
+//! triggers keep stay exact on every path (docs/scheduling.md).
+
+mod common;
+
+use common::{count, TestDb};
+use serde_json::json;
+use skipjack::ids::{JobId, TenantId};
+use skipjack::queue::{
+    self, finish::finish_one, maintenance, Backoff, ClaimedJob, NewJob, Outcome, Priority,
+};
+use skipjack::tenants::{self, SchedulingChange};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn kinds() -> Vec<String> {
+    vec!["test".to_owned()]
+}
+
+async fn tenant(pool: &PgPool, name: &str) -> TenantId {
+    tenants::create_tenant(pool, name, None).await.unwrap()
+}
+
+fn job(tenant: Option<TenantId>, priority: i64) -> NewJob {
+    let mut job = NewJob::new("test", json!({}));
+    job.tenant_id = tenant;
+    job.priority = Priority::new(priority).unwrap();
+    job
+}
+
+async fn enqueue(pool: &PgPool, tenant: Option<TenantId>, priority: i64, n: usize) -> Vec<JobId> {
+    let jobs: Vec<NewJob> = (0..n).map(|_| job(tenant, priority)).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut ids = Vec::new();
+    for chunk in jobs.chunks(2000) {
+        ids.extend(
+            queue::enqueue_many(&mut conn, chunk)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id),
+        );
+    }
+    ids
+}
+
+async fn claim(pool: &PgPool, owner: &str, n: usize) -> Vec<ClaimedJob> {
+    queue::claim(pool, owner, n, LEASE, &kinds()).await.unwrap()
+}
+
+async fn complete(pool: &PgPool, owner: &str, job: &ClaimedJob) {
+    let done = Outcome::Completed {
+        result: json!({}),
+        usage: None,
+    };
+    finish_one(pool, &job.lease(owner), &done, &Backoff::default())
+        .await
+        .unwrap();
+}
+
+/// Completes a claim's jobs in one batch, as a worker's completer does.
+async fn complete_all(pool: &PgPool, owner: &str, jobs: &[ClaimedJob]) {
+    let done = Outcome::Completed {
+        result: json!({}),
+        usage: None,
+    };
+    let items: Vec<queue::FinishItem> = jobs
+        .iter()
+        .map(|job| queue::FinishItem {
+            job: job.id,
+            attempt: job.attempt,
+            outcome: &done,
+        })
+        .collect();
+    let states = queue::finish(pool, owner, &items, &Backoff::default())
+        .await
+        .unwrap();
+    assert!(states.iter().all(Option::is_some));
+}
+
+fn by_tenant(jobs: &[ClaimedJob]) -> HashMap<Option<TenantId>, usize> {
+    let mut counts = HashMap::new();
+    for job in jobs {
+        *counts.entry(job.tenant_id).or_default() += 1;
+    }
+    counts
+}
+
+/// The counts the triggers keep must equal what `jobs` holds.
+async fn assert_counts_exact(pool: &PgPool) {
+    let queued_off = count(
+        pool,
+        "SELECT count(*) FROM fair_queues f
+         FULL JOIN (SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid) AS k,
+                           priority, count(*) AS n
+                    FROM jobs WHERE state = 'queued' GROUP BY 1, 2) j
+           ON j.k = f.tenant_key AND j.priority = f.priority
+         WHERE coalesce(f.queued, 0) <> coalesce(j.n, 0)",
+    )
+    .await;
+    assert_eq!(queued_off, 0, "fair_queues.queued differs from jobs");
+    let running_off = count(
+        pool,
+        "SELECT count(*) FROM tenants t
+         LEFT JOIN (SELECT tenant_id, count(*) AS n FROM jobs
+                    WHERE state = 'processing' GROUP BY 1) j ON j.tenant_id = t.id
+         WHERE t.running <> coalesce(j.n, 0)",
+    )
+    .await;
+    assert_eq!(running_off, 0, "tenants.running differs from jobs");
+}
+
+#[tokio::test]
+async fn a_tenants_backlog_does_not_delay_another_tenants_jobs() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let b = tenant(&db.pool, "b").await;
+    enqueue(&db.pool, Some(a), 1, 5_000).await;
+    // A drains in claims of 100; B submits a job between claims, now and
+    // then. Each of B's jobs is in the first claim after it arrived.
+    let mut a_claimed = 0;
+    for round in 0..30 {
+        let b_job = if round % 3 == 0 {
+            Some(enqueue(&db.pool, Some(b), 1, 1).await[0])
+        } else {
+            None
+        };
+        let claimed = claim(&db.pool, "w", 100).await;
+        assert_eq!(claimed.len(), 100, "a full claim while A has a backlog");
+        if let Some(b_job) = b_job {
+            assert!(
+                claimed.iter().any(|j| j.id == b_job),
+                "round {round}: B's job waited behind A's backlog"
+            );
+        }
+        a_claimed += claimed.iter().filter(|j| j.tenant_id == Some(a)).count();
+        complete_all(&db.pool, "w", &claimed).await;
+    }
+    assert_eq!(a_claimed, 30 * 100 - 10);
+    assert_counts_exact(&db.pool).await;
+}
+
+#[tokio::test]
+async fn backlogged_tenants_share_the_workers_by_weight() {
+    let db = TestDb::new().await;
+    let heavy = tenant(&db.pool, "heavy").await;
+    let light = tenant(&db.pool, "light").await;
+    let change = SchedulingChange {
+        weight: Some(3),
+        ..Default::default()
+    };
+    tenants::set_scheduling(&db.pool, heavy, change)
+        .await
+        .unwrap();
+    enqueue(&db.pool, Some(heavy), 5, 2_000).await;
+    enqueue(&db.pool, Some(light), 5, 2_000).await;
+    let mut claimed = Vec::new();
+    for _ in 0..80 {
+        claimed.extend(claim(&db.pool, "w", 10).await);
+    }
+    let counts = by_tenant(&claimed);
+    let (h, l) = (counts[&Some(heavy)], counts[&Some(light)]);
+    assert_eq!(h + l, 800);
+    // Weight 3 against 1: 600 and 200, give or take one claim.
+    assert!((590..=610).contains(&h), "heavy got {h}, light {l}");
+    assert_counts_exact(&db.pool).await;
+}
+
+#[tokio::test]
+async fn priority_still_comes_first_between_tenants() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let b = tenant(&db.pool, "b").await;
+    enqueue(&db.pool, Some(a), 1, 50).await;
+    let urgent = enqueue(&db.pool, Some(b), 9, 5).await;
+    let claimed = claim(&db.pool, "w", 5).await;
+    let mut ids: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    ids.sort();
+    let mut urgent = urgent;
+    urgent.sort();
+    assert_eq!(ids, urgent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_cap_on_running_jobs_holds_under_concurrent_claimers() {
+    let db = TestDb::with_pool_size(20).await;
+    let capped = tenant(&db.pool, "capped").await;
+    let other = tenant(&db.pool, "other").await;
+    let change = SchedulingChange {
+        max_running: Some(7),
+        ..Default::default()
+    };
+    tenants::set_scheduling(&db.pool, capped, change)
+        .await
+        .unwrap();
+    enqueue(&db.pool, Some(capped), 5, 500).await;
+    enqueue(&db.pool, Some(other), 1, 300).await;
+
+    // Eight claimers at once, each claiming until nothing comes back, and
+    // finishing some of the capped tenant's jobs as they go.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut mine = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let got = claim(&pool, &owner, 5).await;
+                if got.is_empty() {
+                    empty += 1;
+                }
+                let running = count(
+                    &pool,
+                    &format!(
+                        "SELECT count(*) FROM jobs WHERE state = 'processing' AND tenant_id = '{capped}'"
+                    ),
+                )
+                .await;
+                assert!(running <= 7, "{running} of the capped tenant's jobs running");
+                for job in got {
+                    if job.tenant_id == Some(capped) && mine.len() % 2 == 0 {
+                        complete(&pool, &owner, &job).await;
+                    }
+                    mine.push(job);
+                }
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let counts = by_tenant(&all);
+    // The other tenant's jobs were all claimed: the capped one's backlog
+    // at the higher priority did not block them.
+    assert_eq!(counts[&Some(other)], 300);
+    assert_eq!(
+        count(
+            &db.pool,
+            &format!("SELECT count(*) FROM jobs WHERE state = 'processing' AND tenant_id = '{capped}'")
+        )
+        .await,
+        7
+    );
+    assert_counts_exact(&db.pool).await;
+}
+
+#[tokio::test]
+async fn the_default_cap_applies_to_tenants_without_their_own() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    tenants::set_scheduling_defaults(&db.pool, None, Some(3), false)
+        .await
+        .unwrap();
+    enqueue(&db.pool, Some(a), 1, 20).await;
+    assert_eq!(claim(&db.pool, "w", 10).await.len(), 3);
+    assert!(claim(&db.pool, "w", 10).await.is_empty());
+    // Jobs without a tenant have no cap.
+    enqueue(&db.pool, None, 1, 20).await;
+    assert_eq!(claim(&db.pool, "w", 10).await.len(), 10);
+    // Its own cap wins over the default.
+    let change = SchedulingChange {
+        max_running: Some(5),
+        ..Default::default()
+    };
+    tenants::set_scheduling(&db.pool, a, change).await.unwrap();
+    let more = claim(&db.pool, "w", 20).await;
+    assert_eq!(by_tenant(&more).get(&Some(a)), Some(&2));
+}
+
+/// Moves the aging clock of every queue back by `seconds`, as if they had
+/// waited that much longer.
+async fn wait_longer(pool: &PgPool, seconds: f64) {
+    sqlx::query(
+        "UPDATE fair_queues SET waiting_since = waiting_since - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn aging_lifts_a_low_priority_queue_under_a_constant_high_priority_load() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let b = tenant(&db.pool, "b").await;
+    // A long aging interval, so that the test's own running time (a few
+    // seconds at most) cannot add a level.
+    let aging = 1000.0;
+    tenants::set_scheduling_defaults(&db.pool, Some(aging), None, false)
+        .await
+        .unwrap();
+    enqueue(&db.pool, Some(a), 10, 5_000).await;
+    let low = enqueue(&db.pool, Some(b), 1, 1).await[0];
+
+    // Priority 1 against a constant priority-10 load: nine levels to climb.
+    // After 8 levels' worth of waiting it is still behind.
+    wait_longer(&db.pool, 8.5 * aging).await;
+    maintenance::age_queues(&db.pool).await.unwrap();
+    let claimed = claim(&db.pool, "w", 50).await;
+    assert!(!claimed.iter().any(|j| j.id == low));
+    assert_eq!(claimed.len(), 50);
+    // The claim served the priority-10 queue, whose clock restarted; the
+    // low one kept waiting. Another level and it is next.
+    wait_longer(&db.pool, 1.0 * aging).await;
+    // Undo the push on the busy queue: it has just been served.
+    sqlx::query("UPDATE fair_queues SET waiting_since = now() WHERE priority = 10")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(maintenance::age_queues(&db.pool).await.unwrap(), 1);
+    let claimed = claim(&db.pool, "w", 50).await;
+    assert!(
+        claimed.iter().any(|j| j.id == low),
+        "the priority-1 job must start once it has waited 9 aging intervals"
+    );
+    // Served, it is back at its own priority.
+    let eff: i16 = sqlx::query_scalar("SELECT eff_priority FROM fair_queues WHERE priority = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(eff, 1);
+}
+
+#[tokio::test]
+async fn without_aging_the_low_priority_queue_waits() {
+    // The control for the test above: the same load with no waiting time
+    // never gives priority 1 a turn.
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let b = tenant(&db.pool, "b").await;
+    tenants::set_scheduling_defaults(&db.pool, Some(1000.0), None, false)
+        .await
+        .unwrap();
+    enqueue(&db.pool, Some(a), 10, 1_000).await;
+    let low = enqueue(&db.pool, Some(b), 1, 1).await[0];
+    for _ in 0..10 {
+        assert_eq!(maintenance::age_queues(&db.pool).await.unwrap(), 0);
+        let claimed = claim(&db.pool, "w", 50).await;
+        assert!(!claimed.iter().any(|j| j.id == low));
+    }
+}
+
+#[tokio::test]
+async fn the_counts_stay_exact_on_every_path() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let b = tenant(&db.pool, "b").await;
+    enqueue(&db.pool, Some(a), 3, 40).await;
+    enqueue(&db.pool, Some(b), 7, 40).await;
+    enqueue(&db.pool, None, 5, 40).await;
+    assert_counts_exact(&db.pool).await;
+
+    let claimed = claim(&db.pool, "w", 60).await;
+    assert_eq!(claimed.len(), 60);
+    assert_counts_exact(&db.pool).await;
+
+    // Complete, retry, fail for good: one finish batch.
+    let outcomes: Vec<Outcome> = (0..30)
+        .map(|i| match i % 3 {
+            0 => Outcome::Completed {
+                result: json!({}),
+                usage: None,
+            },
+            1 => Outcome::Retry {
+                error: "again".into(),
+                retry_after: Some(Duration::from_secs(3600)),
+            },
+            _ => Outcome::Failed {
+                error: "no".into(),
+            },
+        })
+        .collect();
+    let items: Vec<queue::FinishItem> = claimed[..30]
+        .iter()
+        .zip(&outcomes)
+        .map(|(job, outcome)| queue::FinishItem {
+            job: job.id,
+            attempt: job.attempt,
+            outcome,
+        })
+        .collect();
+    queue::finish(&db.pool, "w", &items, &Backoff::default())
+        .await
+        .unwrap();
+    assert_counts_exact(&db.pool).await;
+
+    // Release at shutdown, cancel a running and a queued job.
+    let released: Vec<JobId> = claimed[30..35].iter().map(|j| j.id).collect();
+    queue::release(&db.pool, "w", &released).await.unwrap();
+    assert_counts_exact(&db.pool).await;
+    queue::cancel(&db.pool, claimed[40].id, None, "test")
+        .await
+        .unwrap();
+    let queued: JobId = sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'queued' LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    queue::cancel(&db.pool, queued, None, "test").await.unwrap();
+    assert_counts_exact(&db.pool).await;
+
+    // Rescue of expired leases.
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE state = 'processing'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    queue::rescue(&db.pool, 1000).await.unwrap();
+    assert_counts_exact(&db.pool).await;
+
+    // A manual retry of a failed job, then draining everything.
+    let failed: JobId =
+        sqlx::query_scalar("SELECT id FROM job_history WHERE state = 'failed' LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    queue::retry(&db.pool, failed, None).await.unwrap();
+    assert_counts_exact(&db.pool).await;
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'queued'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    loop {
+        let claimed = claim(&db.pool, "w2", 50).await;
+        if claimed.is_empty() {
+            break;
+        }
+        complete_all(&db.pool, "w2", &claimed).await;
+    }
+    assert_counts_exact(&db.pool).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(
+        count(&db.pool, "SELECT coalesce(sum(running), 0) FROM tenants").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn scheduling_settings_refuse_nonsense() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    for change in [
+        SchedulingChange {
+            weight: Some(0),
+            ..Default::default()
+        },
+        SchedulingChange {
+            weight: Some(101),
+            ..Default::default()
+        },
+        SchedulingChange {
+            max_running: Some(0),
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            tenants::set_scheduling(&db.pool, a, change).await,
+            Err(tenants::TenantError::Invalid(_))
+        ));
+    }
+    assert!(tenants::set_scheduling_defaults(&db.pool, Some(0.0), None, false)
+        .await
+        .is_err());
+    let settings = tenants::set_scheduling(
+        &db.pool,
+        a,
+        SchedulingChange {
+            weight: Some(4),
+            max_running: Some(9),
+            default_max_running: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((settings.weight, settings.max_running), (4, Some(9)));
+}
