@@ -280,36 +280,64 @@ async fn drain_work(
 
 /// Creates the scratch database, runs every phase, drops the database.
 pub async fn run(database_url: &str, args: &BenchArgs) -> anyhow::Result<BenchReport> {
-    let admin = PgConnectOptions::from_str(database_url)?;
-    let name = &args.bench_database;
-    anyhow::ensure!(
-        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "bench database name must be alphanumeric"
-    );
-    let mut conn = admin.connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let bench_url = db::with_database(database_url, name);
-    db::migrate(&bench_url).await?;
-    let pool = db::connect(&DbConfig {
-        url: bench_url,
-        pool_size: (args.producers + 2 * args.workers + 4) as u32,
-        acquire_timeout: Duration::from_secs(30),
-        application_name: "skipjack-bench".into(),
-    })
-    .await?;
-
-    let result = phases(&pool, args).await;
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
+    let pool_size = (args.producers + 2 * args.workers + 4) as u32;
+    let scratch = Scratch::create(database_url, &args.bench_database, pool_size).await?;
+    let result = phases(&scratch.pool, args).await;
+    scratch.drop().await?;
     result
+}
+
+/// A migrated database of a benchmark's own, next to the one `DATABASE_URL`
+/// names, created fresh (an old one of the same name is dropped first) so
+/// that a benchmark never touches real jobs; [`Scratch::drop`] removes it.
+pub struct Scratch {
+    /// Connections to the scratch database.
+    pub pool: PgPool,
+    /// A connection to the server's database, to drop the scratch one.
+    admin: sqlx::PgConnection,
+    name: String,
+}
+
+impl Scratch {
+    /// Creates and migrates database `name` (ASCII letters, digits and `_`)
+    /// on the server of `database_url`, with a pool of `pool_size`.
+    pub async fn create(database_url: &str, name: &str, pool_size: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bench database name must be alphanumeric"
+        );
+        let mut admin = PgConnectOptions::from_str(database_url)?.connect().await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let url = db::with_database(database_url, name);
+        db::migrate(&url).await?;
+        let pool = db::connect(&DbConfig {
+            url,
+            pool_size,
+            acquire_timeout: Duration::from_secs(30),
+            application_name: "skipjack-bench".into(),
+        })
+        .await?;
+        Ok(Scratch {
+            pool,
+            admin,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Closes the pool and drops the database.
+    pub async fn drop(mut self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut self.admin)
+            .await?;
+        self.admin.close().await?;
+        Ok(())
+    }
 }
 
 async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> {

@@ -34,6 +34,7 @@
 pub mod api;
 pub mod bench;
 pub mod cancel_bench;
+pub mod fair_bench;
 pub mod chat;
 pub mod config;
 pub mod db;

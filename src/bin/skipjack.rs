@@ -80,6 +80,14 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Measure what one tenant's backlog costs another tenant (fair
+    /// scheduling) in a scratch database.
+    BenchFair {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        #[command(flatten)]
+        args: skipjack::fair_bench::FairBenchArgs,
+    },
     /// Measure DELETE -> worker abort of running jobs in a scratch database.
     BenchCancel {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
@@ -353,6 +361,14 @@ async fn main() -> anyhow::Result<ExitCode> {
                 "revoked key {} (prefix {}) of tenant {}",
                 revoked.id, revoked.key_prefix, revoked.tenant_id
             );
+        }
+        Command::BenchFair { database_url, args } => {
+            let report = skipjack::fair_bench::run(&database_url, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
         }
         Command::BenchCancel { database_url, args } => {
             let report = skipjack::cancel_bench::run(&database_url, &args).await?;
