@@ -203,6 +203,7 @@ async fn drain_round(
         runtimes.push(tokio::spawn(async move { worker.run(token).await }));
     }
     let mut submitted: Vec<(JobId, Instant)> = Vec::new();
+    let mut conn = pool.acquire().await?;
     let a_queue_empty = |pool: PgPool| async move {
         sqlx::query_scalar::<_, bool>(
             "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $1)",
@@ -215,7 +216,7 @@ async fn drain_round(
         if b_waits.is_some() {
             let mut job = NewJob::new(KIND, serde_json::Value::Null);
             job.tenant_id = Some(b);
-            let id = queue::enqueue(pool, &job).await?.id;
+            let id = queue::enqueue(&mut conn, &job).await?.id;
             submitted.push((id, Instant::now()));
         }
         if a_queue_empty(pool.clone()).await? {
@@ -228,6 +229,7 @@ async fn drain_round(
         }))
         .await;
     };
+    drop(conn);
     // B's last jobs finish too.
     while !sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM jobs)")
         .fetch_one(pool)
