@@ -44,6 +44,9 @@ pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
 pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
 pub const LLM_COST_USD_TOTAL: &str = "skipjack_llm_cost_usd_total";
+pub const LLM_BUDGET_USED_TOTAL: &str = "skipjack_llm_budget_used_total";
+pub const LLM_BUDGET_LIMIT: &str = "skipjack_llm_budget_limit";
+pub const LLM_BUDGET_WAITS_TOTAL: &str = "skipjack_llm_budget_waits_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
 pub const STREAM_PIECES_WRITTEN_TOTAL: &str = "skipjack_stream_pieces_written_total";
@@ -127,6 +130,17 @@ pub struct Metrics {
     /// times the configured price (`SKIPJACK_LLM_PRICE_PER_MTOK`); stays 0
     /// for a model without a price.
     pub llm_cost: CounterVec,
+    /// Provider budget used by this process, by `endpoint` (URL without
+    /// credentials and position), `model` and `unit`: `requests` granted,
+    /// and `tokens` as settled with the reported usage.
+    pub llm_budget_used: IntCounterVec,
+    /// Configured provider budget per minute, by `endpoint`, `model` and
+    /// `unit` (0: no limit); the same in every process.
+    pub llm_budget_limit: GaugeVec,
+    /// Calls that found no provider budget, by `how` they waited:
+    /// `in_place` (briefly, holding the slot) or `snoozed` (the job went
+    /// back to the queue without using an attempt).
+    pub llm_budget_waits: IntCounterVec,
     /// History cache operations, by `result`: `hit` and `miss` count reads;
     /// `error` counts failed operations and reads skipped while Redis is down.
     pub cache_requests: IntCounterVec,
@@ -343,6 +357,21 @@ impl Metrics {
                 &["provider", "model"],
             )
             .expect("metric definitions are static and valid"),
+            llm_budget_used: counter_vec(
+                LLM_BUDGET_USED_TOTAL,
+                "Provider budget used (requests granted, tokens settled).",
+                &["endpoint", "model", "unit"],
+            ),
+            llm_budget_limit: GaugeVec::new(
+                Opts::new(LLM_BUDGET_LIMIT, "Configured provider budget per minute."),
+                &["endpoint", "model", "unit"],
+            )
+            .expect("metric definitions are static and valid"),
+            llm_budget_waits: counter_vec(
+                LLM_BUDGET_WAITS_TOTAL,
+                "LLM calls that found no provider budget, by how they waited.",
+                &["how"],
+            ),
             cache_requests: counter_vec(
                 CACHE_REQUESTS_TOTAL,
                 "Conversation history cache operations.",
@@ -401,6 +430,9 @@ impl Metrics {
         r.add(&m.llm_errors, K::Counter);
         r.add(&m.llm_tokens, K::Counter);
         r.add(&m.llm_cost, K::Counter);
+        r.add(&m.llm_budget_used, K::Counter);
+        r.add(&m.llm_budget_limit, K::Gauge);
+        r.add(&m.llm_budget_waits, K::Counter);
         r.add(&m.cache_requests, K::Counter);
         r.add(&m.maintenance_lock_timeouts, K::Counter);
         r.add(&m.webhook_deliveries, K::Counter);
@@ -550,7 +582,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 33);
+        assert_eq!(exported().len(), 36);
     }
 
     #[test]
