@@ -24,7 +24,7 @@ use skipjack::queue::{self, Backoff, NewJob};
 use skipjack::worker::{NoopHandler, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn limits(rpm: u64, tpm: u64, burst: f64) -> BudgetLimits {
@@ -59,9 +59,9 @@ async fn concurrent_reservers_never_exceed_the_budget() {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let b = budgets[i % 4].clone();
-        tasks.push(tokio::spawn(async move {
-            b.try_reserve(0, 100).await.unwrap()
-        }));
+        tasks.push(tokio::spawn(
+            async move { b.try_reserve(0, 100).await.unwrap() },
+        ));
     }
     let mut results = Vec::new();
     for t in tasks {
@@ -170,7 +170,10 @@ async fn the_pool_prefers_an_endpoint_with_budget() {
         messages: vec![ChatMessage::user("hello")],
     };
     for _ in 0..5 {
-        provider.chat(&req).await.expect("a call with budget somewhere");
+        provider
+            .chat(&req)
+            .await
+            .expect("a call with budget somewhere");
     }
     assert_eq!(a.count(), 1);
     assert_eq!(b.count(), 4);
@@ -250,8 +253,7 @@ async fn a_snoozed_job_keeps_its_attempt_and_frees_its_slot() {
     let mut cfg = openai_config(&mock.url);
     // One request at once, then one every 60 / 19 s.
     cfg.rpm = Some("20".into());
-    let provider =
-        llm::build_provider_with_budget(&cfg, Some(budget_for(&db.pool, &cfg))).unwrap();
+    let provider = llm::build_provider_with_budget(&cfg, Some(budget_for(&db.pool, &cfg))).unwrap();
     let worker = Arc::new(
         Worker::builder(db.pool.clone())
             .register(NoopHandler)
@@ -475,7 +477,10 @@ async fn four_worker_processes_share_the_provider_budget() {
         achieved >= 0.9 * RPM as f64,
         "achieved {achieved:.1} requests a minute"
     );
-    assert!(unfinished > 0, "the queue ran dry: the run did not saturate");
+    assert!(
+        unfinished > 0,
+        "the queue ran dry: the run did not saturate"
+    );
     // No snoozed job used an attempt: every finished job took one.
     let extra: i64 = sqlx::query_scalar("SELECT count(*) FROM job_history WHERE attempts <> 1")
         .fetch_one(&db.pool)

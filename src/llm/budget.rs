@@ -165,7 +165,8 @@ impl Budget {
                 m.llm_budget_limit
                     .with_label_values(&[&e.label, model, unit])
                     .set(gcra.limit as f64);
-                m.llm_budget_used.with_label_values(&[&e.label, model, unit]);
+                m.llm_budget_used
+                    .with_label_values(&[&e.label, model, unit]);
             }
         }
         for how in BUDGET_WAITS {

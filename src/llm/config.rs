@@ -394,8 +394,7 @@ impl LlmConfig {
         if self.max_tokens == 0 {
             return Err(invalid("SKIPJACK_LLM_MAX_TOKENS", "must be at least 1"));
         }
-        if !(self.budget_burst.is_finite() && self.budget_burst > 0.0 && self.budget_burst <= 0.5)
-        {
+        if !(self.budget_burst.is_finite() && self.budget_burst > 0.0 && self.budget_burst <= 0.5) {
             return Err(invalid(
                 "SKIPJACK_LLM_BUDGET_BURST",
                 format!("must be within (0, 0.5], got {}", self.budget_burst),

@@ -44,8 +44,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    BudgetLimits, ConfigError, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret, Strategy,
-    DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
+    BudgetLimits, ConfigError, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret,
+    Strategy, DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
     DEFAULT_OPENAI_MODEL,
 };
 pub use pool::EndpointStats;
@@ -259,7 +259,10 @@ impl LlmError {
 
     /// Whether the queue should schedule another attempt.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LlmError::Retryable { .. } | LlmError::Throttled { .. })
+        matches!(
+            self,
+            LlmError::Retryable { .. } | LlmError::Throttled { .. }
+        )
     }
 
     /// The delay the upstream asked for, if any; the queue uses it as a lower

@@ -204,7 +204,10 @@ async fn handle(
 /// `input_tokens`/`output_tokens` or OpenAI's `prompt_tokens`/
 /// `completion_tokens`).
 fn reported_tokens(body: &str) -> Option<u64> {
-    let usage = serde_json::from_str::<Value>(body).ok()?.get("usage")?.clone();
+    let usage = serde_json::from_str::<Value>(body)
+        .ok()?
+        .get("usage")?
+        .clone();
     let field = |name: &str| usage.get(name).and_then(Value::as_u64);
     match (field("input_tokens"), field("output_tokens")) {
         (Some(i), Some(o)) => Some(i + o),
