@@ -25,9 +25,11 @@ pub struct Recorded {
     /// The body parsed as JSON (`Value::Null` when it was not JSON).
     pub body: Value,
     /// When the request arrived (its headers and body read).
+    #[allow(dead_code)] // read by the provider budget tests only
     pub at: Instant,
     /// Tokens the answer reported (input + output of its `usage`, in the
     /// Anthropic or OpenAI form), if it reported any.
+    #[allow(dead_code)] // read by the provider budget tests only
     pub tokens: Option<u64>,
 }
 
