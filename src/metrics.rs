@@ -521,8 +521,10 @@ pub fn init_api<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, &'a str)
 
 /// Creates a worker's labelled series at 0: outcomes, rescues, waits by
 /// priority, run times of each handler `kinds`, LLM errors by class and the
-/// history cache's results and webhook delivery outcomes. The LLM's per-model series come from
-/// [`crate::llm::cost::TokenMeter::new`].
+/// history cache's results, webhook delivery outcomes and provider budget
+/// waits. The LLM's per-model series come from
+/// [`crate::llm::cost::TokenMeter::new`], the per-endpoint budget series
+/// from [`crate::llm::budget::Budget::new`] (workers with budgets only).
 pub fn init_worker(kinds: &[&str]) {
     let m = metrics();
     for outcome in FINISH_OUTCOMES {
@@ -548,6 +550,9 @@ pub fn init_worker(kinds: &[&str]) {
     }
     for outcome in WEBHOOK_OUTCOMES {
         m.webhook_deliveries.with_label_values(&[outcome]);
+    }
+    for how in crate::llm::budget::BUDGET_WAITS {
+        m.llm_budget_waits.with_label_values(&[how]);
     }
 }
 
