@@ -695,3 +695,61 @@ pub fn redact_url(raw: &str) -> String {
         Err(_) => "<unparseable url>".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openai(urls: &str, keys: &str) -> LlmConfig {
+        LlmConfig {
+            provider: ProviderKind::Openai,
+            base_url: Some(urls.to_owned()),
+            openai_api_key: Some(Secret::new(keys)),
+            max_tokens: 100,
+            ..LlmConfig::default()
+        }
+    }
+
+    #[test]
+    fn budget_limits_follow_the_endpoints() {
+        // One URL, two keys: two endpoints (two accounts).
+        let mut cfg = openai("http://up.example", "k1,k2");
+        assert!(!cfg.has_budget());
+        cfg.rpm = Some("600".into());
+        let limits = cfg.budget_limits().unwrap();
+        assert_eq!(limits.iter().map(|l| l.rpm).collect::<Vec<_>>(), [600, 600]);
+        assert!(cfg.has_budget());
+        cfg.rpm = Some("600, 0".into());
+        cfg.tpm = Some("0,50000".into());
+        let limits = cfg.budget_limits().unwrap();
+        assert_eq!(
+            limits.iter().map(|l| (l.rpm, l.tpm)).collect::<Vec<_>>(),
+            [(600, 0), (0, 50_000)]
+        );
+        assert_eq!(limits[1].token_burst(), 2_500);
+        // Neither one value nor one per endpoint.
+        cfg.rpm = Some("1,2,3".into());
+        assert!(cfg.validate().is_err());
+        cfg.rpm = Some("1".into());
+        assert!(
+            cfg.validate().is_err(),
+            "1 request a minute leaves no burst"
+        );
+        cfg.rpm = Some("many".into());
+        assert!(cfg.validate().is_err());
+        // A burst that cannot hold one request of max_tokens.
+        cfg.rpm = None;
+        cfg.tpm = Some("1000".into());
+        assert!(cfg.validate().is_err());
+        cfg.budget_burst = 0.5;
+        cfg.validate().unwrap();
+        cfg.budget_burst = 0.0;
+        assert!(cfg.validate().is_err());
+        // The simulated provider has no endpoints to budget.
+        let simulated = LlmConfig {
+            rpm: Some("600".into()),
+            ..LlmConfig::default()
+        };
+        assert!(simulated.validate().is_err());
+    }
+}
