@@ -48,6 +48,9 @@ pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
 pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
 pub const LLM_COST_USD_TOTAL: &str = "skipjack_llm_cost_usd_total";
+pub const LLM_BUDGET_USED_TOTAL: &str = "skipjack_llm_budget_used_total";
+pub const LLM_BUDGET_LIMIT: &str = "skipjack_llm_budget_limit";
+pub const LLM_BUDGET_WAITS_TOTAL: &str = "skipjack_llm_budget_waits_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
 pub const STREAM_PIECES_WRITTEN_TOTAL: &str = "skipjack_stream_pieces_written_total";
@@ -135,6 +138,17 @@ pub struct Metrics {
     /// times the configured price (`SKIPJACK_LLM_PRICE_PER_MTOK`); stays 0
     /// for a model without a price.
     pub llm_cost: CounterVec,
+    /// Provider budget used by this process, by `endpoint` (URL without
+    /// credentials and position), `model` and `unit`: `requests` granted,
+    /// and `tokens` as settled with the reported usage.
+    pub llm_budget_used: IntCounterVec,
+    /// Configured provider budget per minute, by `endpoint`, `model` and
+    /// `unit` (0: no limit); the same in every process.
+    pub llm_budget_limit: GaugeVec,
+    /// Calls that found no provider budget, by `how` they waited:
+    /// `in_place` (briefly, holding the slot) or `snoozed` (the job went
+    /// back to the queue without using an attempt).
+    pub llm_budget_waits: IntCounterVec,
     /// History cache operations, by `result`: `hit` and `miss` count reads;
     /// `error` counts failed operations and reads skipped while Redis is down.
     pub cache_requests: IntCounterVec,
@@ -363,6 +377,21 @@ impl Metrics {
                 &["provider", "model"],
             )
             .expect("metric definitions are static and valid"),
+            llm_budget_used: counter_vec(
+                LLM_BUDGET_USED_TOTAL,
+                "Provider budget used (requests granted, tokens settled).",
+                &["endpoint", "model", "unit"],
+            ),
+            llm_budget_limit: GaugeVec::new(
+                Opts::new(LLM_BUDGET_LIMIT, "Configured provider budget per minute."),
+                &["endpoint", "model", "unit"],
+            )
+            .expect("metric definitions are static and valid"),
+            llm_budget_waits: counter_vec(
+                LLM_BUDGET_WAITS_TOTAL,
+                "LLM calls that found no provider budget, by how they waited.",
+                &["how"],
+            ),
             cache_requests: counter_vec(
                 CACHE_REQUESTS_TOTAL,
                 "Conversation history cache operations.",
@@ -423,6 +452,9 @@ impl Metrics {
         r.add(&m.llm_errors, K::Counter);
         r.add(&m.llm_tokens, K::Counter);
         r.add(&m.llm_cost, K::Counter);
+        r.add(&m.llm_budget_used, K::Counter);
+        r.add(&m.llm_budget_limit, K::Gauge);
+        r.add(&m.llm_budget_waits, K::Counter);
         r.add(&m.cache_requests, K::Counter);
         r.add(&m.maintenance_lock_timeouts, K::Counter);
         r.add(&m.webhook_deliveries, K::Counter);
@@ -511,8 +543,10 @@ pub fn init_api<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, &'a str)
 
 /// Creates a worker's labelled series at 0: outcomes, rescues, waits by
 /// priority, run times of each handler `kinds`, LLM errors by class and the
-/// history cache's results and webhook delivery outcomes. The LLM's per-model series come from
-/// [`crate::llm::cost::TokenMeter::new`].
+/// history cache's results, webhook delivery outcomes and provider budget
+/// waits. The LLM's per-model series come from
+/// [`crate::llm::cost::TokenMeter::new`], the per-endpoint budget series
+/// from [`crate::llm::budget::Budget::new`] (workers with budgets only).
 pub fn init_worker(kinds: &[&str]) {
     let m = metrics();
     for outcome in FINISH_OUTCOMES {
@@ -538,6 +572,9 @@ pub fn init_worker(kinds: &[&str]) {
     }
     for outcome in WEBHOOK_OUTCOMES {
         m.webhook_deliveries.with_label_values(&[outcome]);
+    }
+    for how in crate::llm::budget::BUDGET_WAITS {
+        m.llm_budget_waits.with_label_values(&[how]);
     }
 }
 
@@ -572,7 +609,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 35);
+        assert_eq!(exported().len(), 38);
     }
 
     #[test]

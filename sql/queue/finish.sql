@@ -1,14 +1,18 @@
 -- finish: writes the outcomes of a batch of jobs run by worker $1.
 --
 -- $2 ids uuid[], $3 attempts integer[], $4 outcomes text[] ('completed',
--- 'failed' or 'retry'), $5 results jsonb[], $6 errors text[], $7 retry delays
--- in seconds float8[], $8 input tokens integer[], $9 output tokens integer[].
+-- 'failed', 'retry' or 'snooze'), $5 results jsonb[], $6 errors text[], $7
+-- retry delays in seconds float8[], $8 input tokens integer[], $9 output
+-- tokens integer[].
 --
 -- Fenced: a row changes only while (id, lease owner, attempt) still match, so
 -- a worker that lost its lease changes nothing; the ids it gets no row for
 -- were fenced off. A retry of a job with attempts left goes back to the queue
--- at now + delay (with a 'retried' event); every other outcome moves the job
--- to job_history in this same statement. Conversations whose head job left
+-- at now + delay (with a 'retried' event); a snooze (no provider budget,
+-- schema 11) goes back to the queue at now + delay with its attempt given
+-- back, so the next claim runs the same attempt number again, and a
+-- 'snoozed' event; every other outcome moves the job to job_history in this
+-- same statement. Conversations whose head job left
 -- are unlocked by unblock.sql, run next in the same transaction.
 --
 -- Plan: the fence is written as join clauses only (the owner travels in the
@@ -36,10 +40,23 @@ requeued AS (
       AND i.outcome = 'retry' AND j.attempt < j.max_attempts
     RETURNING j.id, j.tenant_id, j.attempt, j.run_at, i.error
 ),
+snoozed AS (
+    UPDATE jobs j
+    SET state = 'queued',
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        run_at = now() + make_interval(secs => i.retry_in),
+        attempt = j.attempt - 1
+    FROM input i
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = i.owner
+      AND i.outcome = 'snooze'
+    RETURNING j.id, j.tenant_id, i.attempt, j.run_at, i.error
+),
 done AS (
     DELETE FROM jobs j
     USING input i
     WHERE j.id = i.id AND j.attempt = i.attempt AND j.lease_owner = i.owner
+      AND i.outcome <> 'snooze'
       AND NOT (i.outcome = 'retry' AND j.attempt < j.max_attempts)
     RETURNING j.*,
               (CASE i.outcome WHEN 'completed' THEN 'completed' ELSE 'failed' END)::job_state
@@ -60,6 +77,9 @@ events AS (
     INSERT INTO job_events (job_id, tenant_id, event, attempt, error, next_run_at, worker)
     SELECT id, tenant_id, 'retried', attempt, error, run_at, $1
     FROM requeued
+    UNION ALL
+    SELECT id, tenant_id, 'snoozed', attempt, error, run_at, $1
+    FROM snoozed
 ),
 lanes AS (
     -- An upsert rather than UPDATE ... FROM: it takes the row locks in
@@ -83,5 +103,7 @@ wake AS (
 SELECT f.id, f.conversation_id, f.state
 FROM (SELECT id, conversation_id, final_state AS state FROM done
       UNION ALL
-      SELECT id, NULL, 'queued'::job_state FROM requeued) AS f
+      SELECT id, NULL, 'queued'::job_state FROM requeued
+      UNION ALL
+      SELECT id, NULL, 'queued'::job_state FROM snoozed) AS f
 CROSS JOIN (SELECT count(*) FROM wake) AS notified

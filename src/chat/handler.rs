@@ -29,7 +29,10 @@
 //! Error mapping: a retryable [`LlmError`] (429, 5xx, timeout, connection)
 //! becomes [`Outcome::Retry`] with the upstream's `Retry-After`; a permanent
 //! one (other 4xx, malformed answer) fails the job at once. Either way the
-//! error text, the provider's own message included, is kept on the job.
+//! error text, the provider's own message included, is kept on the job. A
+//! call that found no provider budget ([`LlmError::Throttled`]) was not
+//! sent: the job is snoozed ([`Outcome::Snooze`]) until budget frees, its
+//! attempt not counted.
 
 use super::budget::{self, DEFAULT_HISTORY_MAX_TOKENS};
 use super::cache::{CacheWrite, HistoryCache};
@@ -223,6 +226,16 @@ fn to_i32(n: u32) -> i32 {
 
 /// The outcome of a failed LLM call.
 fn failed(error: &LlmError) -> Outcome {
+    if let LlmError::Throttled { wait, .. } = error {
+        // Not sent: back to the queue when budget frees, plus jitter so
+        // that the jobs that found none together do not all come back
+        // together; the attempt is not counted.
+        let spread = (*wait).max(Duration::from_millis(250));
+        return Outcome::Snooze {
+            delay: *wait + spread.mul_f64(rand::random::<f64>()),
+            reason: error.to_string(),
+        };
+    }
     metrics()
         .llm_errors
         .with_label_values(&[error.class().as_str()])
@@ -232,7 +245,7 @@ fn failed(error: &LlmError) -> Outcome {
             error: error.to_string(),
             retry_after: *retry_after,
         },
-        LlmError::Permanent { .. } => Outcome::Failed {
+        LlmError::Permanent { .. } | LlmError::Throttled { .. } => Outcome::Failed {
             error: error.to_string(),
         },
     }

@@ -37,7 +37,37 @@ pub fn chat_handler(
     cache: &CacheArgs,
     schema: Schema,
 ) -> Result<ChatHandler, SetupError> {
-    let provider = llm::build_provider(llm)?;
+    let budget = if llm.has_budget() {
+        if !schema.has(llm::budget::BUDGET_SCHEMA_VERSION) {
+            return Err(SetupError::Llm(ConfigError::Invalid {
+                setting: "SKIPJACK_LLM_RPM",
+                message: format!(
+                    "provider budgets need database schema {} (run `skipjack migrate`); the database is at {}",
+                    llm::budget::BUDGET_SCHEMA_VERSION,
+                    schema.version()
+                ),
+            }));
+        }
+        let labels = llm::pool::Pool::budget_labels(llm)?;
+        let limits = llm.budget_limits()?;
+        for (label, limits) in labels.iter().zip(&limits) {
+            tracing::info!(
+                endpoint = %label,
+                rpm = limits.rpm,
+                tpm = limits.tpm,
+                burst = limits.burst,
+                "provider budget shared by every worker"
+            );
+        }
+        llm::budget::Budget::new(
+            pool.clone(),
+            &llm.model_or_default(),
+            labels.into_iter().zip(limits),
+        )
+    } else {
+        None
+    };
+    let provider = llm::build_provider_with_budget(llm, budget)?;
     tracing::info!(
         provider = provider.name(),
         model = %llm.model_or_default(),

@@ -25,6 +25,16 @@
 //! Zipping rather than taking every (URL, key) combination is deliberate: with
 //! two different upstreams (say OpenRouter and a self-hosted vLLM) a cross
 //! product would send each key to a host it does not belong to.
+//!
+//! ## Provider budgets
+//!
+//! `SKIPJACK_LLM_RPM` and `SKIPJACK_LLM_TPM` (requests and tokens per minute)
+//! are enforced across every worker process together, per endpoint and
+//! model ([`super::budget`], docs/provider-limits.md). Each holds one value
+//! for every endpoint, or a comma-separated list with one value per
+//! endpoint in the order above (like `SKIPJACK_LLM_WEIGHTS`); 0 means no
+//! limit. `SKIPJACK_LLM_BUDGET_BURST` is the fraction of each limit that may
+//! go at once after a quiet spell.
 
 use std::fmt;
 use std::str::FromStr;
@@ -51,6 +61,9 @@ pub const DEFAULT_SIMULATED_LATENCY_MS: u64 = 500;
 pub const DEFAULT_EJECT_AFTER: u32 = 3;
 /// Default ejection cool-down.
 pub const DEFAULT_EJECT_SECONDS: f64 = 30.0;
+/// Default fraction of a provider budget usable at once
+/// (`SKIPJACK_LLM_BUDGET_BURST`).
+pub const DEFAULT_BUDGET_BURST: f64 = 0.05;
 /// Upper bound of the connect timeout: a TCP/TLS handshake that takes longer
 /// than this will not finish, whatever the request timeout is.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,14 +229,39 @@ pub struct LlmConfig {
     pub eject_seconds: f64,
 
     /// Per-process cap on provider requests per second (fractions allowed);
-    /// 0 = unlimited. Keeps a scaled-out worker fleet inside an account's
-    /// rate limit instead of collecting 429s.
+    /// 0 = unlimited. Spaces one process's calls evenly; for an account's
+    /// limit across a scaled-out fleet use `SKIPJACK_LLM_RPM` /
+    /// `SKIPJACK_LLM_TPM`, which hold for all processes together.
     #[arg(
         long = "llm-max-rps",
         env = "SKIPJACK_LLM_MAX_RPS",
         default_value_t = 0.0
     )]
     pub max_rps: f64,
+
+    /// Requests per minute allowed per endpoint and model, across every
+    /// worker process together: one value for all endpoints or one per
+    /// endpoint, comma-separated; 0 or unset = no limit. Needs Postgres
+    /// schema 11.
+    #[arg(long = "llm-rpm", env = "SKIPJACK_LLM_RPM")]
+    pub rpm: Option<String>,
+
+    /// Tokens (input + output) per minute allowed per endpoint and model,
+    /// across every worker process together; same form as
+    /// `SKIPJACK_LLM_RPM`. A call reserves its estimate (input estimate +
+    /// `max_tokens`) and is corrected by the reported usage.
+    #[arg(long = "llm-tpm", env = "SKIPJACK_LLM_TPM")]
+    pub tpm: Option<String>,
+
+    /// Fraction of each per-minute budget that may be used at once after a
+    /// quiet spell (0 < f <= 0.5). The sustained rate is the limit times
+    /// (1 - f), so that no 60-second window ever sees more than the limit.
+    #[arg(
+        long = "llm-budget-burst",
+        env = "SKIPJACK_LLM_BUDGET_BURST",
+        default_value_t = DEFAULT_BUDGET_BURST
+    )]
+    pub budget_burst: f64,
 
     /// Price table for the estimated-cost metric, US dollars per million
     /// tokens: `MODEL=INPUT/OUTPUT,…`, `*=INPUT/OUTPUT` for any other model
@@ -253,6 +291,9 @@ impl Default for LlmConfig {
             eject_after: DEFAULT_EJECT_AFTER,
             eject_seconds: DEFAULT_EJECT_SECONDS,
             max_rps: 0.0,
+            rpm: None,
+            tpm: None,
+            budget_burst: DEFAULT_BUDGET_BURST,
             price_per_mtok: None,
         }
     }
@@ -353,6 +394,13 @@ impl LlmConfig {
         if self.max_tokens == 0 {
             return Err(invalid("SKIPJACK_LLM_MAX_TOKENS", "must be at least 1"));
         }
+        if !(self.budget_burst.is_finite() && self.budget_burst > 0.0 && self.budget_burst <= 0.5) {
+            return Err(invalid(
+                "SKIPJACK_LLM_BUDGET_BURST",
+                format!("must be within (0, 0.5], got {}", self.budget_burst),
+            ));
+        }
+        self.budget_limits()?;
         self.prices()?;
         Ok(())
     }
@@ -469,6 +517,59 @@ impl LlmConfig {
             .collect())
     }
 
+    /// Whether `SKIPJACK_LLM_RPM` or `SKIPJACK_LLM_TPM` sets any limit.
+    pub fn has_budget(&self) -> bool {
+        self.budget_limits()
+            .map(|limits| limits.iter().any(|l| l.rpm > 0 || l.tpm > 0))
+            .unwrap_or(false)
+    }
+
+    /// The per-minute limits of each endpoint, in [`LlmConfig::endpoints`]
+    /// order (empty for the simulated provider, which has no endpoints).
+    pub fn budget_limits(&self) -> Result<Vec<BudgetLimits>, ConfigError> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if self.provider == ProviderKind::Simulated {
+            if set(&self.rpm) || set(&self.tpm) {
+                return Err(ConfigError::Invalid {
+                    setting: "SKIPJACK_LLM_RPM",
+                    message: "provider budgets need an HTTP provider (anthropic or openai)".into(),
+                });
+            }
+            return Ok(Vec::new());
+        }
+        let n = self.endpoints()?.len();
+        let rpm = parse_per_endpoint("SKIPJACK_LLM_RPM", self.rpm.as_deref(), n)?;
+        let tpm = parse_per_endpoint("SKIPJACK_LLM_TPM", self.tpm.as_deref(), n)?;
+        let limits: Vec<BudgetLimits> = rpm
+            .into_iter()
+            .zip(tpm)
+            .map(|(rpm, tpm)| BudgetLimits {
+                rpm,
+                tpm,
+                burst: self.budget_burst,
+            })
+            .collect();
+        for l in &limits {
+            if l.rpm == 1 {
+                return Err(ConfigError::Invalid {
+                    setting: "SKIPJACK_LLM_RPM",
+                    message: "must be 0 (no limit) or at least 2".into(),
+                });
+            }
+            if l.tpm > 0 && l.token_burst() < u64::from(self.max_tokens) + 1 {
+                return Err(ConfigError::Invalid {
+                    setting: "SKIPJACK_LLM_TPM",
+                    message: format!(
+                        "a burst of {} tokens (SKIPJACK_LLM_TPM x SKIPJACK_LLM_BUDGET_BURST) cannot hold one request of SKIPJACK_LLM_MAX_TOKENS = {}",
+                        l.token_burst(),
+                        self.max_tokens
+                    ),
+                });
+            }
+        }
+        Ok(limits)
+    }
+
     fn parse_weights(&self, endpoints: usize) -> Result<Vec<u32>, ConfigError> {
         let Some(list) = self.weights.as_deref().filter(|w| !w.trim().is_empty()) else {
             return Ok(vec![1; endpoints]);
@@ -492,6 +593,66 @@ impl LlmConfig {
             tracing::warn!("SKIPJACK_LLM_WEIGHTS is set but SKIPJACK_LLM_STRATEGY is not `weighted`: weights are ignored");
         }
         Ok(weights)
+    }
+}
+
+/// The per-minute limits of one endpoint (0 = no limit), see
+/// [`LlmConfig::budget_limits`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetLimits {
+    /// Requests per minute.
+    pub rpm: u64,
+    /// Tokens (input + output) per minute.
+    pub tpm: u64,
+    /// Fraction of each limit usable at once.
+    pub burst: f64,
+}
+
+impl BudgetLimits {
+    /// Requests that may start at once after a quiet spell: at least 1,
+    /// below the limit.
+    pub fn request_burst(&self) -> u64 {
+        burst_of(self.rpm, self.burst)
+    }
+
+    /// Tokens that may be reserved at once after a quiet spell: the largest
+    /// single reservation the budget can ever grant.
+    pub fn token_burst(&self) -> u64 {
+        burst_of(self.tpm, self.burst)
+    }
+}
+
+fn burst_of(limit: u64, fraction: f64) -> u64 {
+    if limit < 2 {
+        return 0;
+    }
+    ((limit as f64 * fraction).floor() as u64).clamp(1, limit - 1)
+}
+
+/// One non-negative integer for every endpoint, or one per endpoint.
+fn parse_per_endpoint(
+    setting: &'static str,
+    list: Option<&str>,
+    endpoints: usize,
+) -> Result<Vec<u64>, ConfigError> {
+    let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
+        return Ok(vec![0; endpoints]);
+    };
+    let values: Vec<u64> = split_list(list)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                setting,
+                message: format!("{v:?} is not a non-negative integer"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    match values.len() {
+        1 => Ok(vec![values[0]; endpoints]),
+        n if n == endpoints => Ok(values),
+        n => Err(ConfigError::Invalid {
+            setting,
+            message: format!("{n} values for {endpoints} endpoints: give one, or one per endpoint"),
+        }),
     }
 }
 
@@ -532,5 +693,63 @@ pub fn redact_url(raw: &str) -> String {
             url.as_str().trim_end_matches('/').to_owned()
         }
         Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openai(urls: &str, keys: &str) -> LlmConfig {
+        LlmConfig {
+            provider: ProviderKind::Openai,
+            base_url: Some(urls.to_owned()),
+            openai_api_key: Some(Secret::new(keys)),
+            max_tokens: 100,
+            ..LlmConfig::default()
+        }
+    }
+
+    #[test]
+    fn budget_limits_follow_the_endpoints() {
+        // One URL, two keys: two endpoints (two accounts).
+        let mut cfg = openai("http://up.example", "k1,k2");
+        assert!(!cfg.has_budget());
+        cfg.rpm = Some("600".into());
+        let limits = cfg.budget_limits().unwrap();
+        assert_eq!(limits.iter().map(|l| l.rpm).collect::<Vec<_>>(), [600, 600]);
+        assert!(cfg.has_budget());
+        cfg.rpm = Some("600, 0".into());
+        cfg.tpm = Some("0,50000".into());
+        let limits = cfg.budget_limits().unwrap();
+        assert_eq!(
+            limits.iter().map(|l| (l.rpm, l.tpm)).collect::<Vec<_>>(),
+            [(600, 0), (0, 50_000)]
+        );
+        assert_eq!(limits[1].token_burst(), 2_500);
+        // Neither one value nor one per endpoint.
+        cfg.rpm = Some("1,2,3".into());
+        assert!(cfg.validate().is_err());
+        cfg.rpm = Some("1".into());
+        assert!(
+            cfg.validate().is_err(),
+            "1 request a minute leaves no burst"
+        );
+        cfg.rpm = Some("many".into());
+        assert!(cfg.validate().is_err());
+        // A burst that cannot hold one request of max_tokens.
+        cfg.rpm = None;
+        cfg.tpm = Some("1000".into());
+        assert!(cfg.validate().is_err());
+        cfg.budget_burst = 0.5;
+        cfg.validate().unwrap();
+        cfg.budget_burst = 0.0;
+        assert!(cfg.validate().is_err());
+        // The simulated provider has no endpoints to budget.
+        let simulated = LlmConfig {
+            rpm: Some("600".into()),
+            ..LlmConfig::default()
+        };
+        assert!(simulated.validate().is_err());
     }
 }

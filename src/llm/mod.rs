@@ -17,7 +17,8 @@
 //! The HTTP providers share one pooled `reqwest::Client` and one error
 //! classification ([`http`]); several upstream endpoints (base URLs and/or
 //! keys) are balanced and ejected when unhealthy by [`pool`]; an optional
-//! per-process request rate cap wraps the result ([`limit`]).
+//! per-process request rate cap wraps the result ([`limit`]); requests and
+//! tokens per minute shared by every worker process are held by [`budget`].
 //!
 //! Why the error classes matter: the queue retries `Retryable` errors with
 //! backoff (honouring `retry_after` when the upstream gave one) and fails a job
@@ -25,6 +26,7 @@
 //! error metric, so it must stay a small closed set ([`ErrorClass::as_str`]).
 
 pub mod anthropic;
+pub mod budget;
 pub mod config;
 pub mod cost;
 pub mod http;
@@ -42,8 +44,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    ConfigError, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret, Strategy,
-    DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
+    BudgetLimits, ConfigError, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret,
+    Strategy, DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
     DEFAULT_OPENAI_MODEL,
 };
 pub use pool::EndpointStats;
@@ -225,6 +227,16 @@ pub enum LlmError {
         /// Human-readable detail, including the upstream's message.
         message: String,
     },
+    /// Not sent: no endpoint has provider budget ([`budget`]) for about
+    /// `wait`. The job goes back to the queue for that long without using
+    /// an attempt; its class is `rate_limited`.
+    #[error("throttled: {message}")]
+    Throttled {
+        /// How long until budget frees.
+        wait: Duration,
+        /// Human-readable detail.
+        message: String,
+    },
 }
 
 impl LlmError {
@@ -247,7 +259,10 @@ impl LlmError {
 
     /// Whether the queue should schedule another attempt.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LlmError::Retryable { .. })
+        matches!(
+            self,
+            LlmError::Retryable { .. } | LlmError::Throttled { .. }
+        )
     }
 
     /// The delay the upstream asked for, if any; the queue uses it as a lower
@@ -256,6 +271,7 @@ impl LlmError {
         match self {
             LlmError::Retryable { retry_after, .. } => *retry_after,
             LlmError::Permanent { .. } => None,
+            LlmError::Throttled { wait, .. } => Some(*wait),
         }
     }
 
@@ -263,13 +279,16 @@ impl LlmError {
     pub fn class(&self) -> ErrorClass {
         match self {
             LlmError::Retryable { class, .. } | LlmError::Permanent { class, .. } => *class,
+            LlmError::Throttled { .. } => ErrorClass::RateLimited,
         }
     }
 
     /// The human-readable detail.
     pub fn message(&self) -> &str {
         match self {
-            LlmError::Retryable { message, .. } | LlmError::Permanent { message, .. } => message,
+            LlmError::Retryable { message, .. }
+            | LlmError::Permanent { message, .. }
+            | LlmError::Throttled { message, .. } => message,
         }
     }
 }
@@ -322,10 +341,26 @@ pub trait Provider: Send + Sync + 'static {
 /// Called once per process; it also builds the one shared `reqwest::Client`
 /// every endpoint reuses (pooled keep-alive connections).
 pub fn build_provider(cfg: &LlmConfig) -> Result<Arc<dyn Provider>, ConfigError> {
+    build_provider_with_budget(cfg, None)
+}
+
+/// [`build_provider`] whose upstream pool reserves every call from `budget`
+/// (the provider budgets shared by every worker process); `None`: no
+/// budgets.
+pub fn build_provider_with_budget(
+    cfg: &LlmConfig,
+    budget: Option<budget::Budget>,
+) -> Result<Arc<dyn Provider>, ConfigError> {
     cfg.validate()?;
     let inner: Arc<dyn Provider> = match cfg.provider {
         ProviderKind::Simulated => Arc::new(simulated::SimulatedProvider::from_config(cfg)),
-        ProviderKind::Anthropic | ProviderKind::Openai => Arc::new(pool::Pool::from_config(cfg)?),
+        ProviderKind::Anthropic | ProviderKind::Openai => {
+            let pool = pool::Pool::from_config(cfg)?;
+            Arc::new(match budget {
+                Some(budget) => pool.with_budget(budget, cfg.model_settings()),
+                None => pool,
+            })
+        }
     };
     Ok(limit::wrap(inner, cfg.max_rps))
 }

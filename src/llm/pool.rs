@@ -17,6 +17,16 @@
 //!   subtracts the total weight from it. Weights 3:1 give A A B A, A A B A...
 //!   interleaved rather than in bursts.
 //!
+//! ## Provider budgets
+//! With `SKIPJACK_LLM_RPM` / `SKIPJACK_LLM_TPM` set ([`super::budget`]) every
+//! call first reserves a request and its token estimate from the picked
+//! endpoint's budget; when that endpoint has none left, the other available
+//! endpoints are tried in turn, so budget on any endpoint is used before
+//! anyone waits. When none has budget the call waits in place once if budget
+//! frees within [`IN_PLACE_WAIT`], and otherwise is not sent at all:
+//! [`LlmError::Throttled`] gives the job back to the queue until then. After
+//! the call the reservation is settled with the reported usage.
+//!
 //! ## Ejection (a per-endpoint circuit breaker)
 //! Retryable failures (connect, timeout, 5xx, 429: the upstream's fault, not
 //! the request's) count up per endpoint; a success resets the count;
@@ -43,10 +53,17 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::anthropic::AnthropicProvider;
-use super::config::{redact_url, ConfigError, LlmConfig, ProviderKind, Strategy};
+use super::budget::{self, Budget, Reservation, Reserve};
+use super::config::{redact_url, ConfigError, LlmConfig, ModelSettings, ProviderKind, Strategy};
 use super::http::build_client;
 use super::openai::OpenAiProvider;
-use super::{ChatRequest, ChatResponse, LlmError, OnDelta, Provider};
+use super::{ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider};
+use crate::metrics::metrics;
+
+/// A call that finds no provider budget waits in place, once, when budget
+/// frees within this long; otherwise it gives its job back to the queue
+/// ([`LlmError::Throttled`]) rather than hold a worker slot.
+pub const IN_PLACE_WAIT: Duration = Duration::from_millis(200);
 
 /// Counters of one endpoint, as reported by [`Provider::endpoint_stats`].
 /// Holds the URL without credentials, never a key.
@@ -106,6 +123,14 @@ pub struct Pool {
     scores: Mutex<Vec<i64>>,
     /// Origin of the ejection deadlines stored as nanoseconds in atomics.
     epoch: Instant,
+    /// Provider budgets shared with the other processes, if configured.
+    budget: Option<Budgeted>,
+}
+
+/// A pool's provider budgets and what it needs to estimate a call's tokens.
+struct Budgeted {
+    budget: Budget,
+    settings: ModelSettings,
 }
 
 /// One endpoint and its health.
@@ -166,7 +191,121 @@ impl Pool {
             options,
             cursor: AtomicUsize::new(0),
             epoch: Instant::now(),
+            budget: None,
         })
+    }
+
+    /// This pool with every call reserved from `budget` first (its
+    /// endpoints in pool order); `settings` give the `max_tokens` and
+    /// default system prompt of the token estimate.
+    pub fn with_budget(mut self, budget: Budget, settings: ModelSettings) -> Self {
+        self.budget = Some(Budgeted { budget, settings });
+        self
+    }
+
+    /// The endpoint labels a [`Budget`] for `cfg` uses, in pool order.
+    pub fn budget_labels(cfg: &LlmConfig) -> Result<Vec<String>, ConfigError> {
+        Ok(cfg
+            .endpoints()?
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| budget::endpoint_label(&redact_url(&spec.base_url), i))
+            .collect())
+    }
+
+    /// The endpoint for the next call, and its budget reservation: the
+    /// picked endpoint when it has budget, else the first other available
+    /// endpoint that has. When none has, waits in place once if budget
+    /// frees within [`IN_PLACE_WAIT`], else answers
+    /// [`LlmError::Throttled`].
+    async fn admit(&self, req: &ChatRequest) -> Result<(usize, Option<Reservation>), LlmError> {
+        let first = self.pick(Instant::now());
+        let Some(b) = &self.budget else {
+            return Ok((first, None));
+        };
+        let estimate = super::estimate_usage(
+            req.effective_system(b.settings.default_system.as_deref()),
+            &req.messages,
+            "",
+        );
+        let tokens = estimate.input_tokens.saturating_add(b.settings.max_tokens);
+        let now = self.ticks(Instant::now());
+        let n = self.endpoints.len();
+        let candidates: Vec<usize> = std::iter::once(first)
+            .chain(
+                (1..n)
+                    .map(|k| (first + k) % n)
+                    .filter(|&i| !self.is_ejected(&self.endpoints[i], now)),
+            )
+            .collect();
+        let mut waited = false;
+        loop {
+            let mut shortest: Option<Duration> = None;
+            let mut too_large = 0;
+            for &i in &candidates {
+                match b.budget.try_reserve(i, tokens).await {
+                    Ok(Reserve::Granted(reservation)) => return Ok((i, Some(reservation))),
+                    Ok(Reserve::Wait(wait)) => {
+                        shortest = Some(shortest.map_or(wait, |s| s.min(wait)))
+                    }
+                    Ok(Reserve::TooLarge { burst }) => too_large = too_large.max(burst),
+                    Err(e) => {
+                        return Err(LlmError::retryable(
+                            ErrorClass::Connect,
+                            format!("reading the provider budget: {e}"),
+                        ))
+                    }
+                }
+            }
+            let Some(wait) = shortest else {
+                return Err(LlmError::permanent(
+                    ErrorClass::Client,
+                    format!(
+                        "the call may use {tokens} tokens (estimated input + SKIPJACK_LLM_MAX_TOKENS), more than the token budget lets through at once ({too_large}); raise SKIPJACK_LLM_TPM or SKIPJACK_LLM_BUDGET_BURST"
+                    ),
+                ));
+            };
+            if waited || wait > IN_PLACE_WAIT {
+                return Err(budget::throttled(wait));
+            }
+            waited = true;
+            metrics()
+                .llm_budget_waits
+                .with_label_values(&["in_place"])
+                .inc();
+            tokio::time::sleep(wait + Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Settle a call's reservation with the usage it reported (a failed
+    /// call: its input estimate). A failure to write is logged: the budget
+    /// then stays charged with the reservation, the safe side.
+    async fn settle(
+        &self,
+        reservation: Option<Reservation>,
+        req: &ChatRequest,
+        result: &Result<ChatResponse, LlmError>,
+    ) {
+        let (Some(b), Some(reservation)) = (&self.budget, reservation) else {
+            return;
+        };
+        let used = match result {
+            Ok(response) => response
+                .usage
+                .input_tokens
+                .saturating_add(response.usage.output_tokens),
+            Err(_) => {
+                super::estimate_usage(
+                    req.effective_system(b.settings.default_system.as_deref()),
+                    &req.messages,
+                    "",
+                )
+                .input_tokens
+            }
+        };
+        if let Err(error) = b.budget.settle(&reservation, used).await {
+            tracing::warn!(%error, endpoint = b.budget.label(reservation.endpoint), "settling a provider budget reservation failed; it stays charged in full");
+        }
     }
 
     /// The HTTP endpoints of `cfg` (Anthropic or OpenAI-compatible), sharing
@@ -340,12 +479,14 @@ impl Provider for Pool {
 
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let endpoint = &self.endpoints[self.pick(Instant::now())];
+            let (index, reservation) = self.admit(req).await?;
+            let endpoint = &self.endpoints[index];
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             let result = {
                 let _in_flight = InFlight::enter(&endpoint.in_flight);
                 endpoint.provider.chat(req).await
             };
+            self.settle(reservation, req, &result).await;
             self.record(endpoint, &result);
             if self.endpoints.len() > 1 {
                 // Say which upstream failed; the label has no credentials.
@@ -361,12 +502,14 @@ impl Provider for Pool {
         on_delta: OnDelta<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let endpoint = &self.endpoints[self.pick(Instant::now())];
+            let (index, reservation) = self.admit(req).await?;
+            let endpoint = &self.endpoints[index];
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             let result = {
                 let _in_flight = InFlight::enter(&endpoint.in_flight);
                 endpoint.provider.chat_stream(req, on_delta).await
             };
+            self.settle(reservation, req, &result).await;
             self.record(endpoint, &result);
             if self.endpoints.len() > 1 {
                 return result.map_err(|e| with_endpoint(e, &endpoint.label));
@@ -409,5 +552,6 @@ fn with_endpoint(err: LlmError, label: &str) -> LlmError {
             class,
             message: format!("{message} (endpoint {label})"),
         },
+        throttled @ LlmError::Throttled { .. } => throttled,
     }
 }

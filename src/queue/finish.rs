@@ -94,7 +94,7 @@ pub async fn finish(
 
 /// Writes a batch of outcomes of worker `owner` inside `tx`. Returns, in
 /// input order, the state each job is in now: `Queued` for a retry with
-/// attempts left, `Completed` or `Failed` for a job that moved to history,
+/// attempts left or a snooze, `Completed` or `Failed` for a job that moved to history,
 /// and `None` for a job this worker's lease no longer covers (nothing about
 /// it was changed).
 pub async fn finish_in_tx(
@@ -134,6 +134,16 @@ pub async fn finish_in_tx(
                 errors.push(Some(without_nul(error)));
                 let delay = backoff.retry_delay(item.attempt, *retry_after);
                 retry_in.push(delay.as_secs_f64());
+                input_tokens.push(None);
+                output_tokens.push(None);
+            }
+            Outcome::Snooze { delay, reason } => {
+                outcomes.push("snooze");
+                results.push(None);
+                errors.push(Some(without_nul(reason)));
+                // Bounded like a retry's delay (and so the interval
+                // arithmetic in SQL).
+                retry_in.push((*delay).min(backoff.max).as_secs_f64());
                 input_tokens.push(None);
                 output_tokens.push(None);
             }

@@ -268,6 +268,10 @@ pub enum Outcome {
     },
     /// Failed in a way no retry fixes.
     Failed { error: String },
+    /// Not run: something the job needs (provider budget) is not available
+    /// for `delay`. Back to the queue until then with the attempt not
+    /// counted (a 'snoozed' event says why); needs schema 11.
+    Snooze { delay: Duration, reason: String },
 }
 
 impl Outcome {
@@ -297,6 +301,10 @@ impl Outcome {
             },
             Outcome::Failed { error } => Outcome::Failed {
                 error: clean(error),
+            },
+            Outcome::Snooze { delay, reason } => Outcome::Snooze {
+                delay,
+                reason: clean(reason),
             },
         }
     }

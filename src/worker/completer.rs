@@ -237,6 +237,9 @@ pub(super) async fn write(
     let m = metrics();
     for (f, state) in finished.iter().zip(&states) {
         match state {
+            Some(JobState::Queued) if matches!(f.outcome, Outcome::Snooze { .. }) => {
+                m.llm_budget_waits.with_label_values(&["snoozed"]).inc()
+            }
             Some(JobState::Queued) => m.jobs_retried.inc(),
             Some(state) => m.jobs_finished.with_label_values(&[state.as_str()]).inc(),
             // The job was cancelled while its outcome waited to be written.

@@ -145,6 +145,7 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
             Some(Outcome::Completed { .. }) => "completed",
             Some(Outcome::Retry { .. }) => "retry",
             Some(Outcome::Failed { .. }) => "failed",
+            Some(Outcome::Snooze { .. }) => "snoozed",
             None if cancelled.load(Ordering::SeqCst) => "cancelled",
             None => "stopped",
         },

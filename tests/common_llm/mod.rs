@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -24,6 +24,13 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The body parsed as JSON (`Value::Null` when it was not JSON).
     pub body: Value,
+    /// When the request arrived (its headers and body read).
+    #[allow(dead_code)] // read by the provider budget tests only
+    pub at: Instant,
+    /// Tokens the answer reported (input + output of its `usage`, in the
+    /// Anthropic or OpenAI form), if it reported any.
+    #[allow(dead_code)] // read by the provider budget tests only
+    pub tokens: Option<u64>,
 }
 
 impl Recorded {
@@ -170,13 +177,16 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let recorded = Recorded {
+    let mut recorded = Recorded {
         method,
         path: uri.path().to_owned(),
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        at: Instant::now(),
+        tokens: None,
     };
     let reply = (shared.responder)(&recorded);
+    recorded.tokens = reported_tokens(&reply.body);
     // Record before the delay so that a test sees slow requests arrive.
     shared.requests.lock().expect("mock lock").push(recorded);
     if !reply.delay.is_zero() {
@@ -190,6 +200,21 @@ async fn handle(
     response
         .body(Body::from(reply.body))
         .expect("valid mock response")
+}
+
+/// Input + output tokens of an answer's `usage` (Anthropic's
+/// `input_tokens`/`output_tokens` or OpenAI's `prompt_tokens`/
+/// `completion_tokens`).
+fn reported_tokens(body: &str) -> Option<u64> {
+    let usage = serde_json::from_str::<Value>(body)
+        .ok()?
+        .get("usage")?
+        .clone();
+    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+    match (field("input_tokens"), field("output_tokens")) {
+        (Some(i), Some(o)) => Some(i + o),
+        _ => Some(field("prompt_tokens")? + field("completion_tokens")?),
+    }
 }
 
 /// A local address nothing listens on (bound, then closed at once).
