@@ -166,22 +166,23 @@ END
 $$;
 
 CREATE FUNCTION fair_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changes jsonb;
 BEGIN
-    -- Most updates (heartbeats, unblocking) move no job between states:
-    -- one pass over the rows finds that and stops.
-    IF NOT EXISTS (SELECT 1 FROM old_rows o JOIN new_rows n USING (id)
-                   WHERE (o.state, o.priority, o.tenant_id)
-                         IS DISTINCT FROM (n.state, n.priority, n.tenant_id)) THEN
-        RETURN NULL;
+    -- Rows that moved between states (or tenants, or priorities) leave a
+    -- count other than zero; most updates (heartbeats, unblocking) move
+    -- none, and stop here.
+    SELECT jsonb_agg(jsonb_build_object('p', priority, 't', tenant_id, 's', state, 'n', n))
+    INTO changes
+    FROM (SELECT priority, tenant_id, state, sum(n) AS n
+          FROM (SELECT priority, tenant_id, state, 1 AS n FROM new_rows
+                UNION ALL
+                SELECT priority, tenant_id, state, -1 FROM old_rows) u
+          GROUP BY 1, 2, 3
+          HAVING sum(n) <> 0) g;
+    IF changes IS NOT NULL THEN
+        PERFORM fair_apply(changes);
     END IF;
-    PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
-                'p', priority, 't', tenant_id, 's', state, 'n', n)), '[]')
-            FROM (SELECT priority, tenant_id, state, sum(n) AS n
-                  FROM (SELECT priority, tenant_id, state, 1 AS n FROM new_rows
-                        UNION ALL
-                        SELECT priority, tenant_id, state, -1 FROM old_rows) u
-                  GROUP BY 1, 2, 3
-                  HAVING sum(n) <> 0) g));
     RETURN NULL;
 END
 $$;

@@ -20,17 +20,15 @@
 --
 -- The statement triggers on `jobs` then count the claimed jobs as running
 -- and charge each queue for its jobs (migrations/V10__fair_scheduling.sql).
-WITH settings AS (
-    SELECT default_max_running FROM fair_settings
-),
-walk AS MATERIALIZED (
+WITH walk AS MATERIALIZED (
     SELECT j.id, f.tenant_key, f.eff_priority, f.vtime, j.run_at
     FROM fair_queues f
     -- A lookup by primary key per queue visited (a plain join could be
     -- planned as a scan of every tenant).
     LEFT JOIN LATERAL (
-        SELECT id, max_running, running FROM tenants WHERE id = f.tenant_key) t ON true
-    CROSS JOIN settings s
+        SELECT id, running,
+               coalesce(max_running, (SELECT default_max_running FROM fair_settings)) AS cap
+        FROM tenants WHERE id = f.tenant_key) t ON true
     CROSS JOIN LATERAL (
         SELECT jobs.id, jobs.run_at
         FROM jobs
@@ -39,21 +37,21 @@ walk AS MATERIALIZED (
           AND jobs.state = 'queued' AND NOT jobs.blocked
           AND jobs.run_at <= now() AND jobs.kind = ANY($4)
         ORDER BY jobs.run_at, jobs.id
-        LIMIT greatest(0, least($2, coalesce(t.max_running, s.default_max_running) - t.running))
+        LIMIT greatest(0, least($2, t.cap - t.running))
         FOR UPDATE OF jobs SKIP LOCKED
     ) j
     WHERE f.queued > 0
-      AND (t.id IS NULL OR coalesce(t.max_running, s.default_max_running) IS NULL
-           OR t.running < coalesce(t.max_running, s.default_max_running))
+      AND (t.cap IS NULL OR t.running < t.cap)
     ORDER BY f.eff_priority DESC, f.vtime
     LIMIT $2
 ),
 capped AS (
-    SELECT t.id, coalesce(t.max_running, s.default_max_running) - t.running AS room
+    SELECT t.id,
+           coalesce(t.max_running, (SELECT default_max_running FROM fair_settings)) - t.running
+               AS room
     FROM tenants t
-    CROSS JOIN settings s
     WHERE t.id IN (SELECT tenant_key FROM walk)
-      AND coalesce(t.max_running, s.default_max_running) IS NOT NULL
+      AND coalesce(t.max_running, (SELECT default_max_running FROM fair_settings)) IS NOT NULL
     ORDER BY t.id
     FOR NO KEY UPDATE OF t
 ),
@@ -72,7 +70,8 @@ SET state = 'processing',
     lease_owner = $1,
     lease_expires_at = now() + make_interval(secs => $3),
     started_at = coalesce(j.started_at, now())
-FROM chosen
-WHERE j.id = chosen.id
+-- An array of ids: always primary-key probes (a join to the CTE can be
+-- planned as a hash join over a scan of all of `jobs`).
+WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
 RETURNING j.id, j.tenant_id, j.conversation_id, j.kind, j.priority, j.payload,
           j.attempt, j.max_attempts, j.created_at, j.started_at, j.lease_expires_at
