@@ -19,6 +19,8 @@
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
+//! - [`console`]: the operator console under `/console` (pages over the
+//!   same reads and actions as `/v1/admin`).
 //! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
@@ -36,6 +38,7 @@ pub mod bench;
 pub mod cancel_bench;
 pub mod chat;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod health;
 pub mod ids;
