@@ -25,7 +25,9 @@
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`;
-//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`.
+//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`;
+//!   [`console_bench`]: the console's list and job page behind
+//!   `skipjack bench-console`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`webhooks`]: tenants' endpoints told when jobs finish (signed
 //!   deliveries run as `webhook` jobs). All its SQL lives in `sql/webhooks/`.
@@ -39,6 +41,7 @@ pub mod cancel_bench;
 pub mod chat;
 pub mod config;
 pub mod console;
+pub mod console_bench;
 pub mod db;
 pub mod health;
 pub mod ids;
