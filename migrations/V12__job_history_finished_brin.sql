@@ -11,13 +11,15 @@
 --
 -- Postgres cannot build an index on a partitioned table CONCURRENTLY. A
 -- BRIN build is one sequential pass over each partition with no sort
--- (measured in BENCHMARKS.md, "Operator console": about a second per
--- several million rows), during which completions wait; lock_timeout makes
--- the migration give up rather than queue every writer behind a long
--- reader. Partitions created later get the index when they are attached.
+-- (measured in BENCHMARKS.md, "Operator console"), during which
+-- completions wait; lock_timeout makes the migration give up rather than
+-- queue every writer behind a long reader, and statement_timeout bounds
+-- the build itself (minutes only for hundreds of millions of rows).
+-- Partitions created later get the index when they are attached.
 -- Additive: builds at schema 5 and later keep working (they never name it).
 
 SET lock_timeout = '2s';
+SET statement_timeout = '10min';
 
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX IF NOT EXISTS job_history_finished ON job_history USING brin (finished_at);
