@@ -114,7 +114,7 @@ const FILTERS: &[&str] = &[
     "state=queued",
     "tenant=bench-3",
     "state=failed&error=rate%20limited",
-    "kind=webhook&priority=9",
+    "kind=webhook&priority=1",
     "state=completed&since=6h",
     "tenant=bench-7&state=cancelled&since=3d",
 ];
@@ -330,7 +330,10 @@ async fn explain(pool: &PgPool) -> anyhow::Result<Vec<(String, String)>> {
                 continue;
             }
             let mut tx = pool.begin().await?;
-            sqlx::query(query::CUSTOM_PLANS).execute(&mut *tx).await?;
+            sqlx::query(query::CUSTOM_PLANS)
+                .bind(query::LIST_TIMEOUT)
+                .execute(&mut *tx)
+                .await?;
             let rows = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"))
                 .bind(q.state)
                 .bind(q.tenant)

@@ -474,7 +474,18 @@ pub async fn read_overview(state: &AppState) -> ApiResult<Overview> {
 /// A page of jobs for `q`.
 pub async fn read_jobs(state: &AppState, q: &JobsQuery) -> ApiResult<AdminJobPage> {
     let query = q.resolve(&state.pool).await?;
-    let page = query::list_jobs(&state.pool, &query).await?;
+    let page = query::list_jobs(&state.pool, &query).await.map_err(|e| {
+        // 57014: query_canceled, here by the list's statement_timeout.
+        match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                ApiError::Unavailable(
+                    "the jobs list took over 5 s: these filters match few jobs, so the history \
+                     is walked far; narrow it with since and until",
+                )
+            }
+            _ => ApiError::from(e),
+        }
+    })?;
     Ok(AdminJobPage {
         jobs: page.jobs.into_iter().map(AdminJob::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.0),
@@ -569,7 +580,8 @@ pub async fn overview(State(state): State<AppState>, _: Admin) -> ApiResult<Json
         (status = 422, description = "A filter is invalid (`invalid_state`, `invalid_tenant`, \
 `invalid_priority`, `invalid_kind`, `invalid_conversation`, `invalid_time`, `invalid_error`, \
 `invalid_cursor`, `invalid_limit`); the message says which and why", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the list took over 5 s (filters \
+that match few jobs walk the history: narrow them with since and until)", body = ErrorBody),
     ))]
 pub async fn jobs(
     State(state): State<AppState>,

@@ -40,6 +40,9 @@ pub const MAX_KIND_LEN: usize = 100;
 pub const MAX_ERROR_FILTER_LEN: usize = 200;
 /// Most turns and jobs shown for one conversation.
 pub const MAX_CONVERSATION_ROWS: i64 = 1000;
+/// Longest a list statement may run: filters that match few jobs walk the
+/// history, and are stopped here (the caller is told to narrow them).
+pub const LIST_TIMEOUT: &str = "5s";
 /// Most tenants named on the overview.
 const MAX_TENANTS: i64 = 10_000;
 
@@ -99,7 +102,10 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     let pattern = q.error.as_deref().map(contains_pattern);
     let mut tx = pool.begin().await?;
     sqlx::query(READ_SNAPSHOT).execute(&mut *tx).await?;
-    sqlx::query(CUSTOM_PLANS).execute(&mut *tx).await?;
+    sqlx::query(CUSTOM_PLANS)
+        .bind(LIST_TIMEOUT)
+        .execute(&mut *tx)
+        .await?;
     let mut jobs = Vec::new();
     for (wanted, sql) in [(live, JOBS_LIVE), (finished, JOBS_HISTORY)] {
         if !wanted {
