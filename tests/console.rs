@@ -454,6 +454,71 @@ async fn the_admin_api_retries_and_cancels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_shows_its_jobs_to_the_admin_only() {
+    let c = Console::new(true).await;
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat")
+        .header(header::AUTHORIZATION, format!("Bearer {}", c.tenant_key))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"user_id": "u1", "message": "where is my order?"}"#,
+        ))
+        .unwrap();
+    let response = c.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let submitted: Value = serde_json::from_slice(&bytes).unwrap();
+    let conversation = submitted["conversation_id"].as_str().unwrap().to_owned();
+    let job = submitted["job_id"].as_str().unwrap().to_owned();
+
+    let a = c
+        .admin("GET", &format!("/v1/admin/conversations/{conversation}"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let body = a.json();
+    assert_eq!(body["user_id"], "u1");
+    assert_eq!(body["jobs"][0]["id"], job.as_str());
+    let a = c
+        .request(
+            "GET",
+            &format!("/v1/admin/conversations/{conversation}"),
+            Some(&c.tenant_key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = c
+        .admin(
+            "GET",
+            &format!("/v1/admin/conversations/{}", Uuid::now_v7()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = c
+        .admin(
+            "GET",
+            &format!("/v1/admin/jobs?conversation={conversation}"),
+        )
+        .await;
+    assert_eq!(ids(&a.json()), vec![job.clone()]);
+
+    let cookie = c.login().await;
+    let a = c
+        .request(
+            "GET",
+            &format!("/console/conversations/{conversation}"),
+            None,
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text.contains(&job) && a.text.contains("u1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_pages_need_a_session_and_forms_a_csrf_token() {
     let c = Console::new(true).await;
     let queued = c.enqueue(4).await;
