@@ -53,6 +53,16 @@ if ! command -v promtool >/dev/null 2>&1; then
     $sudo_cmd systemctl disable --now prometheus || true
   fi
 fi
+# The console's browser test (tests/console_browser.rs) drives headless
+# Chromium through chromedriver, both from Debian.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "chromium or chromedriver is missing: installing Debian's chromium and chromium-driver" >&2
+  if ! apt_install chromium chromium-driver; then
+    echo "error: the console's browser test needs chromium and chromedriver: apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
+
 promtool check config prometheus/prometheus.yml
 promtool test rules prometheus/alerts.test.yml
 

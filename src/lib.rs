@@ -19,11 +19,15 @@
 //! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
+//! - [`console`]: the operator console under `/console` (pages over the
+//!   same reads and actions as `/v1/admin`).
 //! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
 //! - [`bench`]: the queue benchmark behind `skipjack bench`;
-//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`.
+//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`;
+//!   [`console_bench`]: the console's list and job page behind
+//!   `skipjack bench-console`.
 //! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`webhooks`]: tenants' endpoints told when jobs finish (signed
 //!   deliveries run as `webhook` jobs). All its SQL lives in `sql/webhooks/`.
@@ -37,6 +41,8 @@ pub mod cancel_bench;
 pub mod fair_bench;
 pub mod chat;
 pub mod config;
+pub mod console;
+pub mod console_bench;
 pub mod db;
 pub mod health;
 pub mod ids;

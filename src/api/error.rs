@@ -26,6 +26,10 @@ pub enum ApiError {
     /// reported exactly like one that does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404: the route is off by configuration; the message says how to
+    /// turn it on.
+    #[error("{0}")]
+    Disabled(&'static str),
     /// 405: the route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -73,7 +77,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `unauthorized`,
-    /// `not_found`, `method_not_allowed`, `not_cancellable`, `not_retryable`,
+    /// `not_found`, `disabled`, `method_not_allowed`, `not_cancellable`, `not_retryable`,
     /// `conversation_moved_on`, `idempotency_key_reused`, `too_many_webhooks`,
     /// `payload_too_large`, `invalid_*`,
     /// `queue_full`, `too_many_long_polls`, `unavailable`, `internal`.
@@ -95,7 +99,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::Disabled(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,6 +117,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Disabled(_) => "disabled",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { code, .. } => code,
             ApiError::PayloadTooLarge(_) => "payload_too_large",

@@ -15,6 +15,8 @@
 //!   ([`webhooks`]): endpoints told when the tenant's jobs finish.
 //! - `GET /v1/queue` ([`queue`]): the caller's queue (the whole queue for
 //!   the admin key), from a snapshot refreshed every second.
+//! - `/v1/admin/…` ([`admin`]) and `/console` ([`crate::console`]): the
+//!   operator console and its JSON, for the admin key only.
 //! - `GET /health`, `/ready`, `/metrics` ([`crate::health`]) and
 //!   `GET /openapi.json` ([`openapi`]). With `SKIPJACK_METRICS_ADDR` set,
 //!   `/metrics` is served on that address only ([`serve_metrics`]): the
@@ -37,6 +39,7 @@
 //! job's current state; then the background tasks stop and the process
 //! unregisters as a waiter.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod chat;
@@ -268,6 +271,8 @@ pub fn router(state: AppState) -> Router {
         .merge(conversations::router())
         .merge(queue::router())
         .merge(webhooks::router())
+        .merge(admin::router())
+        .merge(crate::console::router())
         .merge(openapi::router())
         .fallback_service(observe::observed(observe::UNMATCHED, any(not_found)))
         .method_not_allowed_fallback(method_not_allowed)

@@ -137,7 +137,7 @@ pub struct QueueView {
 impl QueueView {
     /// The latest snapshot, waiting up to [`FIRST_SNAPSHOT_WAIT`] for the
     /// first one.
-    async fn snapshot(&self) -> ApiResult<Arc<Snapshot>> {
+    pub(crate) async fn snapshot(&self) -> ApiResult<Arc<Snapshot>> {
         if let Some(snapshot) = self.latest.borrow().clone() {
             return Ok(snapshot);
         }
@@ -157,7 +157,7 @@ impl QueueView {
     }
 
     /// True when `key` is the admin key.
-    fn is_admin(&self, key: &str) -> bool {
+    pub(crate) fn is_admin(&self, key: &str) -> bool {
         self.admin_key_hash.is_some_and(|expected| {
             let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
             bool::from(presented.ct_eq(&expected))

@@ -95,6 +95,14 @@ enum Command {
         #[command(flatten)]
         args: skipjack::cancel_bench::CancelBenchArgs,
     },
+    /// Measure the console's jobs list and job page over a million
+    /// finished jobs in a scratch database.
+    BenchConsole {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        #[command(flatten)]
+        args: skipjack::console_bench::ConsoleBenchArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -364,6 +372,14 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::BenchFair { database_url, args } => {
             let report = skipjack::fair_bench::run(&database_url, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+        }
+        Command::BenchConsole { database_url, args } => {
+            let report = skipjack::console_bench::run(&database_url, &args).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

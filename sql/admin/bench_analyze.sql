@@ -1,0 +1,3 @@
+-- bench_analyze: statistics (and visibility maps) for the freshly filled
+-- scratch database of `skipjack bench-console`.
+VACUUM ANALYZE
