@@ -929,7 +929,12 @@ async fn a_full_queue_tells_each_waiting_user_when_its_turn_comes() {
         let refused = submit(user).await;
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.code(), "queue_full");
-        told.push(refused.headers[header::RETRY_AFTER].to_str().unwrap().to_owned());
+        told.push(
+            refused.headers[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(told, ["1", "2", "3", "4"]);
     // Asking again early keeps a user's place (second in line, not last).

@@ -813,17 +813,29 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         let told: Vec<u64> = (0..4)
             .map(|i| {
-                retry_after(admission.try_admit(tenant, None, p(1), user(i)).err().unwrap()).1
+                retry_after(
+                    admission
+                        .try_admit(tenant, None, p(1), user(i))
+                        .err()
+                        .unwrap(),
+                )
+                .1
             })
             .collect();
         assert_eq!(told, [1, 2, 3, 4]);
         assert_eq!(admission.waiters(), 4);
         // u2 comes back early: still third in line, not last.
         tokio::time::advance(Duration::from_millis(500)).await;
-        let again = admission.try_admit(tenant, None, p(1), user(2)).err().unwrap();
+        let again = admission
+            .try_admit(tenant, None, p(1), user(2))
+            .err()
+            .unwrap();
         assert_eq!(retry_after(again).1, 3);
         // A newcomer is behind all four.
-        let late = admission.try_admit(tenant, None, p(1), user(9)).err().unwrap();
+        let late = admission
+            .try_admit(tenant, None, p(1), user(9))
+            .err()
+            .unwrap();
         assert_eq!(retry_after(late).1, 5);
         // Without the line every 429 says the configured seconds.
         let (plain, tenant, _tickets) = full(false, 5);
@@ -849,7 +861,11 @@ mod tests {
             // While it waits out its Retry-After, a place frees: nobody is
             // due, so whoever asks gets it (the queue does not idle).
             drop(tickets.pop());
-            tickets.push(admission.try_admit(tenant, None, p(1), newcomer(0)).unwrap());
+            tickets.push(
+                admission
+                    .try_admit(tenant, None, p(1), newcomer(0))
+                    .unwrap(),
+            );
             tokio::time::advance(Duration::from_secs(secs)).await;
             // It is due now; another place frees and newcomers ask first.
             drop(tickets.pop());
@@ -911,7 +927,7 @@ mod tests {
         let mut b_jobs = Vec::new();
         for i in 0..5 {
             let c = Some(admission.user(b, &format!("b{i}")));
-            match admission.try_admit(b, None, p(1), c) {
+            match admission.try_admit(b, Some(100), p(1), c) {
                 Ok(ticket) => b_jobs.push(ticket),
                 Err(err) => assert_eq!(retry_after(err).0, "global"),
             }
@@ -929,7 +945,7 @@ mod tests {
 
     /// `clients` clients submit against a queue of `limit` places that a
     /// server empties one job every 100 ms (10 a second); an admitted client
-    /// thinks 2.5 s, a refused one waits Retry-After plus up to 10%, as the
+    /// thinks 2.5 s ± 0.25 s, a refused one waits Retry-After plus up to 10%, as the
     /// load generator does. Returns each client's record after `run`.
     async fn overload(fair: bool, clients: usize, limit: i64, run: Duration) -> Vec<Record> {
         let admission = Arc::new(Admission::new(limit, 100_000, 1, fair));
@@ -966,14 +982,14 @@ mod tests {
                             }
                             record.admitted.push(now);
                             let _ = jobs.send(ticket);
-                            tokio::time::sleep(Duration::from_millis(2_500)).await;
+                            let think = rng.gen_range(2_250..2_750);
+                            tokio::time::sleep(Duration::from_millis(think)).await;
                         }
                         Err(err) => {
                             refused_since.get_or_insert(start.elapsed());
                             let secs = retry_after(err).1 as f64;
                             let extra = rng.gen_range(0.0..0.1);
-                            tokio::time::sleep(Duration::from_secs_f64(secs * (1.0 + extra)))
-                                .await;
+                            tokio::time::sleep(Duration::from_secs_f64(secs * (1.0 + extra))).await;
                         }
                     }
                 }

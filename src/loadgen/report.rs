@@ -64,8 +64,8 @@
 
 use super::profile::format_duration;
 use super::stats::{
-    in_window, summarize, summarize_window, Counters, LatencySummary, QueueSample, Recorder, Sample,
-    UserFairness,
+    in_window, summarize, summarize_window, Counters, LatencySummary, QueueSample, Recorder,
+    Sample, UserFairness,
 };
 use super::{chart, LoadgenError, RunConfig};
 use chrono::{DateTime, Utc};

@@ -35,9 +35,7 @@ use super::check::{self, check_reply, check_transcript};
 use super::client::{ApiClient, JobStatus, Submitted};
 use super::profile::format_duration;
 use super::report::{self, IntervalReport, Report};
-use super::stats::{
-    load_average, process_cpu_time, Counters, QueueSample, Recorder, UserFairness,
-};
+use super::stats::{load_average, process_cpu_time, Counters, QueueSample, Recorder, UserFairness};
 use super::stream::TurnStream;
 use super::{LoadgenError, ProgressMode, RunConfig, INTERRUPTED_DRAIN};
 use futures_util::StreamExt;
