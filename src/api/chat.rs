@@ -423,9 +423,11 @@ completed (the message names its state), or has used 100 attempts; \
 `conversation_moved_on`: a later job of its conversation exists (live or finished), so \
 retrying this one would run an older turn after a newer one", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
-        (status = 429, description = "Queue full (the limits of `POST /v1/chat`); see Retry-After",
+        (status = 429, description = "`queue_full`: the limits of `POST /v1/chat`; the job waits \
+in line like a refused submission: retry after Retry-After, when its turn should come",
          body = ErrorBody,
-         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+         headers(("Retry-After" = u64, description = "Seconds until this job's turn should \
+come: at least SKIPJACK_RETRY_AFTER_SECONDS, at most 60"))),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
