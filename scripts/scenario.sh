@@ -43,6 +43,9 @@
 #   --no-build           use the existing release binaries ($CARGO_TARGET_DIR/release)
 #   --keep-db            do not drop the database at the end
 #   -- ARGS              passed to loadgen as they are
+# The API and workers inherit the environment: e.g.
+# `SKIPJACK_FAIR_ADMISSION=false scripts/scenario.sh overload` runs the API
+# without its admission line (recorded in scenario.env).
 # Durations: 90s, 5m, 500ms. The Postgres server is the one
 # SKIPJACK_SCENARIO_ADMIN_URL names (default the local server as postgres).
 set -euo pipefail
@@ -208,6 +211,7 @@ STREAM=${STREAM:-0}
 CHUNKS=${CHUNKS:-}
 LOADGEN_ARGS=${loadgen_args[*]:-}
 VACUUM_EVERY=${VACUUM_EVERY:-}
+SKIPJACK_FAIR_ADMISSION=${SKIPJACK_FAIR_ADMISSION:-true}
 ENV
 
 ensure_postgres "$admin"

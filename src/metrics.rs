@@ -17,7 +17,7 @@
 //! leader's values. [`QUEUE_STATS_LEADER`] says which process that is.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
@@ -39,6 +39,8 @@ pub const LONG_POLL_RECHECK_WAKEUPS_TOTAL: &str = "skipjack_long_poll_recheck_wa
 pub const HTTP_REQUESTS_TOTAL: &str = "skipjack_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "skipjack_http_request_seconds";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "skipjack_backpressure_rejections_total";
+pub const ADMISSION_WAITERS: &str = "skipjack_admission_waiters";
+pub const ADMISSION_OLDEST_WAIT_SECONDS: &str = "skipjack_admission_oldest_wait_seconds";
 pub const QUEUE_DEPTH: &str = "skipjack_queue_depth";
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "skipjack_queue_oldest_age_seconds";
 pub const TENANT_OLDEST_AGE_SECONDS: &str = "skipjack_tenant_oldest_queued_age_seconds";
@@ -107,6 +109,12 @@ pub struct Metrics {
     pub http_request_seconds: HistogramVec,
     /// Submissions refused with 429, by `scope` (global, tenant).
     pub backpressure_rejections: IntCounterVec,
+    /// Refused clients this API process remembers in its admission line
+    /// (`api::admission`), waiting for their turn.
+    pub admission_waiters: IntGauge,
+    /// How long the longest-waiting client in this process's admission line
+    /// has been refused (0 when nobody waits).
+    pub admission_oldest_wait: Gauge,
     /// Queued jobs (ready, delayed or blocked behind their conversation) by
     /// priority, every priority 1..=10 (0 when empty). Exported by the queue
     /// gauges leader only.
@@ -308,6 +316,15 @@ impl Metrics {
                 "Submissions refused because the queue was full.",
                 &["scope"],
             ),
+            admission_waiters: gauge(
+                ADMISSION_WAITERS,
+                "Refused clients waiting in this process's admission line.",
+            ),
+            admission_oldest_wait: Gauge::new(
+                ADMISSION_OLDEST_WAIT_SECONDS,
+                "Seconds the longest-waiting client in this process's admission line has been refused.",
+            )
+            .expect("metric definitions are static and valid"),
             queue_depth: IntGaugeVec::new(
                 Opts::new(QUEUE_DEPTH, "Queued jobs by priority (whole queue)."),
                 &["priority"],
@@ -440,6 +457,8 @@ impl Metrics {
         r.add(&m.http_requests, K::Counter);
         r.add(&m.http_request_seconds, K::Histogram);
         r.add(&m.backpressure_rejections, K::Counter);
+        r.add(&m.admission_waiters, K::Gauge);
+        r.add(&m.admission_oldest_wait, K::Gauge);
         r.add(&m.queue_depth, K::Gauge);
         r.add(&m.queue_oldest_age, K::Gauge);
         r.add(&m.tenant_oldest_age, K::Gauge);
@@ -609,7 +628,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 38);
+        assert_eq!(exported().len(), 40);
     }
 
     #[test]

@@ -903,6 +903,49 @@ async fn backpressure_refuses_at_once_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_tells_each_waiting_user_when_its_turn_comes() {
+    let t = TestApi::with_config(ApiConfig {
+        max_queue_depth: 1,
+        retry_after_secs: 1,
+        depth_refresh: Duration::from_secs(3600),
+        ..ApiConfig::default()
+    })
+    .await;
+    let admission = t.api().state().admission.clone();
+    eventually(Duration::from_secs(5), "start-up read done", || async {
+        admission.refreshes() >= 1
+    })
+    .await;
+    let submit = |user: &str| {
+        let t = &t;
+        let body = json!({"user_id": user, "message": "m"});
+        async move { t.submit(&t.key, body).await }
+    };
+    assert_eq!(submit("first").await.status, StatusCode::ACCEPTED);
+    // Nothing admitted over the last whole seconds counts as one a second:
+    // each waiting user is told one second more than the one ahead of it.
+    let mut told = Vec::new();
+    for user in ["u0", "u1", "u2", "u3"] {
+        let refused = submit(user).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.code(), "queue_full");
+        told.push(
+            refused.headers[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(told, ["1", "2", "3", "4"]);
+    // Asking again early keeps a user's place (second in line, not last).
+    let again = submit("u1").await;
+    assert_eq!(again.headers[header::RETRY_AFTER], "2");
+    assert_eq!(admission.waiters(), 4);
+    // The waiting users stored nothing.
+    assert_eq!(count(t.pool(), "SELECT count(*) FROM jobs").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_share_insert_statements() {
     let t = TestApi::with_config(ApiConfig {
         group_commit_window: Duration::from_millis(50),

@@ -220,6 +220,12 @@ async fn rejected_turns_are_retried_after_retry_after_and_counted_once() {
     assert_eq!(c.submitted, 16);
     assert_eq!(c.completed, 16);
     assert_eq!(report.latency_ms.rejected_429.count, c.rejected_429);
+    // Every user took part and was served twice; some turn waited in 429s.
+    let f = &report.fairness;
+    assert_eq!((f.users, f.never_served, f.fewest_turns), (8, 0, 2));
+    assert!(f.longest_refused_s > 0.0, "{}", report.summary());
+    assert!(f.max_gap_s >= f.longest_refused_s, "{f:?}");
+    assert!(report.summary().contains("never served"));
     system.stop().await;
 }
 
@@ -251,6 +257,7 @@ async fn the_report_has_the_documented_fields() {
         "timeline",
         "queue",
         "load_average",
+        "fairness",
         "passed",
         "failures",
     ] {
@@ -270,6 +277,17 @@ async fn the_report_has_the_documented_fields() {
         "transcript_problems",
     ] {
         assert!(json["counts"][count].is_u64(), "counts.{count}");
+    }
+    for field in [
+        "users",
+        "never_served",
+        "fewest_turns",
+        "users_gap_over_60s",
+    ] {
+        assert!(json["fairness"][field].is_u64(), "fairness.{field}");
+    }
+    for field in ["max_gap_s", "longest_refused_s"] {
+        assert!(json["fairness"][field].is_number(), "fairness.{field}");
     }
     for kind in ["end_to_end", "submit", "rejected_429"] {
         for stat in ["count", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {

@@ -171,8 +171,12 @@ different request (another user_id, message, conversation_id, priority or metada
 created; or `conflict`: the key's first job was rolled back; retry", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is missing, mistyped or out of range", body = ErrorBody),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody,
-         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 429, description = "`queue_full`: the queue (global or this tenant's) is at its \
+limit; nothing was stored. Refused users wait in line per API process: send the same request \
+again after Retry-After, which says when this user's turn should come (it keeps its place in \
+line; a user that waited longer is admitted first)", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds until this user's turn should \
+come, from its place in line and the admission rate: at least SKIPJACK_RETRY_AFTER_SECONDS, at most 60"))),
         (status = 503, description = "Database unavailable, or the commit's outcome could not be \
 established; retrying with the same idempotency key is safe", body = ErrorBody,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -193,10 +197,13 @@ pub async fn submit(
         .as_ref()
         .map(|_| request_fingerprint(&req, priority));
 
-    // Refuse at once when full, before any database work.
-    let ticket = state
-        .admission
-        .try_admit(caller.tenant, caller.max_queued, priority)?;
+    // Refuse at once when full, before any database work; the user's place
+    // in line decides who gets a place that frees up.
+    let client = state.admission.user(caller.tenant, &req.user_id);
+    let ticket =
+        state
+            .admission
+            .try_admit(caller.tenant, caller.max_queued, priority, Some(client))?;
     let conversation = state
         .conversations
         .resolve(
@@ -416,9 +423,11 @@ completed (the message names its state), or has used 100 attempts; \
 `conversation_moved_on`: a later job of its conversation exists (live or finished), so \
 retrying this one would run an older turn after a newer one", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
-        (status = 429, description = "Queue full (the limits of `POST /v1/chat`); see Retry-After",
+        (status = 429, description = "`queue_full`: the limits of `POST /v1/chat`; the job waits \
+in line like a refused submission: retry after Retry-After, when its turn should come",
          body = ErrorBody,
-         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+         headers(("Retry-After" = u64, description = "Seconds until this job's turn should \
+come: at least SKIPJACK_RETRY_AFTER_SECONDS, at most 60"))),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
@@ -432,10 +441,14 @@ pub async fn retry(
         .await?
         .ok_or(ApiError::NotFound("job"))?;
     // A retried job is queued again: it counts against the queue limits as
-    // a submission does.
-    let ticket = state
-        .admission
-        .try_admit(caller.tenant, caller.max_queued, before.priority)?;
+    // a submission does, and waits in line as the job.
+    let client = state.admission.job(caller.tenant, id);
+    let ticket = state.admission.try_admit(
+        caller.tenant,
+        caller.max_queued,
+        before.priority,
+        Some(client),
+    )?;
     queue::retry(&state.pool, id, Some(caller.tenant)).await?;
     ticket.keep();
     let job = queue::get(&state.pool, id, Some(caller.tenant))

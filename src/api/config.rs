@@ -28,8 +28,12 @@ pub struct ApiConfig {
     pub max_tenant_queue_depth: i64,
     /// How often the queue depths behind admission control are re-read.
     pub depth_refresh: Duration,
-    /// What a 429 tells clients to wait (`Retry-After`, seconds).
+    /// What a 429 tells clients to wait (`Retry-After`, seconds); with
+    /// `fair_admission`, the least it tells them.
     pub retry_after_secs: u64,
+    /// Serve refused clients in the order they started waiting, with a
+    /// `Retry-After` from their place in line (`api::admission`).
+    pub fair_admission: bool,
     /// How long the first submission of a batch waits for others to join it.
     pub group_commit_window: Duration,
     /// Most submissions in one INSERT.
@@ -78,6 +82,7 @@ impl Default for ApiConfig {
             max_tenant_queue_depth: 50_000,
             depth_refresh: Duration::from_millis(250),
             retry_after_secs: 1,
+            fair_admission: true,
             group_commit_window: Duration::from_millis(2),
             group_commit_max_batch: 500,
             group_commit_flushes: 4,
@@ -146,9 +151,16 @@ pub struct ApiArgs {
     /// How often the queue depth is re-read for admission control.
     #[arg(long, env = "SKIPJACK_DEPTH_REFRESH_MS", default_value_t = 250)]
     pub depth_refresh_ms: u64,
-    /// Retry-After of a 429, in seconds.
+    /// Retry-After of a 429, in seconds (the least a refused submission is
+    /// told; its place in the admission line may say more).
     #[arg(long, env = "SKIPJACK_RETRY_AFTER_SECONDS", default_value_t = 1)]
     pub retry_after_seconds: u64,
+    /// Share free queue places between refused clients in the order they
+    /// started waiting (true), or leave them to whoever retries first
+    /// (false).
+    #[arg(long, env = "SKIPJACK_FAIR_ADMISSION", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub fair_admission: bool,
     /// Longest wait of a submission for others to share its INSERT.
     #[arg(long, env = "SKIPJACK_GROUP_COMMIT_MS", default_value_t = 2)]
     pub group_commit_ms: u64,
@@ -223,6 +235,7 @@ impl ApiArgs {
             max_tenant_queue_depth: self.max_tenant_queue_depth.max(1),
             depth_refresh: Duration::from_millis(self.depth_refresh_ms.max(10)),
             retry_after_secs: self.retry_after_seconds.max(1),
+            fair_admission: self.fair_admission,
             group_commit_window: Duration::from_millis(self.group_commit_ms),
             group_commit_max_batch: self.group_commit_max_batch.clamp(1, 10_000),
             group_commit_flushes: self.group_commit_flushes.max(1),

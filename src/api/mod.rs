@@ -130,6 +130,7 @@ impl Api {
             config.max_queue_depth,
             config.max_tenant_queue_depth,
             config.retry_after_secs,
+            config.fair_admission,
         ));
         let long_poll =
             LongPoll::with_listener_pool(pool.clone(), direct.clone(), config.long_poll.clone());

@@ -49,13 +49,23 @@
 //!   history load, publishing and delivery add; needs the latency, see
 //!   `chunks_basis`), `delta_gap` (between consecutive deltas of an
 //!   attempt, reconnects included).
+//! - `fairness`: how the users fared against admission control: `users`
+//!   (users that were active), `never_served` (active users with no turn
+//!   accepted), `fewest_turns` (of one user), `max_gap_s` (the longest
+//!   time a user went without a turn accepted while active: arrival to
+//!   first turn, between two accepted turns, and last turn to the end of
+//!   the run for a user still waiting out a 429 then; time parked by the
+//!   profile does not count), `users_gap_over_60s`, `longest_refused_s`
+//!   (the longest a turn spent in 429s before it was accepted or the run
+//!   ended).
 //! - `passed` and `failures`: a run passes when something completed and
 //!   there were no mismatches, failed, lost or unexpected turns, request
 //!   errors or transcript problems. 429s do not fail a run.
 
 use super::profile::format_duration;
 use super::stats::{
-    in_window, summarize, summarize_window, Counters, LatencySummary, QueueSample, Recorder, Sample,
+    in_window, summarize, summarize_window, Counters, LatencySummary, QueueSample, Recorder,
+    Sample, UserFairness,
 };
 use super::{chart, LoadgenError, RunConfig};
 use chrono::{DateTime, Utc};
@@ -114,8 +124,43 @@ pub struct Report {
     pub client_cpu: Option<ClientCpu>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamReport>,
+    #[serde(default)]
+    pub fairness: Fairness,
     pub passed: bool,
     pub failures: Vec<String>,
+}
+
+/// How the users fared against admission control (see the module
+/// documentation).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fairness {
+    pub users: u64,
+    pub never_served: u64,
+    pub fewest_turns: u64,
+    pub max_gap_s: f64,
+    pub users_gap_over_60s: u64,
+    pub longest_refused_s: f64,
+}
+
+impl Fairness {
+    /// Sums up the users' records.
+    pub fn of(users: &[UserFairness]) -> Fairness {
+        let minute = Duration::from_secs(60);
+        Fairness {
+            users: users.len() as u64,
+            never_served: users.iter().filter(|u| u.served == 0).count() as u64,
+            fewest_turns: users.iter().map(|u| u.served).min().unwrap_or(0),
+            max_gap_s: users
+                .iter()
+                .map(|u| u.max_gap.as_secs_f64())
+                .fold(0.0, f64::max),
+            users_gap_over_60s: users.iter().filter(|u| u.max_gap > minute).count() as u64,
+            longest_refused_s: users
+                .iter()
+                .map(|u| u.longest_refused.as_secs_f64())
+                .fold(0.0, f64::max),
+        }
+    }
 }
 
 /// The load generator's own CPU time (see the module documentation).
@@ -487,6 +532,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             }
         }),
         stream: config.stream.then(|| stream_report(config, recorder)),
+        fairness: Fairness::of(&recorder.users()),
         passed: failures.is_empty(),
         failures,
         counts,
@@ -621,6 +667,12 @@ impl Report {
             c.mismatches, c.transcripts_checked, c.transcript_problems
         );
         let _ = writeln!(out, "errors: {}   429s: {}", c.errors, c.rejected_429);
+        let f = &self.fairness;
+        let _ = writeln!(
+            out,
+            "fairness: {} users, {} never served; fewest turns of a user {}; max gap between a user's turns {:.1} s ({} users over 60 s); longest wait through 429s {:.1} s",
+            f.users, f.never_served, f.fewest_turns, f.max_gap_s, f.users_gap_over_60s, f.longest_refused_s
+        );
         for (kind, n) in &self.errors_by_kind {
             let _ = writeln!(out, "  {kind}: {n}");
         }

@@ -35,7 +35,7 @@ use super::check::{self, check_reply, check_transcript};
 use super::client::{ApiClient, JobStatus, Submitted};
 use super::profile::format_duration;
 use super::report::{self, IntervalReport, Report};
-use super::stats::{load_average, process_cpu_time, Counters, QueueSample, Recorder};
+use super::stats::{load_average, process_cpu_time, Counters, QueueSample, Recorder, UserFairness};
 use super::stream::TurnStream;
 use super::{LoadgenError, ProgressMode, RunConfig, INTERRUPTED_DRAIN};
 use futures_util::StreamExt;
@@ -93,6 +93,45 @@ struct UserOutcome {
     /// A turn of this user was lost or got an integrity error: its
     /// conversation cannot be checked against `completed`.
     unreliable: bool,
+    /// How its turns fared against admission control.
+    turns: Turns,
+}
+
+/// A user's turns against admission control (see [`UserFairness`]); times
+/// since the start of the run.
+#[derive(Debug, Default)]
+struct Turns {
+    fairness: UserFairness,
+    /// It was active at some point.
+    active: bool,
+    /// Since when it has been without a turn: its arrival (or return from
+    /// being parked) or its last accepted turn.
+    since: Option<Duration>,
+}
+
+impl Turns {
+    fn arrived(&mut self, now: Duration) {
+        self.active = true;
+        self.since = Some(now);
+    }
+
+    /// A turn was accepted at `now`, after 429s since `refused_since`.
+    fn accepted(&mut self, now: Duration, refused_since: Option<Duration>) {
+        self.cut(now, refused_since);
+        self.fairness.served += 1;
+        self.since = Some(now);
+    }
+
+    /// The gap (and the 429 streak) so far end at `now`.
+    fn cut(&mut self, now: Duration, refused_since: Option<Duration>) {
+        let f = &mut self.fairness;
+        if let Some(since) = self.since.take() {
+            f.max_gap = f.max_gap.max(now.saturating_sub(since));
+        }
+        if let Some(since) = refused_since {
+            f.longest_refused = f.longest_refused.max(now.saturating_sub(since));
+        }
+    }
 }
 
 /// How one turn ended.
@@ -272,6 +311,7 @@ async fn user(index: usize, shared: Arc<Shared>) -> UserOutcome {
             if pause(&shared.stop, stagger).await.is_err() {
                 break;
             }
+            outcome.turns.arrived(recorder.elapsed());
         }
         k += 1;
         match turn(&shared, &mut outcome, k).await {
@@ -292,6 +332,9 @@ async fn user(index: usize, shared: Arc<Shared>) -> UserOutcome {
     if !parked {
         recorder.active_users.fetch_sub(1, Ordering::Relaxed);
     }
+    if outcome.turns.active {
+        recorder.record_user(outcome.turns.fairness);
+    }
     outcome
 }
 
@@ -304,8 +347,13 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
     let idempotency_key = format!("{}:{k}", outcome.user_id);
 
     let mut submit_errors = 0;
+    // The first 429 of this turn, since the start of the run.
+    let mut refused_since = None;
     let (job_id, accepted_at) = loop {
         if shared.hard.is_cancelled() {
+            if refused_since.is_some() {
+                outcome.turns.cut(recorder.elapsed(), refused_since);
+            }
             Counters::add(&counters.abandoned);
             return TurnEnd::Abandoned;
         }
@@ -327,6 +375,7 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
             } => {
                 recorder.record_submit(sent.elapsed());
                 Counters::add(&counters.submitted);
+                outcome.turns.accepted(recorder.elapsed(), refused_since);
                 match (&outcome.conversation_id, conversation_id) {
                     (None, Some(c)) => outcome.conversation_id = Some(c),
                     (Some(mine), Some(c)) if *mine != c => {
@@ -344,8 +393,11 @@ async fn turn(shared: &Shared, outcome: &mut UserOutcome, k: u64) -> TurnEnd {
             }
             Submitted::Rejected { retry_after } => {
                 recorder.record_rejected(sent.elapsed());
+                refused_since.get_or_insert(recorder.elapsed());
                 let extra = random_up_to(retry_after / 10);
                 if pause(&shared.stop, retry_after + extra).await.is_err() {
+                    // Still waiting for a turn when the run ended.
+                    outcome.turns.cut(recorder.elapsed(), refused_since);
                     Counters::add(&counters.abandoned);
                     return TurnEnd::Abandoned;
                 }

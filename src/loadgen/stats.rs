@@ -109,6 +109,22 @@ pub struct QueueSample {
     pub load1: Option<f64>,
 }
 
+/// How one user fared against admission control: what the report's
+/// `fairness` section is built from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UserFairness {
+    /// Turns of this user the API accepted.
+    pub served: u64,
+    /// Longest time the user went without a turn accepted while it was
+    /// active: from its arrival to its first accepted turn, between two
+    /// accepted turns, and from its last one (or its arrival) to the end of
+    /// the run when it was still waiting out a 429 then.
+    pub max_gap: Duration,
+    /// Longest time one of its turns spent refused: from its first 429 to
+    /// its acceptance (or to the end of the run).
+    pub longest_refused: Duration,
+}
+
 /// The run's counters. Each turn ends in exactly one of completed, failed,
 /// lost, unexpected status or abandoned (cut off before it was accepted).
 #[derive(Debug, Default)]
@@ -220,6 +236,8 @@ pub struct Recorder {
     errors_by_kind: Mutex<BTreeMap<String, u64>>,
     /// The first integrity problems and failures, word for word.
     examples: Mutex<Vec<String>>,
+    /// Each user that was active, once it has stopped.
+    users: Mutex<Vec<UserFairness>>,
     /// Users the profile asks for now.
     pub target_users: AtomicUsize,
     /// Users that are running turns or thinking (not parked) now.
@@ -240,6 +258,7 @@ impl Recorder {
             delta_gaps: Mutex::default(),
             errors_by_kind: Mutex::default(),
             examples: Mutex::default(),
+            users: Mutex::default(),
             target_users: AtomicUsize::new(0),
             active_users: AtomicI64::new(0),
         }
@@ -351,6 +370,15 @@ impl Recorder {
 
     pub fn errors_by_kind(&self) -> BTreeMap<String, u64> {
         lock(&self.errors_by_kind).clone()
+    }
+
+    /// Records how a user that was active fared.
+    pub fn record_user(&self, user: UserFairness) {
+        lock(&self.users).push(user);
+    }
+
+    pub fn users(&self) -> Vec<UserFairness> {
+        lock(&self.users).clone()
     }
 
     pub fn examples(&self) -> Vec<String> {
