@@ -15,7 +15,8 @@
 -- Applied in one transaction under a SHARE ROW EXCLUSIVE lock on `jobs`:
 -- writes to `jobs` wait while the index is built and the counts are taken
 -- (about a second per million queued jobs, like V2), so the counts start
--- exact.
+-- exact. Every statement can run again (a run interrupted before refinery
+-- recorded it is repeated whole): the counts are taken afresh.
 
 -- A lock on `jobs` for the whole migration: the counts below must see
 -- every change made before the triggers exist and none after.
@@ -25,19 +26,21 @@ LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
 -- Tenants: their share and their cap. The table holds one row per
 -- customer: rewriting nothing, checking a few rows.
 -- squawk-ignore adding-field-with-default, adding-not-nullable-field
-ALTER TABLE tenants ADD COLUMN weight smallint NOT NULL DEFAULT 1;
+ALTER TABLE tenants ADD COLUMN IF NOT EXISTS weight smallint NOT NULL DEFAULT 1;
+ALTER TABLE tenants DROP CONSTRAINT IF EXISTS tenants_weight_range;
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE tenants ADD CONSTRAINT tenants_weight_range CHECK (weight BETWEEN 1 AND 100);
 -- squawk-ignore prefer-bigint-over-int
-ALTER TABLE tenants ADD COLUMN max_running integer;
+ALTER TABLE tenants ADD COLUMN IF NOT EXISTS max_running integer;
+ALTER TABLE tenants DROP CONSTRAINT IF EXISTS tenants_max_running_positive;
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE tenants ADD CONSTRAINT tenants_max_running_positive CHECK (max_running > 0);
 -- Jobs of the tenant in state 'processing', kept by the triggers below.
 -- squawk-ignore adding-field-with-default, adding-not-nullable-field, prefer-bigint-over-int
-ALTER TABLE tenants ADD COLUMN running integer NOT NULL DEFAULT 0;
+ALTER TABLE tenants ADD COLUMN IF NOT EXISTS running integer NOT NULL DEFAULT 0;
 
 -- The scheduler's settings, one row, shared by every process.
-CREATE TABLE fair_settings (
+CREATE TABLE IF NOT EXISTS fair_settings (
     id                  boolean PRIMARY KEY DEFAULT true CHECK (id),
     -- A queue's effective priority rises by one level per this many seconds
     -- without a turn (aging).
@@ -46,12 +49,12 @@ CREATE TABLE fair_settings (
     -- squawk-ignore prefer-bigint-over-int
     default_max_running integer CHECK (default_max_running > 0)
 );
-INSERT INTO fair_settings DEFAULT VALUES;
+INSERT INTO fair_settings DEFAULT VALUES ON CONFLICT (id) DO NOTHING;
 
 -- One queue per (tenant, priority). The nil UUID stands for jobs without a
 -- tenant. Rows stay when a queue empties (queued = 0) and leave the partial
 -- index; there are at most ten per tenant.
-CREATE TABLE fair_queues (
+CREATE TABLE IF NOT EXISTS fair_queues (
     tenant_key    uuid NOT NULL,
     priority      smallint NOT NULL,
     -- Jobs in state 'queued' (blocked and delayed included). No CHECK
@@ -73,21 +76,21 @@ CREATE TABLE fair_queues (
 
 -- Claims walk this index: highest effective priority first, least served
 -- first within it.
-CREATE INDEX fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE queued > 0;
+CREATE INDEX IF NOT EXISTS fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE queued > 0;
 
 -- One queue's ready jobs in order. Replaces jobs_claim, so an enqueue still
 -- writes one claim index entry.
 -- squawk-ignore require-concurrent-index-creation
-CREATE INDEX jobs_fair_claim ON jobs (
+CREATE INDEX IF NOT EXISTS jobs_fair_claim ON jobs (
     (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid)), priority, run_at, id)
     WHERE state = 'queued' AND NOT blocked;
 -- squawk-ignore require-concurrent-index-deletion
-DROP INDEX jobs_claim;
+DROP INDEX IF EXISTS jobs_claim;
 
 -- The virtual time a queue takes when it fills in effective priority p: one
 -- job ahead of the least served queue there (so a newcomer is next), or its
 -- own when it is alone.
-CREATE FUNCTION fair_join_vtime(p smallint, own double precision) RETURNS double precision
+CREATE OR REPLACE FUNCTION fair_join_vtime(p smallint, own double precision) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT min(vtime) - 1 FROM fair_queues
                      WHERE queued > 0 AND eff_priority = p), own)
@@ -95,7 +98,7 @@ $$;
 
 -- Applies one statement's changes: `changes` holds one row per job row
 -- that entered (sign +1) or left (sign -1) the table or a state.
-CREATE FUNCTION fair_apply(changes jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION fair_apply(changes jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     -- Running counts first, tenants in id order (claims lock them in that
@@ -145,7 +148,7 @@ END
 $$;
 
 -- The statement triggers: turn the transition tables into changes.
-CREATE FUNCTION fair_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION fair_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'p', priority, 't', tenant_id, 's', state, 'n', n)), '[]')
@@ -155,7 +158,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION fair_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION fair_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'p', priority, 't', tenant_id, 's', state, 'n', -n)), '[]')
@@ -165,7 +168,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION fair_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION fair_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     changes jsonb;
 BEGIN
@@ -187,7 +190,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION fair_jobs_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION fair_jobs_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE fair_queues SET queued = 0 WHERE queued <> 0;
     UPDATE tenants SET running = 0 WHERE running <> 0;
@@ -195,29 +198,29 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER fair_jobs_inserted AFTER INSERT ON jobs
+CREATE OR REPLACE TRIGGER fair_jobs_inserted AFTER INSERT ON jobs
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_inserted();
-CREATE TRIGGER fair_jobs_updated AFTER UPDATE ON jobs
+CREATE OR REPLACE TRIGGER fair_jobs_updated AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_updated();
-CREATE TRIGGER fair_jobs_deleted AFTER DELETE ON jobs
+CREATE OR REPLACE TRIGGER fair_jobs_deleted AFTER DELETE ON jobs
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_deleted();
-CREATE TRIGGER fair_jobs_truncated AFTER TRUNCATE ON jobs
+CREATE OR REPLACE TRIGGER fair_jobs_truncated AFTER TRUNCATE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_truncated();
 
 -- The counts of the jobs already there.
+UPDATE fair_queues SET queued = 0 WHERE queued <> 0;
 INSERT INTO fair_queues (tenant_key, priority, queued, eff_priority, vtime, waiting_since)
 SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), priority, count(*),
        priority, 0, now()
 FROM jobs
 WHERE state = 'queued'
-GROUP BY 1, 2;
+GROUP BY 1, 2
+ON CONFLICT (tenant_key, priority) DO UPDATE SET queued = excluded.queued;
 UPDATE tenants t
-SET running = r.n
-FROM (SELECT tenant_id, count(*) AS n FROM jobs
-      WHERE state = 'processing' AND tenant_id IS NOT NULL GROUP BY 1) r
-WHERE t.id = r.tenant_id;
+SET running = coalesce((SELECT count(*) FROM jobs
+                        WHERE state = 'processing' AND tenant_id = t.id), 0);
 
 INSERT INTO schema_compat (version, oldest_compatible) VALUES (10, 5) ON CONFLICT (version) DO NOTHING;

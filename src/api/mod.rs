@@ -146,6 +146,10 @@ impl Api {
             crate::stream::Hub::new(pool.clone(), direct.clone(), config.stream_hub.clone());
         tasks.extend(stream_hub.spawn(background.clone()));
         if let Some(gauges) = config.queue_gauges.clone() {
+            let gauges = crate::queue::gauges::GaugesConfig {
+                schema: config.schema,
+                ..gauges
+            };
             tasks.push(crate::queue::gauges::spawn(
                 direct,
                 gauges,

@@ -35,7 +35,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
-    let worker_config = args.worker.worker_config();
+    let mut worker_config = args.worker.worker_config();
     let mut db_config = args.db.db_config("skipjack-worker");
     db_config.pool_size = chat_worker::pool_size(db_config.pool_size, worker_config.concurrency);
     let pool = db::connect(&db_config)
@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the database")?;
     let schema = db::check_schema(&pool).await?;
     tracing::info!(schema_version = schema.version(), "database schema checked");
+    worker_config.schema = schema;
     let direct = db::connect_direct(args.db.direct_db_config("skipjack-worker").as_ref(), &pool)
         .await
         .context("connecting to the database directly")?;

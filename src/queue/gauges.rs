@@ -55,6 +55,8 @@ pub struct GaugesConfig {
     /// A reading that takes longer is abandoned with its connection (and so
     /// the leadership), so a stuck query cannot freeze the gauges silently.
     pub query_timeout: Duration,
+    /// The schema the process runs at: which statement reads the queue.
+    pub schema: crate::db::Schema,
 }
 
 impl Default for GaugesConfig {
@@ -63,6 +65,7 @@ impl Default for GaugesConfig {
             interval: Duration::from_secs(5),
             max_duty_cycle: 0.05,
             query_timeout: Duration::from_secs(10),
+            schema: crate::db::Schema::current(),
         }
     }
 }
@@ -159,7 +162,7 @@ where
             match leader.as_mut() {
                 Some(conn) => {
                     let started = Instant::now();
-                    match tokio::time::timeout(config.query_timeout, read::stats(&mut *conn)).await
+                    match tokio::time::timeout(config.query_timeout, read::stats_at(&mut *conn, config.schema)).await
                     {
                         Ok(Ok(stats)) => {
                             took = started.elapsed();

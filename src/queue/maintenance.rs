@@ -67,6 +67,9 @@ pub struct MaintenanceConfig {
     /// dead index entries.
     pub vacuum_dead_tuples: i64,
     pub vacuum_check_interval: Duration,
+    /// The schema the process runs at: aging needs
+    /// [`super::FAIR_VERSION`].
+    pub schema: crate::db::Schema,
 }
 
 impl Default for MaintenanceConfig {
@@ -83,6 +86,7 @@ impl Default for MaintenanceConfig {
             conversation_idle: Duration::from_secs(24 * 3600),
             vacuum_dead_tuples: 50_000,
             vacuum_check_interval: Duration::from_secs(60),
+            schema: crate::db::Schema::current(),
         }
     }
 }
@@ -423,8 +427,10 @@ pub fn spawn(
             if let Err(error) = rescue_expired(&pool, config.rescue_batch).await {
                 tracing::warn!(%error, "rescue pass failed");
             }
-            if let Err(error) = age_queues(&pool).await {
-                tracing::warn!(%error, "aging pass failed");
+            if config.schema.has(super::FAIR_VERSION) {
+                if let Err(error) = age_queues(&pool).await {
+                    tracing::warn!(%error, "aging pass failed");
+                }
             }
             if tokio::time::Instant::now() >= next_housekeeping {
                 let mut wait = config.housekeeping_interval;

@@ -40,7 +40,7 @@ pub mod retry;
 mod sql;
 pub mod types;
 
-pub use claim::claim;
+pub use claim::{claim, claim_at, FAIR_VERSION};
 pub use enqueue::{enqueue, enqueue_many};
 pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};

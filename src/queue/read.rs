@@ -30,8 +30,22 @@ pub async fn events<'e>(executor: impl PgExecutor<'e>, id: JobId) -> Result<Vec<
 
 /// Depth by priority, jobs processing and the oldest ready job's age.
 pub async fn stats<'e>(executor: impl PgExecutor<'e>) -> Result<QueueStats> {
+    stats_at(executor, crate::db::Schema::current()).await
+}
+
+/// [`stats`] for a process running at `schema` (before
+/// [`super::FAIR_VERSION`]: no per-tenant waits).
+pub async fn stats_at<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: crate::db::Schema,
+) -> Result<QueueStats> {
+    let statement = if schema.has(super::FAIR_VERSION) {
+        sql::STATS
+    } else {
+        sql::STATS_STRICT
+    };
     let (depth, processing, oldest, tenant_waits): (serde_json::Value, i64, f64, serde_json::Value) =
-        sqlx::query_as(sql::STATS).fetch_one(executor).await?;
+        sqlx::query_as(statement).fetch_one(executor).await?;
     let tenant_waits = serde_json::from_value(tenant_waits).unwrap_or_default();
     let depth = depth
         .as_object()

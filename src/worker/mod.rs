@@ -73,6 +73,10 @@ pub struct WorkerConfig {
     /// Take part in refreshing the queue gauges (one process leads, see
     /// [`queue::gauges`]); `None` leaves them to others.
     pub queue_gauges: Option<GaugesConfig>,
+    /// The schema the process runs at ([`crate::db::check_schema`] at
+    /// start-up): decides the claim, the gauges' statement and aging.
+    /// Default: the newest schema this build knows.
+    pub schema: crate::db::Schema,
 }
 
 impl Default for WorkerConfig {
@@ -90,6 +94,7 @@ impl Default for WorkerConfig {
             completer_parallelism: 2,
             maintenance: Some(MaintenanceConfig::default()),
             queue_gauges: Some(GaugesConfig::default()),
+            schema: crate::db::Schema::current(),
         }
     }
 }
@@ -352,10 +357,13 @@ impl Worker {
             )
         };
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), background.clone()));
+        let schema = shared.config.schema;
         let maintenance = shared.config.maintenance.clone().map(|config| {
+            let config = queue::maintenance::MaintenanceConfig { schema, ..config };
             queue::maintenance::spawn(shared.direct_pool.clone(), config, background.clone())
         });
         let gauges = shared.config.queue_gauges.clone().map(|config| {
+            let config = GaugesConfig { schema, ..config };
             queue::gauges::spawn(shared.direct_pool.clone(), config, background.clone())
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -410,12 +418,13 @@ impl Worker {
     /// tests and tools, with no background task.
     pub async fn run_once(&self, limit: usize) -> Result<RunOnce, WorkerError> {
         let shared = &self.shared;
-        let jobs = queue::claim(
+        let jobs = queue::claim_at(
             &shared.lease_pool,
             &shared.config.id,
             limit.min(shared.slots.available_permits()),
             shared.config.lease,
             &shared.kinds,
+            shared.config.schema,
         )
         .await?;
         let mut report = RunOnce {

@@ -54,12 +54,13 @@ pub(super) async fn run(
             }
         }
         let want = free.min(config.max_claim);
-        let jobs = match queue::claim(
+        let jobs = match queue::claim_at(
             &shared.lease_pool,
             &config.id,
             want,
             config.lease,
             &shared.kinds,
+            config.schema,
         )
         .await
         {
