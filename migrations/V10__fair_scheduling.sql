@@ -3,14 +3,22 @@
 -- rules; this file keeps the bookkeeping they need.
 --
 -- Claims no longer walk one index of all ready jobs in priority order (the
--- dropped jobs_claim): they walk `fair_queues`, one small row per (tenant,
--- priority) with queued jobs, in turn order, and take each queue's jobs
--- from the new index jobs_fair_claim. The rows of `fair_queues` and the
--- `running` count of `tenants` are kept by statement-level triggers on
--- `jobs`, so every path that moves a job (enqueue, claim, finish, retry,
--- rescue, release, cancel, and any future one) keeps them exact, in the
--- transaction that moves it, at one row change per queue and tenant a
--- statement touches.
+-- dropped jobs_claim): they walk the active rows of `fair_queues`, one
+-- small row per (tenant, priority), in turn order, and take each queue's
+-- jobs from the new index jobs_fair_claim. Statement-level triggers on
+-- `jobs` keep the bookkeeping on every path that moves a job (enqueue,
+-- claim, finish, retry, snooze, rescue, release, cancel, and any future
+-- one), in the transaction that moves it:
+--
+-- - `tenants.running`, exact: claims and finishes write it once per tenant
+--   and statement.
+-- - A queue's turn (vtime, waiting_since, eff_priority), when a claim
+--   serves it: once per queue and claim.
+-- - `fair_queues.active`, set when a job enters an inactive queue. An
+--   enqueue into an active queue writes nothing here: only reads it, so
+--   enqueues of one tenant never wait for each other on its row.
+--   Maintenance clears it on queues with no queued job and sets it again on
+--   any inactive queue that has one (sql/queue/sweep_queues.sql).
 --
 -- Applied in one transaction under a SHARE ROW EXCLUSIVE lock on `jobs`:
 -- writes to `jobs` wait while the index is built and the counts are taken
@@ -52,17 +60,14 @@ CREATE TABLE IF NOT EXISTS fair_settings (
 INSERT INTO fair_settings DEFAULT VALUES ON CONFLICT (id) DO NOTHING;
 
 -- One queue per (tenant, priority). The nil UUID stands for jobs without a
--- tenant. Rows stay when a queue empties (queued = 0) and leave the partial
--- index; there are at most ten per tenant.
+-- tenant. Rows stay when a queue empties, inactive; there are at most ten
+-- per tenant.
 CREATE TABLE IF NOT EXISTS fair_queues (
     tenant_key    uuid NOT NULL,
     priority      smallint NOT NULL,
-    -- Jobs in state 'queued' (blocked and delayed included). No CHECK
-    -- (queued >= 0): the triggers' upsert proposes a row holding the change,
-    -- which is negative when jobs leave, and a CHECK would refuse it before
-    -- the conflict turns it into an update.
-    -- squawk-ignore prefer-bigint-over-int
-    queued        integer NOT NULL,
+    -- The queue may hold queued jobs: claims visit it. Set whenever a job
+    -- enters the queue while it is clear; cleared by maintenance only.
+    active        boolean NOT NULL,
     -- The priority the queue is served at: its own, raised by aging.
     eff_priority  smallint NOT NULL,
     -- Virtual time: the service the queue has had, in jobs divided by the
@@ -76,7 +81,7 @@ CREATE TABLE IF NOT EXISTS fair_queues (
 
 -- Claims walk this index: highest effective priority first, least served
 -- first within it.
-CREATE INDEX IF NOT EXISTS fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE queued > 0;
+CREATE INDEX IF NOT EXISTS fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE active;
 
 -- One queue's ready jobs in order. Replaces jobs_claim, so an enqueue still
 -- writes one claim index entry.
@@ -93,57 +98,78 @@ DROP INDEX IF EXISTS jobs_claim;
 CREATE OR REPLACE FUNCTION fair_join_vtime(p smallint, own double precision) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT min(vtime) - 1 FROM fair_queues
-                     WHERE queued > 0 AND eff_priority = p), own)
+                     WHERE active AND eff_priority = p), own)
 $$;
 
--- Applies one statement's changes: `changes` holds one row per job row
--- that entered (sign +1) or left (sign -1) the table or a state.
+-- Applies one statement's changes. `changes` holds, per (tenant, priority,
+-- state), the rows that entered it (n > 0) or left it (n < 0).
 CREATE OR REPLACE FUNCTION fair_apply(changes jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- Running counts first, tenants in id order (claims lock them in that
-    -- order too), then queues in key order: no two statements can wait on
-    -- each other's rows in a circle.
-    PERFORM 1 FROM tenants
-    WHERE id IN (SELECT (c->>'t')::uuid FROM jsonb_array_elements(changes) c
-                 WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL)
-    ORDER BY id
-    FOR NO KEY UPDATE;
-    UPDATE tenants t
-    SET running = t.running + d.n
-    FROM (SELECT (c->>'t')::uuid AS id, sum((c->>'n')::integer) AS n
-          FROM jsonb_array_elements(changes) c
-          WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL
-          GROUP BY 1) d
-    WHERE t.id = d.id AND d.n <> 0;
+    -- Tenants first, in id order (claims lock them in that order too),
+    -- then queues in key order: no two statements can wait on each other's
+    -- rows in a circle.
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(changes) c
+               WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL) THEN
+        PERFORM 1 FROM tenants
+        WHERE id IN (SELECT (c->>'t')::uuid FROM jsonb_array_elements(changes) c
+                     WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL)
+        ORDER BY id
+        FOR NO KEY UPDATE;
+        UPDATE tenants t
+        SET running = t.running + d.n
+        FROM (SELECT (c->>'t')::uuid AS id, sum((c->>'n')::integer) AS n
+              FROM jsonb_array_elements(changes) c
+              WHERE c->>'s' = 'processing' AND c->>'t' IS NOT NULL
+              GROUP BY 1) d
+        WHERE t.id = d.id AND d.n <> 0;
+    END IF;
 
-    INSERT INTO fair_queues AS f (tenant_key, priority, queued, eff_priority, vtime, waiting_since)
-    SELECT d.k, d.p, d.n, d.p, fair_join_vtime(d.p, 0), now()
-    FROM (SELECT coalesce((c->>'t')::uuid, '00000000-0000-0000-0000-000000000000'::uuid) AS k,
-                 (c->>'p')::smallint AS p, sum((c->>'n')::integer) AS n
+    -- Queues that jobs entered: activate the inactive ones (read first, so
+    -- that an enqueue into an active queue writes and locks nothing).
+    INSERT INTO fair_queues AS f (tenant_key, priority, active, eff_priority, vtime, waiting_since)
+    SELECT d.k, d.p, true, d.p, fair_join_vtime(d.p, 0), now()
+    FROM (SELECT DISTINCT coalesce((c->>'t')::uuid, '00000000-0000-0000-0000-000000000000'::uuid) AS k,
+                 (c->>'p')::smallint AS p
           FROM jsonb_array_elements(changes) c
-          WHERE c->>'s' = 'queued'
-          GROUP BY 1, 2) d
-    WHERE d.n <> 0
+          WHERE c->>'s' = 'queued' AND (c->>'n')::integer > 0) d
+    WHERE NOT EXISTS (SELECT 1 FROM fair_queues a
+                      WHERE a.tenant_key = d.k AND a.priority = d.p AND a.active)
     ORDER BY d.k, d.p
     ON CONFLICT (tenant_key, priority) DO UPDATE
-    SET queued = f.queued + excluded.queued,
-        -- Filling up: join the queues of its priority, waiting from now.
-        -- Served (jobs left the queue: only claims take jobs out of
-        -- 'queued' in bulk): back to its own priority, charged the jobs
-        -- it got, waiting from now.
-        eff_priority = CASE WHEN excluded.queued < 0 THEN f.priority ELSE f.eff_priority END,
-        vtime = CASE
-            WHEN f.queued = 0 AND excluded.queued > 0 THEN fair_join_vtime(f.priority, f.vtime)
-            WHEN excluded.queued < 0 THEN
-                (CASE WHEN f.eff_priority <> f.priority THEN fair_join_vtime(f.priority, f.vtime)
-                      ELSE f.vtime END)
-                - excluded.queued::double precision
-                  / coalesce((SELECT weight FROM tenants WHERE id = f.tenant_key), 1)
-            ELSE f.vtime END,
-        waiting_since = CASE
-            WHEN (f.queued = 0 AND excluded.queued > 0) OR excluded.queued < 0 THEN now()
-            ELSE f.waiting_since END;
+    -- Filling up: join the queues of its priority, waiting from now.
+    SET active = true,
+        eff_priority = f.priority,
+        vtime = fair_join_vtime(f.priority, f.vtime),
+        waiting_since = now()
+    WHERE NOT f.active;
+
+    -- Queues a claim served (jobs went from 'queued' to 'processing': only
+    -- claims do that): back to their own priority, charged the jobs they
+    -- got, waiting from now. Locked in key order first.
+    PERFORM 1 FROM fair_queues f
+    WHERE (f.tenant_key, f.priority) IN (
+        SELECT coalesce((q->>'t')::uuid, '00000000-0000-0000-0000-000000000000'::uuid),
+               (q->>'p')::smallint
+        FROM jsonb_array_elements(changes) q
+        WHERE q->>'s' = 'queued' AND (q->>'n')::integer < 0)
+    ORDER BY f.tenant_key, f.priority
+    FOR NO KEY UPDATE;
+    UPDATE fair_queues f
+    SET eff_priority = f.priority,
+        vtime = (CASE WHEN f.eff_priority <> f.priority
+                      THEN fair_join_vtime(f.priority, f.vtime) ELSE f.vtime END)
+                + d.n::double precision
+                  / coalesce((SELECT weight FROM tenants WHERE id = f.tenant_key), 1),
+        waiting_since = now()
+    FROM (SELECT coalesce((q->>'t')::uuid, '00000000-0000-0000-0000-000000000000'::uuid) AS k,
+                 (q->>'p')::smallint AS p, (r->>'n')::integer AS n
+          FROM jsonb_array_elements(changes) q
+          JOIN jsonb_array_elements(changes) r
+            ON r->>'s' = 'processing' AND (r->>'n')::integer > 0
+           AND r->'t' = q->'t' AND r->'p' = q->'p'
+          WHERE q->>'s' = 'queued' AND (q->>'n')::integer < 0) d
+    WHERE f.tenant_key = d.k AND f.priority = d.p;
 END
 $$;
 
@@ -159,11 +185,19 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION fair_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changes jsonb;
 BEGIN
-    PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
-                'p', priority, 't', tenant_id, 's', state, 'n', -n)), '[]')
-            FROM (SELECT priority, tenant_id, state, count(*) AS n
-                  FROM old_rows GROUP BY 1, 2, 3) g));
+    -- Only the running counts change: deleted queued jobs leave their
+    -- queue active until maintenance finds it empty.
+    SELECT jsonb_agg(jsonb_build_object('p', priority, 't', tenant_id, 's', state, 'n', -n))
+    INTO changes
+    FROM (SELECT priority, tenant_id, state, count(*) AS n
+          FROM old_rows WHERE state = 'processing' AND tenant_id IS NOT NULL
+          GROUP BY 1, 2, 3) g;
+    IF changes IS NOT NULL THEN
+        PERFORM fair_apply(changes);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -192,7 +226,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION fair_jobs_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE fair_queues SET queued = 0 WHERE queued <> 0;
+    UPDATE fair_queues SET active = false WHERE active;
     UPDATE tenants SET running = 0 WHERE running <> 0;
     RETURN NULL;
 END
@@ -210,15 +244,14 @@ CREATE OR REPLACE TRIGGER fair_jobs_deleted AFTER DELETE ON jobs
 CREATE OR REPLACE TRIGGER fair_jobs_truncated AFTER TRUNCATE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION fair_jobs_truncated();
 
--- The counts of the jobs already there.
-UPDATE fair_queues SET queued = 0 WHERE queued <> 0;
-INSERT INTO fair_queues (tenant_key, priority, queued, eff_priority, vtime, waiting_since)
-SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), priority, count(*),
-       priority, 0, now()
+-- The queues and counts of the jobs already there.
+UPDATE fair_queues SET active = false WHERE active;
+INSERT INTO fair_queues (tenant_key, priority, active, eff_priority, vtime, waiting_since)
+SELECT DISTINCT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), priority,
+       true, priority, 0::double precision, now()
 FROM jobs
 WHERE state = 'queued'
-GROUP BY 1, 2
-ON CONFLICT (tenant_key, priority) DO UPDATE SET queued = excluded.queued;
+ON CONFLICT (tenant_key, priority) DO UPDATE SET active = true;
 UPDATE tenants t
 SET running = coalesce((SELECT count(*) FROM jobs
                         WHERE state = 'processing' AND tenant_id = t.id), 0);

@@ -15,7 +15,7 @@ WITH due AS (
                                         / s.aging_seconds))::smallint AS eff
     FROM fair_queues f
     CROSS JOIN fair_settings s
-    WHERE f.queued > 0
+    WHERE f.active
 ),
 locked AS (
     SELECT f.tenant_key, f.priority, d.eff

@@ -40,7 +40,7 @@ WITH walk AS MATERIALIZED (
         LIMIT greatest(0, least($2, t.cap - t.running))
         FOR UPDATE OF jobs SKIP LOCKED
     ) j
-    WHERE f.queued > 0
+    WHERE f.active
       AND (t.cap IS NULL OR t.running < t.cap)
     ORDER BY f.eff_priority DESC, f.vtime
     LIMIT $2

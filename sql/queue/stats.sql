@@ -37,7 +37,7 @@ SELECT
            AND priority = f.priority AND state = 'queued' AND NOT blocked
          ORDER BY run_at, id
          LIMIT 1) AS o
-     WHERE f.queued > 0 AND o.run_at <= now()) AS oldest_queued_age_seconds,
+     WHERE f.active AND o.run_at <= now()) AS oldest_queued_age_seconds,
     (SELECT coalesce(jsonb_agg(jsonb_build_array(w.name, w.age) ORDER BY w.age DESC), '[]'::jsonb)
      FROM (SELECT coalesce(t.name, '') AS name,
                   extract(epoch FROM now() - min(o.run_at))::float8 AS age
@@ -50,7 +50,7 @@ SELECT
                ORDER BY run_at, id
                LIMIT 1) AS o
            LEFT JOIN tenants t ON t.id = f.tenant_key
-           WHERE f.queued > 0 AND o.run_at <= now()
+           WHERE f.active AND o.run_at <= now()
            GROUP BY 1
            ORDER BY 2 DESC
            LIMIT 10) AS w) AS tenant_waits

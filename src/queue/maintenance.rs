@@ -1,6 +1,7 @@
 //! Maintenance: the background loop every worker process runs.
 //!
-//! Each tick rescues jobs whose lease expired and raises the tenant queues
+//! Each tick rescues jobs whose lease expired, clears the tenant queues left
+//! empty (and activates any that holds a job), and raises the tenant queues
 //! that waited too long for a turn (aging, docs/scheduling.md). Every minute it vacuums
 //! `jobs` if dead row versions piled up (autovacuum off or behind). Less
 //! often it does the housekeeping: creates `job_history` partitions ahead of
@@ -158,6 +159,19 @@ pub async fn age_queues(pool: &PgPool) -> Result<usize> {
         tracing::debug!(raised, "raised waiting tenant queues");
     }
     Ok(raised)
+}
+
+/// Keeps the tenant queues that claims visit exact
+/// (`sql/queue/sweep_queues.sql`): clears the ones left empty and activates
+/// any inactive one holding a queued job (an enqueue that raced with a
+/// clear). Returns (activated, cleared).
+pub async fn sweep_queues(pool: &PgPool) -> Result<(i64, i64)> {
+    let (activated, cleared): (i64, i64) =
+        sqlx::query_as(sql::SWEEP_QUEUES).fetch_one(pool).await?;
+    if activated > 0 {
+        tracing::debug!(activated, "tenant queues holding jobs activated again");
+    }
+    Ok((activated, cleared))
 }
 
 /// The table name of `job_history`'s partition for `day`.
@@ -428,6 +442,9 @@ pub fn spawn(
                 tracing::warn!(%error, "rescue pass failed");
             }
             if config.schema.has(super::FAIR_VERSION) {
+                if let Err(error) = sweep_queues(&pool).await {
+                    tracing::warn!(%error, "tenant queue sweep failed");
+                }
                 if let Err(error) = age_queues(&pool).await {
                     tracing::warn!(%error, "aging pass failed");
                 }

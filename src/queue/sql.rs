@@ -15,6 +15,7 @@ statements! {
     CLAIM => "claim.sql",
     CLAIM_STRICT => "claim_strict.sql",
     AGE => "age.sql",
+    SWEEP_QUEUES => "sweep_queues.sql",
     FINISH => "finish.sql",
     UNBLOCK => "unblock.sql",
     LOCK_LANE => "lock_lane.sql",
