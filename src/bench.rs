@@ -332,9 +332,12 @@ impl Scratch {
     /// Closes the pool and drops the database.
     pub async fn drop(mut self) -> anyhow::Result<()> {
         self.pool.close().await;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut self.admin)
-            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut self.admin)
+        .await?;
         self.admin.close().await?;
         Ok(())
     }

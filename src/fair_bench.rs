@@ -205,12 +205,10 @@ async fn drain_round(
     let mut submitted: Vec<(JobId, Instant)> = Vec::new();
     let mut conn = pool.acquire().await?;
     let a_queue_empty = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $1)",
-        )
-        .bind(a)
-        .fetch_one(&pool)
-        .await
+        sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $1)")
+            .bind(a)
+            .fetch_one(&pool)
+            .await
     };
     let elapsed = loop {
         if b_waits.is_some() {

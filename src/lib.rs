@@ -38,12 +38,12 @@
 pub mod api;
 pub mod bench;
 pub mod cancel_bench;
-pub mod fair_bench;
 pub mod chat;
 pub mod config;
 pub mod console;
 pub mod console_bench;
 pub mod db;
+pub mod fair_bench;
 pub mod health;
 pub mod ids;
 pub mod llm;

@@ -134,7 +134,9 @@ pub async fn set_scheduling<'e>(
     change: SchedulingChange,
 ) -> Result<Scheduling> {
     if change.weight.is_some_and(|w| !(1..=100).contains(&w)) {
-        return Err(TenantError::Invalid("weight must be between 1 and 100".into()));
+        return Err(TenantError::Invalid(
+            "weight must be between 1 and 100".into(),
+        ));
     }
     if change.max_running.is_some_and(|m| m <= 0) {
         return Err(TenantError::Invalid("max running must be positive".into()));
@@ -159,7 +161,9 @@ pub async fn set_scheduling_defaults<'e>(
     clear_default_max_running: bool,
 ) -> Result<SchedulingDefaults> {
     if aging_seconds.is_some_and(|a| !(a.is_finite() && a > 0.0)) {
-        return Err(TenantError::Invalid("aging seconds must be positive".into()));
+        return Err(TenantError::Invalid(
+            "aging seconds must be positive".into(),
+        ));
     }
     if default_max_running.is_some_and(|m| m <= 0) {
         return Err(TenantError::Invalid("max running must be positive".into()));

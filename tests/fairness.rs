@@ -245,7 +245,9 @@ async fn a_tenants_cap_on_running_jobs_holds_under_concurrent_claimers() {
     assert_eq!(
         count(
             &db.pool,
-            &format!("SELECT count(*) FROM jobs WHERE state = 'processing' AND tenant_id = '{capped}'")
+            &format!(
+                "SELECT count(*) FROM jobs WHERE state = 'processing' AND tenant_id = '{capped}'"
+            )
         )
         .await,
         7
@@ -279,13 +281,11 @@ async fn the_default_cap_applies_to_tenants_without_their_own() {
 /// Moves the aging clock of every queue back by `seconds`, as if they had
 /// waited that much longer.
 async fn wait_longer(pool: &PgPool, seconds: f64) {
-    sqlx::query(
-        "UPDATE fair_queues SET waiting_since = waiting_since - make_interval(secs => $1)",
-    )
-    .bind(seconds)
-    .execute(pool)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE fair_queues SET waiting_since = waiting_since - make_interval(secs => $1)")
+        .bind(seconds)
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -375,9 +375,7 @@ async fn the_counts_stay_exact_on_every_path() {
                 error: "again".into(),
                 retry_after: Some(Duration::from_secs(3600)),
             },
-            _ => Outcome::Failed {
-                error: "no".into(),
-            },
+            _ => Outcome::Failed { error: "no".into() },
         })
         .collect();
     let items: Vec<queue::FinishItem> = claimed[..30]
@@ -409,10 +407,12 @@ async fn the_counts_stay_exact_on_every_path() {
     assert_counts_exact(&db.pool).await;
 
     // Rescue of expired leases.
-    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE state = 'processing'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE state = 'processing'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     queue::rescue(&db.pool, 1000).await.unwrap();
     assert_counts_exact(&db.pool).await;
 
@@ -455,12 +455,11 @@ async fn the_sweep_clears_empty_queues_and_activates_one_holding_a_job() {
     let b_job = enqueue(&db.pool, Some(b), 1, 1).await[0];
     // One queue is empty now, the other is not.
     assert_eq!(maintenance::sweep_queues(&db.pool).await.unwrap(), (0, 1));
-    let active: Vec<TenantId> = sqlx::query_scalar(
-        "SELECT tenant_key FROM fair_queues WHERE active ORDER BY tenant_key",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let active: Vec<TenantId> =
+        sqlx::query_scalar("SELECT tenant_key FROM fair_queues WHERE active ORDER BY tenant_key")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(active, vec![b]);
     // An enqueue that raced with a clear: its queue is inactive though it
     // holds a job, and claims do not see it until the sweep.
@@ -471,7 +470,10 @@ async fn the_sweep_clears_empty_queues_and_activates_one_holding_a_job() {
     assert!(claim(&db.pool, "w", 10).await.is_empty());
     assert_eq!(maintenance::sweep_queues(&db.pool).await.unwrap(), (1, 0));
     let claimed = claim(&db.pool, "w", 10).await;
-    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b_job]);
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![b_job]
+    );
     assert_counts_exact(&db.pool).await;
 }
 
@@ -520,9 +522,11 @@ async fn scheduling_settings_refuse_nonsense() {
             Err(tenants::TenantError::Invalid(_))
         ));
     }
-    assert!(tenants::set_scheduling_defaults(&db.pool, Some(0.0), None, false)
-        .await
-        .is_err());
+    assert!(
+        tenants::set_scheduling_defaults(&db.pool, Some(0.0), None, false)
+            .await
+            .is_err()
+    );
     let settings = tenants::set_scheduling(
         &db.pool,
         a,

@@ -135,8 +135,7 @@ async fn stats_plan_reads_indexes_only() {
     // and the processing count reads jobs_lease, whatever the table's size.
     let plan = explain(None).await;
     assert!(
-        plan.contains("using jobs_fair_claim on jobs")
-            && plan.contains("(priority = f.priority)"),
+        plan.contains("using jobs_fair_claim on jobs") && plan.contains("(priority = f.priority)"),
         "the oldest ready job must be a probe of jobs_fair_claim per queue:\n{plan}"
     );
     assert!(plan.contains("using jobs_lease"), "{plan}");

@@ -162,7 +162,11 @@ where
             match leader.as_mut() {
                 Some(conn) => {
                     let started = Instant::now();
-                    match tokio::time::timeout(config.query_timeout, read::stats_at(&mut *conn, config.schema)).await
+                    match tokio::time::timeout(
+                        config.query_timeout,
+                        read::stats_at(&mut *conn, config.schema),
+                    )
+                    .await
                     {
                         Ok(Ok(stats)) => {
                             took = started.elapsed();

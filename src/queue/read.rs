@@ -44,8 +44,12 @@ pub async fn stats_at<'e>(
     } else {
         sql::STATS_STRICT
     };
-    let (depth, processing, oldest, tenant_waits): (serde_json::Value, i64, f64, serde_json::Value) =
-        sqlx::query_as(statement).fetch_one(executor).await?;
+    let (depth, processing, oldest, tenant_waits): (
+        serde_json::Value,
+        i64,
+        f64,
+        serde_json::Value,
+    ) = sqlx::query_as(statement).fetch_one(executor).await?;
     let tenant_waits = serde_json::from_value(tenant_waits).unwrap_or_default();
     let depth = depth
         .as_object()
