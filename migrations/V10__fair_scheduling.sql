@@ -33,13 +33,18 @@ LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
 
 -- Tenants: their share and their cap. The table holds one row per
 -- customer: rewriting nothing, checking a few rows.
--- squawk-ignore adding-field-with-default, adding-not-nullable-field
+-- A weight is 1 to 100: smallint like jobs.priority.
+-- squawk-ignore adding-field-with-default, adding-not-nullable-field, prefer-bigint-over-smallint
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS weight smallint NOT NULL DEFAULT 1;
+-- Only a constraint left by an interrupted run of this migration, which is
+-- then added again.
+-- squawk-ignore ban-drop-constraint
 ALTER TABLE tenants DROP CONSTRAINT IF EXISTS tenants_weight_range;
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE tenants ADD CONSTRAINT tenants_weight_range CHECK (weight BETWEEN 1 AND 100);
 -- squawk-ignore prefer-bigint-over-int
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS max_running integer;
+-- squawk-ignore ban-drop-constraint
 ALTER TABLE tenants DROP CONSTRAINT IF EXISTS tenants_max_running_positive;
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE tenants ADD CONSTRAINT tenants_max_running_positive CHECK (max_running > 0);
@@ -64,11 +69,14 @@ INSERT INTO fair_settings DEFAULT VALUES ON CONFLICT (id) DO NOTHING;
 -- per tenant.
 CREATE TABLE IF NOT EXISTS fair_queues (
     tenant_key    uuid NOT NULL,
+    -- Priorities are 1 to 10: smallint like jobs.priority.
+    -- squawk-ignore prefer-bigint-over-smallint
     priority      smallint NOT NULL,
     -- The queue may hold queued jobs: claims visit it. Set whenever a job
     -- enters the queue while it is clear; cleared by maintenance only.
     active        boolean NOT NULL,
     -- The priority the queue is served at: its own, raised by aging.
+    -- squawk-ignore prefer-bigint-over-smallint
     eff_priority  smallint NOT NULL,
     -- Virtual time: the service the queue has had, in jobs divided by the
     -- tenant's weight. Within one effective priority the queue with the
@@ -81,6 +89,8 @@ CREATE TABLE IF NOT EXISTS fair_queues (
 
 -- Claims walk this index: highest effective priority first, least served
 -- first within it.
+-- The table was created empty by this same transaction: nothing to block.
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX IF NOT EXISTS fair_queues_turn ON fair_queues (eff_priority DESC, vtime) WHERE active;
 
 -- One queue's ready jobs in order. Replaces jobs_claim, so an enqueue still

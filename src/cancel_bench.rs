@@ -10,7 +10,6 @@
 
 use crate::api::{Api, ApiConfig};
 use crate::bench::percentile;
-use crate::db::{self, DbConfig};
 use crate::ids::JobId;
 use crate::queue::{self, NewJob, Outcome};
 use crate::tenants;
@@ -18,9 +17,6 @@ use crate::worker::{Handler, JobContext, Worker, WorkerConfig};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -109,33 +105,9 @@ impl Handler for Hang {
 
 /// Creates the scratch database, measures, drops the database.
 pub async fn run(database_url: &str, args: &CancelBenchArgs) -> anyhow::Result<CancelBenchReport> {
-    let name = &args.bench_database;
-    anyhow::ensure!(
-        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "bench database name must be alphanumeric"
-    );
-    let mut conn = PgConnectOptions::from_str(database_url)?.connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let url = db::with_database(database_url, name);
-    db::migrate(&url).await?;
-    let pool = db::connect(&DbConfig {
-        url,
-        pool_size: 16,
-        acquire_timeout: Duration::from_secs(30),
-        application_name: "skipjack-bench-cancel".into(),
-    })
-    .await?;
-    let result = measure(&pool, args.samples).await;
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
+    let scratch = crate::bench::Scratch::create(database_url, &args.bench_database, 16).await?;
+    let result = measure(&scratch.pool, args.samples).await;
+    scratch.drop().await?;
     result
 }
 

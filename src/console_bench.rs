@@ -13,15 +13,12 @@
 use crate::api::{Api, ApiConfig};
 use crate::bench::percentile;
 use crate::console::query;
-use crate::db::{self, DbConfig};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use std::fmt::Write as _;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -124,37 +121,13 @@ pub async fn run(
     database_url: &str,
     args: &ConsoleBenchArgs,
 ) -> anyhow::Result<ConsoleBenchReport> {
-    let name = &args.bench_database;
-    anyhow::ensure!(
-        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "bench database name must be alphanumeric"
-    );
     anyhow::ensure!(
         args.finished >= 10 && args.tenants >= 1 && args.days >= 1,
         "too small a bench"
     );
-    let mut conn = PgConnectOptions::from_str(database_url)?.connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let url = db::with_database(database_url, name);
-    db::migrate(&url).await?;
-    let pool = db::connect(&DbConfig {
-        url,
-        pool_size: 8,
-        acquire_timeout: Duration::from_secs(30),
-        application_name: "skipjack-bench-console".into(),
-    })
-    .await?;
-    let result = measure(&pool, args).await;
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
+    let scratch = crate::bench::Scratch::create(database_url, &args.bench_database, 8).await?;
+    let result = measure(&scratch.pool, args).await;
+    scratch.drop().await?;
     result
 }
 
