@@ -450,20 +450,13 @@ async fn drain(
 ) -> anyhow::Result<(f64, Counters)> {
     let shutdown = CancellationToken::new();
     let start = Instant::now();
-    let mut runtimes = Vec::new();
-    for _ in 0..args.workers.max(1) {
-        let worker = Worker::builder(pool.clone())
-            .register(NoopHandler)
-            .config(WorkerConfig {
-                concurrency: args.concurrency,
-                max_claim: args.max_claim,
-                maintenance: None,
-                ..WorkerConfig::default()
-            })
-            .build()?;
-        let token = shutdown.clone();
-        runtimes.push(tokio::spawn(async move { worker.run(token).await }));
-    }
+    let runtimes = spawn_drainers(
+        pool,
+        args.workers,
+        (args.concurrency, args.max_claim),
+        || NoopHandler,
+        &shutdown,
+    )?;
     loop {
         let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs)")
             .fetch_one(pool)
@@ -487,6 +480,33 @@ async fn drain(
         "drained {finished} jobs, expected {expected}"
     );
     Ok((expected as f64 / elapsed.as_secs_f64(), counters))
+}
+
+/// Starts `workers` (at least one) worker runtimes in this process, each
+/// running the handler `handler()` makes with `concurrency` slots and claims
+/// of `max_claim`, and no maintenance, until `shutdown` is cancelled.
+pub(crate) fn spawn_drainers<H: Handler>(
+    pool: &PgPool,
+    workers: usize,
+    (concurrency, max_claim): (usize, usize),
+    handler: impl Fn() -> H,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), crate::worker::WorkerError>>>> {
+    let mut runtimes = Vec::new();
+    for _ in 0..workers.max(1) {
+        let worker = Worker::builder(pool.clone())
+            .register(handler())
+            .config(WorkerConfig {
+                concurrency,
+                max_claim,
+                maintenance: None,
+                ..WorkerConfig::default()
+            })
+            .build()?;
+        let token = shutdown.clone();
+        runtimes.push(tokio::spawn(async move { worker.run(token).await }));
+    }
+    Ok(runtimes)
 }
 
 /// Reports when each job's handler started.

@@ -9,11 +9,11 @@
 //! round alternate, so both see the same machine. The report gives B's wait
 //! and A's drain rate in both kinds of round.
 
-use crate::bench::{percentile, Scratch};
+use crate::bench::{percentile, spawn_drainers, Scratch};
 use crate::ids::{JobId, TenantId};
 use crate::queue::{self, NewJob, Outcome};
 use crate::tenants;
-use crate::worker::{Handler, JobContext, Worker, WorkerConfig};
+use crate::worker::{Handler, JobContext};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -185,23 +185,16 @@ async fn drain_round(
     let started: Arc<Mutex<HashMap<JobId, Instant>>> = Arc::default();
     let shutdown = CancellationToken::new();
     let begin = Instant::now();
-    let mut runtimes = Vec::new();
-    for _ in 0..args.workers.max(1) {
-        let worker = Worker::builder(pool.clone())
-            .register(StartRecorder {
-                b,
-                started: started.clone(),
-            })
-            .config(WorkerConfig {
-                concurrency: args.concurrency,
-                max_claim: args.max_claim,
-                maintenance: None,
-                ..WorkerConfig::default()
-            })
-            .build()?;
-        let token = shutdown.clone();
-        runtimes.push(tokio::spawn(async move { worker.run(token).await }));
-    }
+    let runtimes = spawn_drainers(
+        pool,
+        args.workers,
+        (args.concurrency, args.max_claim),
+        || StartRecorder {
+            b,
+            started: started.clone(),
+        },
+        &shutdown,
+    )?;
     let mut submitted: Vec<(JobId, Instant)> = Vec::new();
     let mut conn = pool.acquire().await?;
     let a_queue_empty = |pool: PgPool| async move {

@@ -8,14 +8,15 @@ mod common;
 #[allow(dead_code)] // shared with the provider tests, which use all of it
 mod common_llm;
 
+use common::chat::{chat_job, conversations, enqueue_all};
 use common::{count, eventually, TestDb};
 use common_llm::{closed_port_url, MockServer, Recorded, Reply};
 use serde_json::{json, Value};
 use skipjack::chat::cache::{CacheConfig, HistoryCache};
 use skipjack::chat::handler::ChatHandler;
-use skipjack::chat::{store, ChatPayload, CHAT_KIND};
+use skipjack::chat::{store, CHAT_KIND};
 use skipjack::health;
-use skipjack::ids::{ConversationId, JobId, TenantId};
+use skipjack::ids::{ConversationId, JobId};
 use skipjack::llm::{self, LlmConfig, Provider, ProviderKind, Secret, Strategy};
 use skipjack::queue::{self, Backoff, JobState, JobView, NewJob};
 use skipjack::worker::{Worker, WorkerConfig};
@@ -34,45 +35,6 @@ const OPENAI_KEY: &str = "sk-openai-test-key";
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 // ------------------------------------------------------------------ helpers
-
-/// A tenant and `n` conversations of it.
-async fn conversations(pool: &PgPool, n: usize) -> Vec<ConversationId> {
-    let tenant = TenantId::new();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
-        .bind(tenant)
-        .bind(format!("tenant-{tenant}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let (id, _, _) = store::create_conversation(pool, tenant, &format!("user-{i}"))
-            .await
-            .unwrap();
-        out.push(id);
-    }
-    out
-}
-
-fn chat_job(conversation: ConversationId, message: &str) -> NewJob {
-    let payload = ChatPayload {
-        user_id: "user".into(),
-        message: message.into(),
-        metadata: None,
-        stream: false,
-    };
-    NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap()).with_conversation(conversation)
-}
-
-async fn enqueue_all(pool: &PgPool, jobs: &[NewJob]) -> Vec<JobId> {
-    let mut conn = pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect()
-}
 
 async fn enqueue_one(pool: &PgPool, job: NewJob) -> JobId {
     enqueue_all(pool, &[job]).await[0]

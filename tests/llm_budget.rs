@@ -9,18 +9,18 @@ mod common;
 #[allow(dead_code)] // shared with the provider tests, which use all of it
 mod common_llm;
 
+use common::chat::{chat_job, conversations, enqueue_all};
 use common::{eventually, TestDb};
 use common_llm::{MockServer, Reply};
 use serde_json::json;
 use skipjack::chat::handler::ChatHandler;
-use skipjack::chat::{store, ChatPayload, CHAT_KIND};
-use skipjack::ids::{ConversationId, JobId, TenantId};
+use skipjack::ids::JobId;
 use skipjack::llm::budget::{Budget, Reserve};
 use skipjack::llm::pool::Pool;
 use skipjack::llm::{
     self, BudgetLimits, ChatMessage, ChatRequest, LlmConfig, LlmError, ProviderKind, Secret,
 };
-use skipjack::queue::{self, Backoff, NewJob};
+use skipjack::queue::{Backoff, NewJob};
 use skipjack::worker::{NoopHandler, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -196,44 +196,6 @@ async fn the_pool_prefers_an_endpoint_with_budget() {
 
 // ------------------------------------------------------------ snoozing
 
-async fn conversations(pool: &PgPool, n: usize) -> Vec<ConversationId> {
-    let tenant = TenantId::new();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
-        .bind(tenant)
-        .bind(format!("tenant-{tenant}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let (id, _, _) = store::create_conversation(pool, tenant, &format!("user-{i}"))
-            .await
-            .unwrap();
-        out.push(id);
-    }
-    out
-}
-
-fn chat_job(conversation: ConversationId, message: &str) -> NewJob {
-    let payload = ChatPayload {
-        user_id: "user".into(),
-        message: message.into(),
-        metadata: None,
-        stream: false,
-    };
-    NewJob::new(CHAT_KIND, serde_json::to_value(payload).unwrap()).with_conversation(conversation)
-}
-
-async fn enqueue(pool: &PgPool, jobs: &[NewJob]) -> Vec<JobId> {
-    let mut conn = pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect()
-}
-
 async fn history_state(pool: &PgPool, job: JobId) -> Option<(String, i32)> {
     sqlx::query_as("SELECT state::text, attempts FROM job_history WHERE id = $1")
         .bind(job)
@@ -273,7 +235,7 @@ async fn a_snoozed_job_keeps_its_attempt_and_frees_its_slot() {
             .unwrap(),
     );
     let convs = conversations(&db.pool, 2).await;
-    let jobs = enqueue(
+    let jobs = enqueue_all(
         &db.pool,
         &[
             chat_job(convs[0], "first").with_max_attempts(1),
@@ -316,7 +278,7 @@ async fn a_snoozed_job_keeps_its_attempt_and_frees_its_slot() {
             .unwrap();
     assert_eq!((state.as_str(), attempts), ("queued", 0));
     // The one slot is free for other work meanwhile.
-    let noop = enqueue(&db.pool, &[NewJob::new("noop", json!({}))]).await[0];
+    let noop = enqueue_all(&db.pool, &[NewJob::new("noop", json!({}))]).await[0];
     eventually(Duration::from_secs(20), "the noop job completes", || {
         let pool = db.pool.clone();
         async move { history_state(&pool, noop).await.is_some() }
@@ -405,7 +367,7 @@ async fn four_worker_processes_share_the_provider_budget() {
         .enumerate()
         .map(|(i, c)| chat_job(*c, &format!("message {i}")))
         .collect();
-    enqueue(&db.pool, &jobs).await;
+    enqueue_all(&db.pool, &jobs).await;
 
     let dir = std::env::temp_dir().join(format!("skipjack-budget-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod private_pg;
 
 use skipjack::db;
