@@ -654,3 +654,187 @@ async fn console_pages_need_a_session_and_forms_a_csrf_token() {
         .unwrap()
         .contains("Max-Age=0"));
 }
+
+/// Filters that match few jobs cost a bounded scan per page: a page may be
+/// short, even empty, and still say where to go on; following the cursors
+/// finds every match once, in order, live and finished together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rare_filters_are_searched_page_by_page_with_a_bounded_scan() {
+    let c = Console::new(true).await;
+    let scan = skipjack::console::query::SCAN_BUDGET;
+    // 2.5 scan budgets of finished jobs, one a minute apart in submission
+    // time, ending an hour ago; three of kind `rare`, far apart.
+    let total = scan * 5 / 2;
+    let rare = [100_i64, scan + 500, 2 * scan + 1000];
+    sqlx::query(
+        "INSERT INTO job_history (id, tenant_id, kind, priority, state, payload, attempts,
+                                  max_attempts, worker, created_at, started_at, finished_at)
+         SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
+                 || '7' || substr(md5(i::text), 1, 19))::uuid,
+                $1, CASE WHEN i = ANY($3) THEN 'rare' ELSE 'chat' END, 5, 'completed',
+                '{}', 1, 5, 'w1', at, at, at + interval '1 s'
+         FROM generate_series(1, $2) AS i,
+              LATERAL (SELECT now() - interval '1 hour' - i * interval '1 minute' AS at) t",
+    )
+    .bind(c.tenant)
+    .bind(total)
+    .bind(&rare[..])
+    .execute(c.pool())
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE job_history")
+        .execute(c.pool())
+        .await
+        .unwrap();
+    let expected_finished: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM job_history WHERE kind = 'rare' ORDER BY id DESC")
+            .fetch_all(c.pool())
+            .await
+            .unwrap();
+    assert_eq!(expected_finished.len(), 3);
+    let mut conn = c.pool().acquire().await.unwrap();
+    let live = queue::enqueue(
+        &mut conn,
+        &NewJob::new("rare", serde_json::json!({})).with_tenant(c.tenant),
+    )
+    .await
+    .unwrap()
+    .id;
+    drop(conn);
+
+    let mut found = Vec::new();
+    let mut short_pages_with_more = 0;
+    let mut uri = "/v1/admin/jobs?kind=rare&limit=2".to_owned();
+    for _ in 0..20 {
+        let a = c.admin("GET", &uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.text);
+        let body = a.json();
+        let page = ids(&body);
+        assert!(page.len() <= 2);
+        found.extend(page.iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(cursor) => {
+                if page.len() < 2 {
+                    short_pages_with_more += 1;
+                    assert!(
+                        body["searched_to"].is_string(),
+                        "a short page says how far it searched: {body}"
+                    );
+                }
+                uri = format!("/v1/admin/jobs?kind=rare&limit=2&cursor={cursor}");
+            }
+            None => {
+                assert!(body["searched_to"].is_null());
+                uri.clear();
+                break;
+            }
+        }
+    }
+    assert!(uri.is_empty(), "the search reached the end");
+    let mut expected = vec![live.to_string()];
+    expected.extend(expected_finished);
+    assert_eq!(found, expected, "every match once, newest first");
+    assert!(
+        short_pages_with_more >= 1,
+        "no page stopped at its scan budget: the whole history was scanned at once"
+    );
+
+    // A filter matching nothing answers after one budget, not the history.
+    let a = c.admin("GET", "/v1/admin/jobs?kind=nothing").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(ids(&a.json()).is_empty());
+    assert!(a.json()["next_cursor"].is_string(), "{}", a.text);
+
+    // The page in the console says so.
+    let cookie = c.login().await;
+    let html = c
+        .request(
+            "GET",
+            "/console/jobs?kind=nothing",
+            None,
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(html.status, StatusCode::OK);
+    assert!(html.text.contains("id=\"searched-to\""), "{}", html.text);
+    assert!(html
+        .text
+        .contains("No job matches among those searched so far"));
+}
+
+/// A list that runs over its 5 s limit (here: behind a lock) is answered
+/// 503 with the reason, not 500, and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_stopped_at_its_time_limit_is_a_503() {
+    let c = Console::new(true).await;
+    let failed = c.finished("failed", "chat", 1, Some("boom")).await;
+    let mut locker = c.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE job_history IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let a = c.admin("GET", "/v1/admin/jobs?state=failed").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert_eq!(a.code(), "unavailable");
+    assert!(a.text.contains("over 5 s"), "{}", a.text);
+    locker.rollback().await.unwrap();
+    let a = c.admin("GET", "/v1/admin/jobs?state=failed").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(ids(&a.json()), vec![failed.to_string()]);
+}
+
+/// The overview shows each provider budget the workers recorded, with its
+/// limits and how much of its burst is in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_provider_budgets_in_use() {
+    use skipjack::llm::budget::{Budget, Reserve};
+    let c = Console::new(true).await;
+    let empty = c.admin("GET", "/v1/admin/overview").await;
+    assert_eq!(empty.json()["budgets"], serde_json::json!([]));
+
+    // 60 requests a minute with a 5% burst: 3 at once, then one every
+    // 60 / 57 s.
+    let limits = skipjack::llm::BudgetLimits {
+        rpm: 60,
+        tpm: 0,
+        burst: 0.05,
+    };
+    let budget = Budget::new(
+        c.pool().clone(),
+        "sim-model",
+        [("http://llm.internal/v1#0".to_owned(), limits)],
+    )
+    .unwrap();
+    budget.record_limits().await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            budget.try_reserve(0, 0).await.unwrap(),
+            Reserve::Granted(_)
+        ));
+    }
+
+    let a = c.admin("GET", "/v1/admin/overview").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let budgets = a.json()["budgets"].clone();
+    assert_eq!(budgets.as_array().unwrap().len(), 1, "{budgets}");
+    let b = &budgets[0];
+    assert_eq!(b["endpoint"], "http://llm.internal/v1#0");
+    assert_eq!(b["model"], "sim-model");
+    assert_eq!(b["requests"]["limit_per_minute"], 60);
+    assert_eq!(b["requests"]["burst"], 3);
+    let in_use = b["requests"]["in_use"].as_f64().unwrap();
+    assert!(
+        in_use > 0.0 && in_use <= 3.0,
+        "three requests just reserved: {in_use}"
+    );
+    assert!(b["tokens"].is_null(), "no token limit: {b}");
+
+    let cookie = c.login().await;
+    let html = c
+        .request("GET", "/console/overview/live", None, Some(&cookie), None)
+        .await;
+    assert_eq!(html.status, StatusCode::OK, "{}", html.text);
+    assert!(html.text.contains("llm.internal"), "{}", html.text);
+    assert!(html.text.contains("of 3 (limit 60/min)"), "{}", html.text);
+}

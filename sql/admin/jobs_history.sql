@@ -1,27 +1,44 @@
 -- jobs_history: one page of finished jobs (completed, failed, cancelled)
 -- for the operator console, newest first by id (UUIDv7: submission order),
--- after the cursor. Parameters as jobs_live.sql: $1 state, $2 tenant id,
--- $3 priority, $4 kind, $5 conversation id, $6 submitted at or after, $7
--- submitted before, $8 ILIKE pattern on the error, $9 cursor (ids below
--- it), $10 most rows.
+-- scanning at most a fixed number of jobs so that any filter answers in
+-- bounded time.
 --
--- A job finishes after it is submitted, so `finished_at >= $6` holds for
--- every match and prunes the day partitions older than $6. The order is a
--- merge of each partition's job_history_id index read backwards; a filter
--- on the tenant or the conversation may use their indexes instead.
+-- The inner scan takes the filters an index can serve: $1 state (failed and
+-- cancelled through job_history_unsuccessful), $2 tenant id
+-- (job_history_tenant), $5 conversation id (job_history_conversation), and
+-- the id range: $6 lowest id (from `since`), $7 ids below it (the cursor,
+-- or `until`); $11 `since` prunes the day partitions (a job finishes after
+-- it is submitted; an hour of slack for clocks). It stops after $10 jobs.
+-- The other filters, $3 priority, $4 kind and $8 an ILIKE pattern on the
+-- error, are applied to what it found (`hit`), so a combination that
+-- matches nothing costs $10 jobs scanned, not the whole history.
+--
+-- Returns the hits, at most $9 of them, then the last job scanned when the
+-- scan used all of its $10 jobs (`scanned = $10`, a hit or not): the caller
+-- continues below it.
 SELECT id, tenant_id, conversation_id, kind, priority, state, payload, attempts,
        max_attempts, result, error, worker, input_tokens, output_tokens,
-       created_at, started_at, finished_at, NULL::timestamptz AS run_at
-FROM job_history
-WHERE ($1::job_state IS NULL OR state = $1)
-  AND ($2::uuid IS NULL OR tenant_id = $2)
-  AND ($3::smallint IS NULL OR priority = $3)
-  AND ($4::text IS NULL OR kind = $4)
-  AND ($5::uuid IS NULL OR conversation_id = $5)
-  AND ($6::timestamptz IS NULL OR created_at >= $6)
-  AND finished_at >= coalesce($6::timestamptz, '-infinity')
-  AND ($7::timestamptz IS NULL OR created_at < $7)
-  AND ($8::text IS NULL OR error ILIKE $8)
-  AND ($9::uuid IS NULL OR id < $9)
-ORDER BY id DESC
-LIMIT $10
+       created_at, started_at, finished_at, run_at, hit, scanned
+FROM (
+    SELECT s.*,
+           row_number() OVER (ORDER BY s.id DESC) AS scanned,
+           coalesce(($3::smallint IS NULL OR s.priority = $3)
+             AND ($4::text IS NULL OR s.kind = $4)
+             AND ($8::text IS NULL OR s.error ILIKE $8), false) AS hit
+    FROM (
+        SELECT id, tenant_id, conversation_id, kind, priority, state, payload, attempts,
+               max_attempts, result, error, worker, input_tokens, output_tokens,
+               created_at, started_at, finished_at, NULL::timestamptz AS run_at
+        FROM job_history
+        WHERE ($1::job_state IS NULL OR state = $1)
+          AND ($2::uuid IS NULL OR tenant_id = $2)
+          AND ($5::uuid IS NULL OR conversation_id = $5)
+          AND finished_at >= coalesce($11::timestamptz - interval '1 hour', '-infinity')
+          AND ($6::uuid IS NULL OR id >= $6)
+          AND ($7::uuid IS NULL OR id < $7)
+        ORDER BY id DESC
+        LIMIT $10
+    ) s
+) scan
+WHERE hit OR scanned = $10
+LIMIT $9 + 1

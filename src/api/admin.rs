@@ -300,8 +300,14 @@ impl From<JobView> for AdminJob {
 pub struct AdminJobPage {
     /// Newest first (by submission).
     pub jobs: Vec<AdminJob>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page. A page
+    /// may hold fewer than `limit` jobs, even none, and still have one:
+    /// each page scans a bounded number of jobs (10,000 live and 10,000
+    /// finished), so filters that match few jobs are searched page by page.
     pub next_cursor: Option<Uuid>,
+    /// Present when the page holds fewer than `limit` jobs but is not the
+    /// last: every job submitted since this time has been searched.
+    pub searched_to: Option<DateTime<Utc>>,
 }
 
 /// An exceptional transition of a job: a retried, rescued, released or
@@ -396,6 +402,31 @@ pub struct AdminWorker {
     pub waiting_since: Option<DateTime<Utc>>,
 }
 
+/// One unit (requests or tokens) of a provider budget.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BudgetUse {
+    /// The limit per minute.
+    pub limit_per_minute: i64,
+    /// Units that may go at once after a quiet spell.
+    pub burst: i64,
+    /// Units of the burst spent now (0..=burst): what cannot go at once.
+    pub in_use: f64,
+}
+
+/// A provider budget shared by the workers (per endpoint and model).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AdminBudget {
+    /// The endpoint's URL without credentials, and its position.
+    pub endpoint: String,
+    pub model: String,
+    /// Absent when no limit is set, or when the workers have not recorded
+    /// their limits (they do from schema 13).
+    pub requests: Option<BudgetUse>,
+    pub tokens: Option<BudgetUse>,
+    /// Last reservation (or creation).
+    pub updated_at: DateTime<Utc>,
+}
+
 /// `GET /v1/admin/overview`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Overview {
@@ -411,6 +442,9 @@ pub struct Overview {
     /// The last 60 minutes, oldest first.
     pub throughput: Vec<MinuteCounts>,
     pub workers: Vec<AdminWorker>,
+    /// Provider budgets (`SKIPJACK_LLM_RPM`/`SKIPJACK_LLM_TPM`), when any
+    /// worker has one.
+    pub budgets: Vec<AdminBudget>,
     /// When the queue numbers were read (refreshed about every second).
     pub as_of: DateTime<Utc>,
 }
@@ -454,6 +488,34 @@ pub async fn read_overview(state: &AppState) -> ApiResult<Overview> {
             waiting_since: w.waiting_since,
         })
         .collect();
+    let budgets = if state
+        .config
+        .schema
+        .has(crate::llm::budget::BUDGET_SCHEMA_VERSION)
+    {
+        query::budgets(&state.pool).await?
+    } else {
+        Vec::new()
+    };
+    let budgets = budgets
+        .into_iter()
+        .map(|b| {
+            let unit = |limit: Option<i64>, burst: Option<i64>, ahead: f64| {
+                Some(BudgetUse {
+                    limit_per_minute: limit?,
+                    burst: burst?,
+                    in_use: query::budget_in_use(limit, burst, ahead)?,
+                })
+            };
+            AdminBudget {
+                requests: unit(b.rpm, b.request_burst, b.requests_ahead_s),
+                tokens: unit(b.tpm, b.token_burst, b.tokens_ahead_s),
+                endpoint: b.endpoint,
+                model: b.model,
+                updated_at: b.updated_at,
+            }
+        })
+        .collect();
     Ok(Overview {
         queued: snapshot.all.depth.values().sum(),
         depth: snapshot
@@ -467,6 +529,7 @@ pub async fn read_overview(state: &AppState) -> ApiResult<Overview> {
         tenants,
         throughput,
         workers,
+        budgets,
         as_of: snapshot.as_of,
     })
 }
@@ -479,8 +542,8 @@ pub async fn read_jobs(state: &AppState, q: &JobsQuery) -> ApiResult<AdminJobPag
         match &e {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
                 ApiError::Unavailable(
-                    "the jobs list took over 5 s: these filters match few jobs, so the history \
-                     is walked far; narrow it with since and until",
+                    "the jobs list took over 5 s: the database is overloaded or a jobs table is \
+                     locked; try again",
                 )
             }
             _ => ApiError::from(e),
@@ -489,6 +552,7 @@ pub async fn read_jobs(state: &AppState, q: &JobsQuery) -> ApiResult<AdminJobPag
     Ok(AdminJobPage {
         jobs: page.jobs.into_iter().map(AdminJob::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.0),
+        searched_to: page.searched_to,
     })
 }
 
@@ -569,7 +633,9 @@ pub async fn overview(State(state): State<AppState>, _: Admin) -> ApiResult<Json
 
 /// Jobs of every tenant, live and finished, newest first (by submission),
 /// filtered; keyset pagination: pass `next_cursor` as `cursor` for the next
-/// page, which jobs submitted meanwhile never shift.
+/// page, which jobs submitted meanwhile never shift. Every page scans a
+/// bounded number of jobs, so a page may be short (even empty) and still
+/// have a `next_cursor`: follow it until it is absent.
 #[utoipa::path(get, path = "/v1/admin/jobs", tag = "admin",
     params(JobsQuery),
     security(("bearer" = [])),
@@ -580,8 +646,8 @@ pub async fn overview(State(state): State<AppState>, _: Admin) -> ApiResult<Json
         (status = 422, description = "A filter is invalid (`invalid_state`, `invalid_tenant`, \
 `invalid_priority`, `invalid_kind`, `invalid_conversation`, `invalid_time`, `invalid_error`, \
 `invalid_cursor`, `invalid_limit`); the message says which and why", body = ErrorBody),
-        (status = 503, description = "Database unavailable, or the list took over 5 s (filters \
-that match few jobs walk the history: narrow them with since and until)", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the list took over 5 s (an \
+overloaded database or a locked table)", body = ErrorBody),
     ))]
 pub async fn jobs(
     State(state): State<AppState>,

@@ -70,6 +70,8 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         super::admin::TenantQueue,
         super::admin::MinuteCounts,
         super::admin::AdminWorker,
+        super::admin::AdminBudget,
+        super::admin::BudgetUse,
         super::admin::AdminJob,
         super::admin::AdminJobPage,
         super::admin::AdminJobDetail,

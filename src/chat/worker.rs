@@ -59,11 +59,25 @@ pub fn chat_handler(
                 "provider budget shared by every worker"
             );
         }
-        llm::budget::Budget::new(
+        let budget = llm::budget::Budget::new(
             pool.clone(),
             &llm.model_or_default(),
             labels.into_iter().zip(limits),
-        )
+        );
+        if let Some(budget) = budget
+            .clone()
+            .filter(|_| schema.has(llm::budget::BUDGET_LIMITS_SCHEMA_VERSION))
+        {
+            // For the console only: a failure costs its budget section.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = budget.record_limits().await {
+                        tracing::warn!(error = %e, "could not record the provider budget limits");
+                    }
+                });
+            }
+        }
+        budget
     } else {
         None
     };

@@ -25,6 +25,7 @@ statements! {
     THROUGHPUT => "throughput.sql",
     WORKERS => "workers.sql",
     TENANT_NAMES => "tenant_names.sql",
+    BUDGETS => "budgets.sql",
     CONVERSATION => "conversation.sql",
     CONVERSATION_MESSAGES => "conversation_messages.sql",
     CONVERSATION_JOBS => "conversation_jobs.sql",
@@ -40,8 +41,9 @@ pub const MAX_KIND_LEN: usize = 100;
 pub const MAX_ERROR_FILTER_LEN: usize = 200;
 /// Most turns and jobs shown for one conversation.
 pub const MAX_CONVERSATION_ROWS: i64 = 1000;
-/// Longest a list statement may run: filters that match few jobs walk the
-/// history, and are stopped here (the caller is told to narrow them).
+/// Longest a list statement may run. Scans are bounded ([`SCAN_BUDGET`]),
+/// so only a database that is overloaded or a table locked by someone else
+/// gets here: the caller is told to try again rather than wait on.
 pub const LIST_TIMEOUT: &str = "5s";
 /// Most tenants named on the overview.
 const MAX_TENANTS: i64 = 10_000;
@@ -54,9 +56,10 @@ pub struct JobQuery {
     pub priority: Option<Priority>,
     pub kind: Option<String>,
     pub conversation: Option<ConversationId>,
-    /// Submitted at or after.
+    /// Submitted at or after (to the millisecond, by the time in the job's
+    /// UUIDv7 id).
     pub since: Option<DateTime<Utc>>,
-    /// Submitted before.
+    /// Submitted before (likewise).
     pub until: Option<DateTime<Utc>>,
     /// Text the error contains (case-insensitive).
     pub error: Option<String>,
@@ -72,6 +75,10 @@ pub struct JobPage {
     pub jobs: Vec<JobView>,
     /// The cursor of the next page; `None` on the last page.
     pub next_cursor: Option<JobId>,
+    /// When the page holds fewer than `limit` jobs but is not the last:
+    /// the search stopped at its budget, having looked at every job
+    /// submitted since this time.
+    pub searched_to: Option<DateTime<Utc>>,
 }
 
 /// `text` as an ILIKE pattern matching it anywhere, its wildcards escaped.
@@ -91,7 +98,13 @@ fn contains_pattern(text: &str) -> String {
 /// One page of jobs matching `q`, newest first (by id: UUIDv7, so by
 /// submission time). Live jobs come from `jobs`, finished ones from
 /// `job_history`, read in one snapshot and merged. The cursor is the last
-/// id shown: jobs submitted later never shift the pages after it.
+/// id covered: jobs submitted later never shift the pages after it.
+///
+/// Each source scans at most [`SCAN_BUDGET`] jobs (those an index narrows
+/// to: state, tenant, conversation, time range) and filters them by the
+/// rest, so every page costs a bounded amount whatever the filters. A page
+/// may therefore hold fewer than `limit` jobs, even none, and still have a
+/// `next_cursor`: the search went that far and can go on.
 pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
     let (live, finished) = match q.state {
@@ -100,6 +113,11 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
         Some(_) => (true, false),
     };
     let pattern = q.error.as_deref().map(contains_pattern);
+    let lowest = q.since.map(|t| JobId(id_floor(t)));
+    let below = match (q.cursor, q.until.map(|t| JobId(id_floor(t)))) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    };
     let mut tx = pool.begin().await?;
     sqlx::query(READ_SNAPSHOT).execute(&mut *tx).await?;
     sqlx::query(CUSTOM_PLANS)
@@ -107,34 +125,101 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
         .execute(&mut *tx)
         .await?;
     let mut jobs = Vec::new();
+    // The lowest id down to which every source has looked, when one
+    // stopped before the end.
+    let mut covered: Option<JobId> = None;
     for (wanted, sql) in [(live, JOBS_LIVE), (finished, JOBS_HISTORY)] {
         if !wanted {
             continue;
         }
-        let rows: Vec<JobView> = sqlx::query_as(sql)
+        let mut statement = sqlx::query_as::<_, Scanned>(sql)
             .bind(q.state)
             .bind(q.tenant)
             .bind(q.priority)
             .bind(q.kind.as_deref())
             .bind(q.conversation)
-            .bind(q.since)
-            .bind(q.until)
+            .bind(lowest)
+            .bind(below)
             .bind(pattern.as_deref())
-            .bind(q.cursor)
             .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-        jobs.extend(rows);
+            .bind(SCAN_BUDGET);
+        if sql == JOBS_HISTORY {
+            statement = statement.bind(q.since);
+        }
+        let rows = statement.fetch_all(&mut *tx).await?;
+        let (hits, stopped_at) = source_page(rows, limit + 1);
+        if let Some(at) = stopped_at {
+            covered = Some(covered.map_or(at, |c| c.max(at)));
+        }
+        jobs.extend(hits);
     }
     tx.commit().await?;
     jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
-    let next_cursor = if jobs.len() as i64 > limit {
+    if let Some(covered) = covered {
+        jobs.retain(|j| j.id >= covered);
+    }
+    let (next_cursor, searched_to) = if jobs.len() as i64 > limit {
         jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.id)
+        (jobs.last().map(|j| j.id), None)
     } else {
-        None
+        (covered, covered.and_then(id_time))
     };
-    Ok(JobPage { jobs, next_cursor })
+    Ok(JobPage {
+        jobs,
+        next_cursor,
+        searched_to,
+    })
+}
+
+/// Most jobs one list statement scans (each of live and finished): the
+/// bound on a page's cost when its filters match few jobs.
+pub const SCAN_BUDGET: i64 = 10_000;
+
+/// A row of jobs_live.sql or jobs_history.sql.
+#[derive(sqlx::FromRow)]
+struct Scanned {
+    #[sqlx(flatten)]
+    job: JobView,
+    /// Whether it matches every filter.
+    hit: bool,
+    /// Its position in the scan, from 1.
+    scanned: i64,
+}
+
+/// The hits of one source, at most `want`, and the id it has looked down
+/// to when it stopped before the end (`None`: nothing below matches).
+fn source_page(rows: Vec<Scanned>, want: i64) -> (Vec<JobView>, Option<JobId>) {
+    let mut hits = Vec::new();
+    let mut stopped_at = None;
+    for row in rows {
+        if row.scanned == SCAN_BUDGET {
+            stopped_at = Some(row.job.id);
+        }
+        if row.hit && (hits.len() as i64) < want {
+            hits.push(row.job);
+            if hits.len() as i64 == want {
+                stopped_at = hits.last().map(|j: &JobView| j.id);
+                break;
+            }
+        }
+    }
+    (hits, stopped_at)
+}
+
+/// The time in a UUIDv7 id (its leading 48 bits: milliseconds since the
+/// epoch).
+fn id_time(id: JobId) -> Option<DateTime<Utc>> {
+    let ms = i64::try_from(id.0.as_u128() >> 80).ok()?;
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// The lowest UUIDv7 of the millisecond `t` (clamped to the epoch): jobs
+/// submitted at or after `t` have ids at or above it.
+fn id_floor(t: DateTime<Utc>) -> uuid::Uuid {
+    let ms = u128::try_from(t.timestamp_millis())
+        .unwrap_or(0)
+        .min((1 << 48) - 1);
+    uuid::Uuid::from_u128(ms << 80)
 }
 
 /// One job with its events.
@@ -271,6 +356,44 @@ pub async fn workers(pool: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
     sqlx::query_as(WORKERS).fetch_all(pool).await
 }
 
+/// A provider budget's row (sql/admin/budgets.sql).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct BudgetRow {
+    pub endpoint: String,
+    pub model: String,
+    pub updated_at: DateTime<Utc>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub request_burst: Option<i64>,
+    pub token_burst: Option<i64>,
+    pub requests_ahead_s: f64,
+    pub tokens_ahead_s: f64,
+}
+
+/// Most provider budgets shown.
+const MAX_BUDGETS: i64 = 100;
+
+/// The provider budgets (schema 11 and later).
+pub async fn budgets(pool: &PgPool) -> sqlx::Result<Vec<BudgetRow>> {
+    sqlx::query_as(BUDGETS)
+        .bind(MAX_BUDGETS)
+        .fetch_all(pool)
+        .await
+}
+
+/// How much of a budget with `limit` per minute and `burst` is in use when
+/// it is spent `ahead_s` seconds ahead of now: the units that could not go
+/// at once now, 0..=burst (GCRA: one unit costs `60 / (limit - burst)`
+/// seconds; see [`crate::llm::budget`]). `None` without a limit.
+pub fn budget_in_use(limit: Option<i64>, burst: Option<i64>, ahead_s: f64) -> Option<f64> {
+    let (limit, burst) = (limit? as f64, burst? as f64);
+    if limit <= burst || burst <= 0.0 {
+        return None;
+    }
+    let interval = 60.0 / (limit - burst);
+    Some((ahead_s / interval).clamp(0.0, burst))
+}
+
 /// Every tenant's id and name.
 pub async fn tenant_names(pool: &PgPool) -> sqlx::Result<Vec<(TenantId, String)>> {
     sqlx::query_as(TENANT_NAMES)
@@ -282,6 +405,36 @@ pub async fn tenant_names(pool: &PgPool) -> sqlx::Result<Vec<(TenantId, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_use_counts_the_units_spent_ahead_of_now() {
+        // 600/min with a burst of 30: one request costs 60 / 570 s.
+        let interval = 60.0 / 570.0;
+        assert_eq!(budget_in_use(Some(600), Some(30), 0.0), Some(0.0));
+        let twelve = budget_in_use(Some(600), Some(30), 12.0 * interval).unwrap();
+        assert!((twelve - 12.0).abs() < 1e-9, "{twelve}");
+        assert_eq!(budget_in_use(Some(600), Some(30), 3600.0), Some(30.0));
+        assert_eq!(budget_in_use(None, Some(30), 1.0), None);
+        assert_eq!(budget_in_use(Some(600), None, 1.0), None);
+    }
+
+    #[test]
+    fn id_bounds_follow_the_time_in_uuidv7_ids() {
+        let t = DateTime::parse_from_rfc3339("2026-12-03T04:05:06.789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let floor = JobId(id_floor(t));
+        assert_eq!(id_time(floor), Some(t));
+        let before = t - ChronoDuration::milliseconds(1);
+        let id = JobId(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            t.timestamp() as u64,
+            t.timestamp_subsec_nanos(),
+        )));
+        assert!(id >= floor);
+        assert!(JobId(id_floor(before)) < floor);
+        assert_eq!(id_floor(DateTime::<Utc>::MIN_UTC), uuid::Uuid::nil());
+    }
 
     #[test]
     fn error_filters_match_their_text_literally() {

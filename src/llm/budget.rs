@@ -50,10 +50,15 @@ mod sql {
     pub const RESERVE: &str = include_str!("../../sql/llm/reserve.sql");
     pub const CORRECT: &str = include_str!("../../sql/llm/correct.sql");
     pub const ENSURE: &str = include_str!("../../sql/llm/ensure_budget.sql");
+    pub const ENSURE_LIMITS: &str = include_str!("../../sql/llm/ensure_budget_limits.sql");
 }
 
 /// The Postgres schema version that has `provider_budgets`.
 pub const BUDGET_SCHEMA_VERSION: i32 = 11;
+
+/// The schema version whose `provider_budgets` records the limits
+/// ([`Budget::record_limits`]).
+pub const BUDGET_LIMITS_SCHEMA_VERSION: i32 = 13;
 
 /// GCRA parameters of one budget, in seconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -177,6 +182,27 @@ impl Budget {
             model: model.to_owned(),
             endpoints,
         })
+    }
+
+    /// Records the limits this process enforces in each endpoint's budget
+    /// row (creating it when missing), for the operator console. Needs
+    /// schema [`BUDGET_LIMITS_SCHEMA_VERSION`].
+    pub async fn record_limits(&self) -> Result<(), sqlx::Error> {
+        fn limit(value: u64) -> Option<i64> {
+            (value > 0).then(|| i64::try_from(value).unwrap_or(i64::MAX))
+        }
+        for e in &self.endpoints {
+            sqlx::query(sql::ENSURE_LIMITS)
+                .bind(&e.label)
+                .bind(&self.model)
+                .bind(limit(e.requests.limit))
+                .bind(limit(e.tokens.limit))
+                .bind(limit(e.requests.burst))
+                .bind(limit(e.tokens.burst))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Number of endpoints.
