@@ -30,6 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// Generous bound for waits that must not hang; never a timing assertion.
+const NO_HANG: Duration = Duration::from_secs(60);
+
 // ---------------------------------------------------------------------------
 // A TCP proxy that can go silent on chosen connections.
 
@@ -301,7 +304,7 @@ async fn polls_in_flight(
         assert_eq!(submitted.status, StatusCode::ACCEPTED, "{}", submitted.body);
         polls.push(t.spawn_poll(key, &job_id(&submitted), wait));
     }
-    eventually(Duration::from_secs(10), "long-polls in flight", || async {
+    eventually(NO_HANG, "long-polls in flight", || async {
         t.long_poll().in_flight() == n && t.long_poll().is_listening()
     })
     .await;
@@ -350,14 +353,10 @@ async fn long_polls_get_their_completion_after_the_listener_backend_is_killed() 
         .await
         .unwrap();
     assert!(killed);
-    eventually(
-        Duration::from_secs(20),
-        "the listener reconnected",
-        || async {
-            t.long_poll().reconnects() >= 1
-                && matches!(listener_pid(&db.pool).await, Some(new) if new != pid)
-        },
-    )
+    eventually(NO_HANG, "the listener reconnected", || async {
+        t.long_poll().reconnects() >= 1
+            && matches!(listener_pid(&db.pool).await, Some(new) if new != pid)
+    })
     .await;
     assert_eq!(complete_all(&db.pool).await, 3);
     all_completed_before_their_deadline(polls).await;
@@ -389,25 +388,19 @@ async fn long_polls_get_their_completion_across_a_postgres_crash() {
     pg.crash();
     pg.start();
     let after = pg.pool(4).await;
-    eventually(
-        Duration::from_secs(30),
-        "the listener reconnected",
-        || async { t.long_poll().reconnects() >= 1 },
-    )
+    eventually(NO_HANG, "the listener reconnected", || async {
+        t.long_poll().reconnects() >= 1
+    })
     .await;
     // The API registered again by itself, so the finish below notifies.
-    eventually(
-        Duration::from_secs(20),
-        "the API registered again",
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'",
-            )
-            .fetch_one(&after)
-            .await
-            .is_ok_and(|n| n == 1)
-        },
-    )
+    eventually(NO_HANG, "the API registered again", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_done'",
+        )
+        .fetch_one(&after)
+        .await
+        .is_ok_and(|n| n == 1)
+    })
     .await;
     assert_eq!(complete_all(&after).await, 3);
     all_completed_before_their_deadline(polls).await;
@@ -445,10 +438,7 @@ async fn an_idle_worker_claims_promptly_after_a_postgres_crash() {
         .await
         .is_ok_and(|n| n == 1)
     };
-    eventually(Duration::from_secs(10), "the worker waits", || {
-        registered(pool.clone())
-    })
-    .await;
+    eventually(NO_HANG, "the worker waits", || registered(pool.clone())).await;
     drop(pool);
 
     pg.crash();
@@ -456,17 +446,13 @@ async fn an_idle_worker_claims_promptly_after_a_postgres_crash() {
     let after = pg.pool(4).await;
     // The worker listens again and registers again (the crash emptied the
     // unlogged waiter table), without waiting for its hour-long poll.
-    eventually(
-        Duration::from_secs(30),
-        "the worker registered again",
-        || registered(after.clone()),
-    )
+    eventually(NO_HANG, "the worker registered again", || {
+        registered(after.clone())
+    })
     .await;
-    eventually(
-        Duration::from_secs(10),
-        "the worker listens again",
-        || async { listener_pid(&after).await.is_some() },
-    )
+    eventually(NO_HANG, "the worker listens again", || async {
+        listener_pid(&after).await.is_some()
+    })
     .await;
     let mut conn = after.acquire().await.unwrap();
     let id = queue::enqueue(&mut conn, &NewJob::new(NoopHandler::KIND, json!({})))
@@ -474,7 +460,7 @@ async fn an_idle_worker_claims_promptly_after_a_postgres_crash() {
         .unwrap()
         .id;
     drop(conn);
-    eventually(Duration::from_secs(20), "the job was run", || async {
+    eventually(NO_HANG, "the job was run", || async {
         sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM job_history WHERE id = $1)")
             .bind(id)
             .fetch_one(&after)
@@ -518,11 +504,9 @@ async fn a_silently_dead_listener_is_found_by_its_probe() {
     // The listener's connection stays open but nothing crosses it any more:
     // no end of stream ever comes, only the probe can tell.
     proxy.freeze("skipjack-test-listener");
-    eventually(
-        Duration::from_secs(20),
-        "the listener replaced its connection",
-        || async { t.long_poll().reconnects() >= 1 },
-    )
+    eventually(NO_HANG, "the listener replaced its connection", || async {
+        t.long_poll().reconnects() >= 1
+    })
     .await;
     assert_eq!(complete_all(&db.pool).await, 2);
     all_completed_before_their_deadline(polls).await;
@@ -590,11 +574,9 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
             .await,
     );
     polls.push(t.spawn_poll(&globex, &theirs, LONGEST_WAIT_S));
-    eventually(
-        Duration::from_secs(10),
-        "three long-polls in flight",
-        || async { t.long_poll().in_flight() == 3 },
-    )
+    eventually(NO_HANG, "three long-polls in flight", || async {
+        t.long_poll().in_flight() == 3
+    })
     .await;
     // Now the process is full, for every tenant.
     let fourth = job_id(
@@ -615,7 +597,7 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
     // The admitted ones are answered as usual, and their places free up.
     assert!(complete_all(&db.pool).await >= 3);
     all_completed_before_their_deadline(polls).await;
-    eventually(Duration::from_secs(5), "no long-poll in flight", || async {
+    eventually(NO_HANG, "no long-poll in flight", || async {
         t.long_poll().in_flight() == 0
     })
     .await;
@@ -701,11 +683,9 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
         .await
         .unwrap()
     };
-    eventually(
-        Duration::from_secs(20),
-        "a COMMIT waiting for the standby",
-        || async { waiting().await.is_some() },
-    )
+    eventually(NO_HANG, "a COMMIT waiting for the standby", || async {
+        waiting().await.is_some()
+    })
     .await;
     // ...and its backend is killed: committed, but the answer is lost.
     let pid = waiting().await.unwrap();
@@ -714,7 +694,7 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
         .execute(&setup)
         .await
         .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(20), submit)
+    let answer = tokio::time::timeout(NO_HANG, submit)
         .await
         .expect("the submission answered")
         .unwrap();
@@ -735,7 +715,7 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
         let key = key.clone();
         tokio::spawn(async move { call(&router, "POST", "/v1/chat", &key, Some(&body)).await })
     };
-    let retry = tokio::time::timeout(Duration::from_secs(20), retry)
+    let retry = tokio::time::timeout(NO_HANG, retry)
         .await
         .expect("the retry answered")
         .unwrap();

@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Generous bound for waits that must not hang; never a timing assertion.
+const NO_HANG: Duration = Duration::from_secs(60);
+
 type Behaviour = Arc<dyn Fn(JobContext) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
 /// A handler for kind "test" that reports each start and then behaves as told.
@@ -78,19 +81,15 @@ fn spawn_worker(worker: Arc<Worker>) -> (CancellationToken, tokio::task::JoinHan
 /// Waits until the worker found the queue empty, registered as a waiter and
 /// went to sleep (its second, post-registration claim is done).
 async fn wait_idle(worker: &Worker, pool: &PgPool, claims_before: u64) {
-    eventually(
-        Duration::from_secs(10),
-        "worker idle and registered",
-        || async {
-            worker.claims() >= claims_before + 2
-                && count(
-                    pool,
-                    "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_jobs'",
-                )
-                .await
-                    == 1
-        },
-    )
+    eventually(NO_HANG, "worker idle and registered", || async {
+        worker.claims() >= claims_before + 2
+            && count(
+                pool,
+                "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_jobs'",
+            )
+            .await
+                == 1
+    })
     .await;
     // The claim counter moves before the claim's result is handled.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,7 +120,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
     wait_idle(&worker, &db.pool, 0).await;
 
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("woken by NOTIFY");
     assert_eq!(got, Some(id));
@@ -134,7 +133,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
         .await
         .unwrap();
     assert!(killed);
-    eventually(Duration::from_secs(10), "a new LISTEN session", || async {
+    eventually(NO_HANG, "a new LISTEN session", || async {
         matches!(listener_pid(&db.pool).await, Some(pid) if pid != old)
     })
     .await;
@@ -142,7 +141,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
     wait_idle(&worker, &db.pool, claims.saturating_sub(2)).await;
 
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("woken after reconnect");
     assert_eq!(got, Some(id));
@@ -189,7 +188,7 @@ async fn a_burst_wakes_only_as_much_claiming_as_needed() {
     let mut conn = db.pool.acquire().await.unwrap();
     queue::enqueue_many(&mut conn, &burst).await.unwrap();
     for _ in 0..100 {
-        tokio::time::timeout(Duration::from_secs(5), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .unwrap()
             .unwrap();
@@ -328,18 +327,14 @@ async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
         rt.shutdown_background();
     });
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    eventually(
-        Duration::from_secs(10),
-        "the doomed worker holds the job",
-        || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM jobs WHERE lease_owner = 'doomed'",
-            )
-            .await
-                == 1
-        },
-    )
+    eventually(NO_HANG, "the doomed worker holds the job", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM jobs WHERE lease_owner = 'doomed'",
+        )
+        .await
+            == 1
+    })
     .await;
     kill.send(()).unwrap();
     doomed.join().unwrap();
@@ -362,11 +357,11 @@ async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
             .unwrap(),
     );
     let (stop, run) = spawn_worker(worker);
-    let got = tokio::time::timeout(Duration::from_secs(10), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("rescued");
     assert_eq!(got, Some(id));
-    eventually(Duration::from_secs(10), "completed", || async {
+    eventually(NO_HANG, "completed", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 1
     })
     .await;
@@ -408,7 +403,7 @@ async fn the_jittered_poll_brings_delayed_jobs_without_a_notify() {
         NewJob::new("test", json!({})).with_delay(Duration::from_millis(300)),
     )
     .await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("picked up by the poll");
     assert_eq!(got, Some(id));
@@ -455,7 +450,7 @@ async fn a_worker_never_runs_more_jobs_than_its_concurrency() {
             .unwrap(),
     );
     let (stop, run) = spawn_worker(worker);
-    eventually(Duration::from_secs(20), "all jobs done", || async {
+    eventually(NO_HANG, "all jobs done", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 30
     })
     .await;
@@ -787,7 +782,7 @@ async fn a_release_at_shutdown_counts_the_attempt_until_the_job_fails() {
                 .unwrap(),
         );
         let (stop, run) = spawn_worker(worker);
-        tokio::time::timeout(Duration::from_secs(10), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .expect("the job starts")
             .unwrap();
@@ -869,19 +864,15 @@ async fn a_finished_attempt_keeps_its_lease_until_its_outcome_is_written() {
         .unwrap();
     let first = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
     started.recv().await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the first write waits for the lock",
-        || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    eventually(NO_HANG, "the first write waits for the lock", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
                  WHERE c.relname = 'job_history' AND NOT l.granted",
-            )
-            .await
-                >= 1
-        },
-    )
+        )
+        .await
+            >= 1
+    })
     .await;
     // ...and the second job's outcome waits behind it (a completer backlog).
     let second = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
@@ -897,7 +888,7 @@ async fn a_finished_attempt_keeps_its_lease_until_its_outcome_is_written() {
     // would wait for the lock here, so the lease is read directly.)
 
     blocker.commit().await.unwrap();
-    common::eventually(Duration::from_secs(10), "both written", || async {
+    common::eventually(NO_HANG, "both written", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 2
     })
     .await;
@@ -987,7 +978,7 @@ async fn a_job_claimed_again_by_the_same_worker_is_neither_cancelled_nor_orphane
     assert!(cancelled.try_recv().is_err(), "attempt 2 was not cancelled");
 
     finish_second.notify_one();
-    common::eventually(Duration::from_secs(10), "attempt 2 written", || async {
+    common::eventually(NO_HANG, "attempt 2 written", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 1
     })
     .await;
@@ -997,9 +988,6 @@ async fn a_job_claimed_again_by_the_same_worker_is_neither_cancelled_nor_orphane
     assert_eq!((view.state, view.attempts), (JobState::Completed, 2));
     assert_eq!(view.result.unwrap(), json!({ "attempt": 2 }));
 }
-
-/// Generous bound for waits that must not hang; never a timing assertion.
-const NO_HANG: Duration = Duration::from_secs(60);
 
 /// The backend of an outcome write (`finish.sql`) that is waiting for a row
 /// lock in this test's database, if there is one.
