@@ -43,6 +43,9 @@ fn hello() -> ChatRequest {
     request(&[(Role::User, "hello")])
 }
 
+/// Generous bound for waits that must not hang; never a timing assertion.
+const NO_HANG: Duration = Duration::from_secs(60);
+
 /// Moves the tokio clock on by `by` at once (the test's runtime must be
 /// the current-thread one); real time runs on afterwards.
 async fn let_time_pass(by: Duration) {
@@ -580,25 +583,41 @@ async fn round_robin_spreads_evenly_over_three_endpoints() {
 
 #[tokio::test]
 async fn least_outstanding_prefers_the_idle_endpoint() {
-    let slow = MockServer::start(|_| Reply::openai_ok("slow").delay(Duration::from_secs(3))).await;
+    // The slow endpoint holds every request past the end of the test.
+    let slow =
+        MockServer::start(|_| Reply::openai_ok("slow").delay(Duration::from_secs(3600))).await;
     let fast = MockServer::start(|_| Reply::openai_ok("fast")).await;
-    let provider = build_provider(&pool_config(
-        &[&slow.url, &fast.url],
-        Strategy::LeastOutstanding,
-    ))
+    let provider = build_provider(&LlmConfig {
+        timeout_seconds: 3600.0,
+        ..pool_config(&[&slow.url, &fast.url], Strategy::LeastOutstanding)
+    })
     .expect("pool");
 
     let mut stuck = Vec::new();
     for _ in 0..20 {
         let p = Arc::clone(&provider);
+        let at_slow = slow.count();
         let mut handle = tokio::spawn(async move { p.chat(&hello()).await });
-        // A request to the fast endpoint finishes well within this; one
-        // that does not is held by the slow endpoint.
-        match tokio::time::timeout(Duration::from_millis(500), &mut handle).await {
-            Ok(done) => {
+        // Answered (by the fast endpoint), or arrived at the slow one,
+        // which holds it.
+        let held = async {
+            while slow.count() == at_slow {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let answered = tokio::time::timeout(NO_HANG, async {
+            tokio::select! {
+                done = &mut handle => Some(done),
+                _ = held => None,
+            }
+        })
+        .await
+        .expect("answered or held");
+        match answered {
+            Some(done) => {
                 done.expect("task").expect("reply");
             }
-            Err(_) => stuck.push(handle),
+            None => stuck.push(handle),
         }
     }
     // Round robin would have sent 10 requests to the slow endpoint.
