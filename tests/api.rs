@@ -223,11 +223,9 @@ async fn submit_poll_queue_and_complete() {
     assert!(polled.body.get("response").is_none());
 
     // The queue view comes from a snapshot refreshed every second.
-    eventually(
-        Duration::from_secs(10),
-        "the job in the queue view",
-        || async { t.call("GET", "/v1/queue", Some(&t.key), None).await.body["total"] == 1 },
-    )
+    eventually(NO_HANG, "the job in the queue view", || async {
+        t.call("GET", "/v1/queue", Some(&t.key), None).await.body["total"] == 1
+    })
     .await;
     let queue = t.call("GET", "/v1/queue", Some(&t.key), None).await;
     assert_eq!(queue.status, StatusCode::OK);
@@ -1438,11 +1436,9 @@ async fn queue_view_is_the_tenants_own_and_the_whole_queue_needs_the_admin_key()
         .await
         .unwrap();
     drop(conn);
-    eventually(
-        Duration::from_secs(10),
-        "the snapshot sees every job",
-        || async { t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["total"] == 7 },
-    )
+    eventually(NO_HANG, "the snapshot sees every job", || async {
+        t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["total"] == 7
+    })
     .await;
 
     let a = t.call("GET", "/v1/queue", Some(&acme), None).await;
@@ -1475,13 +1471,9 @@ async fn queue_view_is_the_tenants_own_and_the_whole_queue_needs_the_admin_key()
     .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].priority.get(), 7);
-    eventually(
-        Duration::from_secs(10),
-        "the claim in the snapshot",
-        || async {
-            t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["processing"] == 1
-        },
-    )
+    eventually(NO_HANG, "the claim in the snapshot", || async {
+        t.call("GET", "/v1/queue", Some(ADMIN_KEY), None).await.body["processing"] == 1
+    })
     .await;
     let g = t.call("GET", "/v1/queue", Some(&globex), None).await;
     assert_eq!(g.body["processing"], 1);
