@@ -10,7 +10,8 @@ mod common_llm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use clap::{CommandFactory, Parser};
@@ -40,6 +41,17 @@ fn request(messages: &[(Role, &str)]) -> ChatRequest {
 
 fn hello() -> ChatRequest {
     request(&[(Role::User, "hello")])
+}
+
+/// Generous bound for waits that must not hang; never a timing assertion.
+const NO_HANG: Duration = Duration::from_secs(60);
+
+/// Moves the tokio clock on by `by` at once (the test's runtime must be
+/// the current-thread one); real time runs on afterwards.
+async fn let_time_pass(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 fn simulated(latency_ms: u64, jitter_ms: u64, failure_rate: f64) -> Arc<dyn Provider> {
@@ -145,16 +157,17 @@ async fn simulated_failure_rate_one_always_fails_and_zero_never() {
     }
 }
 
-#[tokio::test]
+// The clock is paused: a reply takes exactly the latency drawn.
+#[tokio::test(start_paused = true)]
 async fn simulated_latency_is_respected() {
     let provider = simulated(100, 20, 0.0);
-    for _ in 0..3 {
+    for _ in 0..10 {
         let started = Instant::now();
         provider.chat(&hello()).await.expect("reply");
         let elapsed = started.elapsed();
         assert!(
-            elapsed >= Duration::from_millis(80),
-            "answered after {elapsed:?}, below mean - jitter"
+            (Duration::from_millis(80)..=Duration::from_millis(120)).contains(&elapsed),
+            "answered after {elapsed:?}, outside mean ± jitter"
         );
     }
 }
@@ -570,25 +583,41 @@ async fn round_robin_spreads_evenly_over_three_endpoints() {
 
 #[tokio::test]
 async fn least_outstanding_prefers_the_idle_endpoint() {
-    let slow = MockServer::start(|_| Reply::openai_ok("slow").delay(Duration::from_secs(3))).await;
+    // The slow endpoint holds every request past the end of the test.
+    let slow =
+        MockServer::start(|_| Reply::openai_ok("slow").delay(Duration::from_secs(3600))).await;
     let fast = MockServer::start(|_| Reply::openai_ok("fast")).await;
-    let provider = build_provider(&pool_config(
-        &[&slow.url, &fast.url],
-        Strategy::LeastOutstanding,
-    ))
+    let provider = build_provider(&LlmConfig {
+        timeout_seconds: 3600.0,
+        ..pool_config(&[&slow.url, &fast.url], Strategy::LeastOutstanding)
+    })
     .expect("pool");
 
     let mut stuck = Vec::new();
     for _ in 0..20 {
         let p = Arc::clone(&provider);
+        let at_slow = slow.count();
         let mut handle = tokio::spawn(async move { p.chat(&hello()).await });
-        // A request to the fast endpoint finishes well within this; one
-        // that does not is held by the slow endpoint.
-        match tokio::time::timeout(Duration::from_millis(500), &mut handle).await {
-            Ok(done) => {
+        // Answered (by the fast endpoint), or arrived at the slow one,
+        // which holds it.
+        let held = async {
+            while slow.count() == at_slow {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let answered = tokio::time::timeout(NO_HANG, async {
+            tokio::select! {
+                done = &mut handle => Some(done),
+                _ = held => None,
+            }
+        })
+        .await
+        .expect("answered or held");
+        match answered {
+            Some(done) => {
                 done.expect("task").expect("reply");
             }
-            Err(_) => stuck.push(handle),
+            None => stuck.push(handle),
         }
     }
     // Round robin would have sent 10 requests to the slow endpoint.
@@ -640,7 +669,8 @@ async fn failing_endpoint_is_ejected_then_readmitted_after_the_cool_down() {
     })
     .await;
     let good = MockServer::start(|_| Reply::openai_ok("fine")).await;
-    let cool_down = Duration::from_millis(200);
+    // Longer than the test: it passes only when the test lets it.
+    let cool_down = Duration::from_secs(3600);
     let provider = build_provider(&LlmConfig {
         eject_after: 3,
         eject_seconds: cool_down.as_secs_f64(),
@@ -670,7 +700,7 @@ async fn failing_endpoint_is_ejected_then_readmitted_after_the_cool_down() {
     assert_eq!(flaky.count(), 3, "no traffic while ejected");
 
     // Half-open after the cool-down: one probe, which fails and re-ejects.
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    let_time_pass(cool_down + Duration::from_secs(1)).await;
     assert!(!provider.endpoint_stats()[0].ejected);
     for _ in 0..2 {
         let _ = provider.chat(&hello()).await;
@@ -690,7 +720,7 @@ async fn failing_endpoint_is_ejected_then_readmitted_after_the_cool_down() {
 
     // Recovered: after the cool-down it takes its share again.
     healthy.store(true, Ordering::SeqCst);
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    let_time_pass(cool_down + Duration::from_secs(1)).await;
     for _ in 0..10 {
         provider
             .chat(&hello())
@@ -824,7 +854,8 @@ async fn endpoint_stats_strip_credentials_from_urls() {
 
 // --------------------------------------------------------------- rate cap
 
-#[tokio::test]
+// The clock is paused: the spacing is exact.
+#[tokio::test(start_paused = true)]
 async fn max_rps_spaces_requests() {
     let provider = build_provider(&LlmConfig {
         simulated_latency_ms: 0,
@@ -841,10 +872,7 @@ async fn max_rps_spaces_requests() {
     let elapsed = started.elapsed();
     assert!(replies.iter().all(Result::is_ok));
     // 10 starts at 20/s: the 10th starts 9 intervals of 50 ms after the first.
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "10 requests at 20 rps took only {elapsed:?}"
-    );
+    assert_eq!(elapsed, Duration::from_millis(450));
 }
 
 // ----------------------------------------------------------------- secrets

@@ -511,3 +511,137 @@ async fn a_failed_vacuum_pass_leaves_the_lock_free_for_other_processes() {
     blocker.close().await.unwrap();
     assert!(vacuum_if_needed(&pool, -1).await.unwrap());
 }
+
+// ---------------------------------------------------------------------------
+// `skipjack prune`.
+
+/// A finished job in `job_history`, finished at `finished_at`; its id.
+async fn finished_job(pool: &PgPool, finished_at: chrono::DateTime<Utc>) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO job_history (id, kind, priority, state, payload, attempts, max_attempts, created_at, finished_at)
+         VALUES (gen_random_uuid(), 'test', 1, 'completed', '{}', 1, 5, $1, $1)
+         RETURNING id",
+    )
+    .bind(finished_at)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn ids(pool: &PgPool, sql: &str) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = sqlx::query_scalar(sql).fetch_all(pool).await.unwrap();
+    ids.sort();
+    ids
+}
+
+fn sorted<const N: usize>(mut ids: [uuid::Uuid; N]) -> Vec<uuid::Uuid> {
+    ids.sort();
+    ids.to_vec()
+}
+
+#[tokio::test]
+async fn skipjack_prune_removes_what_the_retention_let_go_and_keeps_the_rest() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let now = Utc::now();
+    let days_ago = |d: i64| now - chrono::Duration::days(d);
+    let old_day = (now - chrono::Duration::days(10)).date_naive();
+
+    // History: a day partition past the retention (7 days below), rows of
+    // the default partition on either side of it.
+    sqlx::query("SELECT skipjack_create_history_partition($1)")
+        .bind(old_day)
+        .execute(pool)
+        .await
+        .unwrap();
+    let in_old_partition = finished_job(pool, days_ago(10)).await;
+    finished_job(pool, days_ago(9)).await;
+    let recent_in_default = finished_job(pool, days_ago(3)).await;
+    let recent_with_old_key = finished_job(pool, days_ago(2)).await;
+    assert_eq!(
+        common::count(
+            pool,
+            &format!("SELECT count(*) FROM {}", partition_name(old_day))
+        )
+        .await,
+        1
+    );
+
+    // Idempotency keys: an old one whose job goes, an old one whose job
+    // stays, a recent one.
+    for (key, job, age) in [
+        ("old-job-gone", in_old_partition, 10),
+        ("old-job-kept", recent_with_old_key, 10),
+        ("recent", uuid::Uuid::now_v7(), 1),
+    ] {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, key, job_id, created_at)
+             VALUES ('00000000-0000-0000-0000-000000000000', $1, $2, $3)",
+        )
+        .bind(key)
+        .bind(job)
+        .bind(days_ago(age))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // Events: one past the retention, one within it.
+    for (job, age) in [(in_old_partition, 10), (recent_in_default, 1)] {
+        sqlx::query(
+            "INSERT INTO job_events (job_id, event, attempt, created_at)
+             VALUES ($1, 'retried', 1, $2)",
+        )
+        .bind(job)
+        .bind(days_ago(age))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // Waiters: one not seen for ten minutes (its process died), one fresh.
+    sqlx::query(
+        "INSERT INTO queue_waiters (channel, waiter, seen_at)
+         VALUES ('skipjack_jobs', 'gone', now() - interval '10 minutes'),
+                ('skipjack_jobs', 'alive', now())",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_skipjack"))
+        .args(["prune", "--retention-days", "7"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .env_remove("SKIPJACK_RETENTION_DAYS")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The expired partition is dropped, the expired default rows deleted,
+    // the rest kept; the partitions ahead exist.
+    assert!(!relation_exists(pool, &partition_name(old_day)).await);
+    assert_eq!(
+        ids(pool, "SELECT id FROM job_history").await,
+        sorted([recent_in_default, recent_with_old_key])
+    );
+    let ahead = (now + chrono::Duration::days(7)).date_naive();
+    assert!(relation_exists(pool, &partition_name(ahead)).await);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["old-job-kept", "recent"]);
+    assert_eq!(
+        ids(pool, "SELECT job_id FROM job_events").await,
+        vec![recent_in_default]
+    );
+    let waiters: Vec<String> = sqlx::query_scalar("SELECT waiter FROM queue_waiters")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(waiters, ["alive"]);
+}

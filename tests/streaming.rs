@@ -368,10 +368,11 @@ async fn a_finished_job_gets_its_final_event_at_once_and_bad_requests_are_refuse
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
-/// Streams "partial " then fails (retryably) on its first call; streams
-/// the whole reply on later calls.
+/// Streams "partial " then, once that piece is stored, fails (retryably)
+/// on its first call; streams the whole reply on later calls.
 struct FailsMidStreamOnce {
     calls: AtomicUsize,
+    pool: PgPool,
 }
 
 impl Provider for FailsMidStreamOnce {
@@ -391,8 +392,14 @@ impl Provider for FailsMidStreamOnce {
         Box::pin(async move {
             if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 on_delta("partial ");
-                // Long enough for the piece to be published.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                common::eventually(
+                    Duration::from_secs(60),
+                    "the first piece stored",
+                    || async {
+                        common::count(&self.pool, "SELECT count(*) FROM stream_deltas").await > 0
+                    },
+                )
+                .await;
                 return Err(LlmError::retryable(ErrorClass::Server, "broke mid-stream"));
             }
             for piece in ["the ", "whole ", "reply"] {
@@ -416,6 +423,7 @@ async fn a_provider_failing_mid_stream_shows_as_restarted_never_as_a_mix() {
     let (_, mut events) = app.open(&id, None).await;
     let provider = Arc::new(FailsMidStreamOnce {
         calls: AtomicUsize::new(0),
+        pool: db.pool.clone(),
     });
     let (stop, worker) = start_worker(&db.pool, provider, "w1");
     let events = rest(&mut events).await;

@@ -9,11 +9,14 @@ use serde_json::json;
 use skipjack::ids::{ConversationId, JobId, TenantId};
 use skipjack::queue::{self, JobState, NewJob, Outcome};
 use skipjack::worker::{FinishedJob, Handler, JobContext, Worker, WorkerConfig};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Generous bound for waits that must not hang; never a timing assertion.
+const NO_HANG: Duration = Duration::from_secs(60);
 
 type Behaviour = Arc<dyn Fn(JobContext) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
@@ -78,19 +81,15 @@ fn spawn_worker(worker: Arc<Worker>) -> (CancellationToken, tokio::task::JoinHan
 /// Waits until the worker found the queue empty, registered as a waiter and
 /// went to sleep (its second, post-registration claim is done).
 async fn wait_idle(worker: &Worker, pool: &PgPool, claims_before: u64) {
-    eventually(
-        Duration::from_secs(10),
-        "worker idle and registered",
-        || async {
-            worker.claims() >= claims_before + 2
-                && count(
-                    pool,
-                    "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_jobs'",
-                )
-                .await
-                    == 1
-        },
-    )
+    eventually(NO_HANG, "worker idle and registered", || async {
+        worker.claims() >= claims_before + 2
+            && count(
+                pool,
+                "SELECT count(*) FROM queue_waiters WHERE channel = 'skipjack_jobs'",
+            )
+            .await
+                == 1
+    })
     .await;
     // The claim counter moves before the claim's result is handled.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,7 +120,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
     wait_idle(&worker, &db.pool, 0).await;
 
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("woken by NOTIFY");
     assert_eq!(got, Some(id));
@@ -134,7 +133,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
         .await
         .unwrap();
     assert!(killed);
-    eventually(Duration::from_secs(10), "a new LISTEN session", || async {
+    eventually(NO_HANG, "a new LISTEN session", || async {
         matches!(listener_pid(&db.pool).await, Some(pid) if pid != old)
     })
     .await;
@@ -142,7 +141,7 @@ async fn notify_wakes_an_idle_worker_and_the_listener_survives_termination() {
     wait_idle(&worker, &db.pool, claims.saturating_sub(2)).await;
 
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("woken after reconnect");
     assert_eq!(got, Some(id));
@@ -189,7 +188,7 @@ async fn a_burst_wakes_only_as_much_claiming_as_needed() {
     let mut conn = db.pool.acquire().await.unwrap();
     queue::enqueue_many(&mut conn, &burst).await.unwrap();
     for _ in 0..100 {
-        tokio::time::timeout(Duration::from_secs(5), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .unwrap()
             .unwrap();
@@ -211,13 +210,22 @@ async fn a_burst_wakes_only_as_much_claiming_as_needed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
     let db = TestDb::new().await;
-    let (handler, mut started) = TestHandler::new(|ctx: JobContext| async move {
-        let ms = ctx.job.payload["ms"].as_u64().unwrap();
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        completed()
+    // The short job ends when the test says so; the long one never does.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let open_gate = gate.clone();
+    let (handler, mut started) = TestHandler::new(move |ctx: JobContext| {
+        let gate = gate.clone();
+        async move {
+            if ctx.job.payload["short"] == true {
+                gate.notified().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+            completed()
+        }
     });
     let config = WorkerConfig {
-        shutdown_grace: Duration::from_millis(1000),
+        shutdown_grace: Duration::from_secs(3),
         ..quiet_config()
     };
     let worker = Arc::new(
@@ -230,14 +238,14 @@ async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
     let (stop, run) = spawn_worker(worker.clone());
     wait_idle(&worker, &db.pool, 0).await;
 
-    let short = enqueue(&db.pool, NewJob::new("test", json!({"ms": 300}))).await;
-    let long = enqueue(&db.pool, NewJob::new("test", json!({"ms": 600_000}))).await;
+    let short = enqueue(&db.pool, NewJob::new("test", json!({"short": true}))).await;
+    let long = enqueue(&db.pool, NewJob::new("test", json!({"short": false}))).await;
     let mut seen = vec![
-        tokio::time::timeout(Duration::from_secs(5), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .unwrap()
             .unwrap(),
-        tokio::time::timeout(Duration::from_secs(5), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .unwrap()
             .unwrap(),
@@ -247,13 +255,14 @@ async fn graceful_shutdown_finishes_short_jobs_and_releases_long_ones() {
     expected.sort();
     assert_eq!(seen, expected);
 
-    let began = std::time::Instant::now();
+    // Shutdown begins; the short job then ends within the grace period,
+    // the long one is given up when it is over.
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), run)
+    open_gate.notify_one();
+    tokio::time::timeout(NO_HANG, run)
         .await
-        .expect("shutdown within grace")
+        .expect("shutdown ends without waiting for the long job")
         .unwrap();
-    assert!(began.elapsed() < Duration::from_secs(5));
 
     let short_view = queue::get(&db.pool, short, None).await.unwrap().unwrap();
     assert_eq!(short_view.state, JobState::Completed);
@@ -318,18 +327,14 @@ async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
         rt.shutdown_background();
     });
     let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
-    eventually(
-        Duration::from_secs(10),
-        "the doomed worker holds the job",
-        || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM jobs WHERE lease_owner = 'doomed'",
-            )
-            .await
-                == 1
-        },
-    )
+    eventually(NO_HANG, "the doomed worker holds the job", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM jobs WHERE lease_owner = 'doomed'",
+        )
+        .await
+            == 1
+    })
     .await;
     kill.send(()).unwrap();
     doomed.join().unwrap();
@@ -352,11 +357,11 @@ async fn a_killed_workers_job_is_rescued_and_completed_once_by_another() {
             .unwrap(),
     );
     let (stop, run) = spawn_worker(worker);
-    let got = tokio::time::timeout(Duration::from_secs(10), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("rescued");
     assert_eq!(got, Some(id));
-    eventually(Duration::from_secs(10), "completed", || async {
+    eventually(NO_HANG, "completed", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 1
     })
     .await;
@@ -398,7 +403,7 @@ async fn the_jittered_poll_brings_delayed_jobs_without_a_notify() {
         NewJob::new("test", json!({})).with_delay(Duration::from_millis(300)),
     )
     .await;
-    let got = tokio::time::timeout(Duration::from_secs(5), started.recv())
+    let got = tokio::time::timeout(NO_HANG, started.recv())
         .await
         .expect("picked up by the poll");
     assert_eq!(got, Some(id));
@@ -445,7 +450,7 @@ async fn a_worker_never_runs_more_jobs_than_its_concurrency() {
             .unwrap(),
     );
     let (stop, run) = spawn_worker(worker);
-    eventually(Duration::from_secs(20), "all jobs done", || async {
+    eventually(NO_HANG, "all jobs done", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 30
     })
     .await;
@@ -777,7 +782,7 @@ async fn a_release_at_shutdown_counts_the_attempt_until_the_job_fails() {
                 .unwrap(),
         );
         let (stop, run) = spawn_worker(worker);
-        tokio::time::timeout(Duration::from_secs(10), started.recv())
+        tokio::time::timeout(NO_HANG, started.recv())
             .await
             .expect("the job starts")
             .unwrap();
@@ -859,19 +864,15 @@ async fn a_finished_attempt_keeps_its_lease_until_its_outcome_is_written() {
         .unwrap();
     let first = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
     started.recv().await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the first write waits for the lock",
-        || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    eventually(NO_HANG, "the first write waits for the lock", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
                  WHERE c.relname = 'job_history' AND NOT l.granted",
-            )
-            .await
-                >= 1
-        },
-    )
+        )
+        .await
+            >= 1
+    })
     .await;
     // ...and the second job's outcome waits behind it (a completer backlog).
     let second = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
@@ -887,7 +888,7 @@ async fn a_finished_attempt_keeps_its_lease_until_its_outcome_is_written() {
     // would wait for the lock here, so the lease is read directly.)
 
     blocker.commit().await.unwrap();
-    common::eventually(Duration::from_secs(10), "both written", || async {
+    common::eventually(NO_HANG, "both written", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 2
     })
     .await;
@@ -977,7 +978,7 @@ async fn a_job_claimed_again_by_the_same_worker_is_neither_cancelled_nor_orphane
     assert!(cancelled.try_recv().is_err(), "attempt 2 was not cancelled");
 
     finish_second.notify_one();
-    common::eventually(Duration::from_secs(10), "attempt 2 written", || async {
+    common::eventually(NO_HANG, "attempt 2 written", || async {
         count(&db.pool, "SELECT count(*) FROM job_history").await == 1
     })
     .await;
@@ -986,4 +987,196 @@ async fn a_job_claimed_again_by_the_same_worker_is_neither_cancelled_nor_orphane
     let view = queue::get(&db.pool, id, None).await.unwrap().unwrap();
     assert_eq!((view.state, view.attempts), (JobState::Completed, 2));
     assert_eq!(view.result.unwrap(), json!({ "attempt": 2 }));
+}
+
+/// The backend of an outcome write (`finish.sql`) that is waiting for a row
+/// lock in this test's database, if there is one.
+async fn finish_waiting_for_a_lock(pool: &PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND position('finish: writes the outcomes' in query) > 0",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completer_writes_an_outcome_again_after_losing_its_connection() {
+    let db = TestDb::new().await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let open_gate = gate.clone();
+    let (handler, mut started) = TestHandler::new(move |_| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            completed()
+        }
+    });
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(quiet_config())
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    let got = tokio::time::timeout(NO_HANG, started.recv())
+        .await
+        .expect("the job started");
+    assert_eq!(got, Some(id));
+
+    // Hold the job's row, then let the handler finish: its outcome write
+    // waits for the row.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    open_gate.notify_one();
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    let first = loop {
+        if let Some(pid) = finish_waiting_for_a_lock(&db.pool).await {
+            break pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outcome write never waited for the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    // Its connection dies under it.
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(killed);
+
+    // The completer writes the outcome again, on another connection (the
+    // row is still held, so that write waits too).
+    eventually(
+        NO_HANG,
+        "the outcome written again on a new connection",
+        || async { matches!(finish_waiting_for_a_lock(&db.pool).await, Some(pid) if pid != first) },
+    )
+    .await;
+    holder.commit().await.unwrap();
+    eventually(NO_HANG, "the job finished", || async {
+        count(&db.pool, "SELECT count(*) FROM job_history").await == 1
+    })
+    .await;
+
+    // Finished once, in its first and only attempt.
+    let (state, attempts): (JobState, i32) =
+        sqlx::query_as("SELECT state, attempts FROM job_history WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((state, attempts), (JobState::Completed, 1));
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM job_events").await, 0);
+    stop.cancel();
+    tokio::time::timeout(NO_HANG, run)
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    assert!(started.try_recv().is_err(), "the handler ran once");
+}
+
+/// Makes the test's database refuse connections (`true`) or take them again,
+/// from a connection to the server's maintenance database; refusing also
+/// ends every session it has.
+async fn refuse_connections(db: &TestDb, refuse: bool) {
+    let mut admin = PgConnection::connect(&common::admin_url()).await.unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}",
+        db.name, !refuse
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    if refuse {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&db.name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// Most claim failures that can fall within `window` when the producer
+/// pauses after each one for at least `first`, doubling up to `most`.
+fn failures_within(window: Duration, first: Duration, most: Duration) -> u64 {
+    let (mut n, mut spent, mut pause) = (1, Duration::ZERO, first);
+    while spent + pause <= window {
+        spent += pause;
+        pause = (pause * 2).min(most);
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_backs_off_while_the_database_is_down_and_claims_again_after() {
+    let db = TestDb::new().await;
+    let (handler, mut started) = TestHandler::new(|_| async { completed() });
+    let poll = Duration::from_secs(1);
+    let worker = Arc::new(
+        Worker::builder(db.pool.clone())
+            .register(handler)
+            .config(WorkerConfig {
+                poll_interval: poll,
+                queue_gauges: None,
+                ..quiet_config()
+            })
+            .build()
+            .unwrap(),
+    );
+    let (stop, run) = spawn_worker(worker.clone());
+    wait_idle(&worker, &db.pool, 0).await;
+
+    refuse_connections(&db, true).await;
+    eventually(NO_HANG, "a claim failed", || async {
+        worker.failed_claims() > 0
+    })
+    .await;
+    // Count the failures over a few pauses: the producer waits 50 ms after
+    // the first, doubling up to the poll interval, so however slow or fast
+    // the machine, no more than that many fit into the time that passed.
+    let began = std::time::Instant::now();
+    let before = worker.failed_claims();
+    eventually(NO_HANG, "five more failed claims", || async {
+        worker.failed_claims() >= before + 5
+    })
+    .await;
+    let failed = worker.failed_claims() - before;
+    let window = began.elapsed();
+    let most = failures_within(window, Duration::from_millis(50), poll);
+    assert!(
+        failed <= most,
+        "{failed} failed claims in {window:?}: at most {most} with back-off"
+    );
+
+    // Back: the next claim takes the job.
+    refuse_connections(&db, false).await;
+    let id = enqueue(&db.pool, NewJob::new("test", json!({}))).await;
+    let got = tokio::time::timeout(NO_HANG, started.recv())
+        .await
+        .expect("claimed once the database is back");
+    assert_eq!(got, Some(id));
+    stop.cancel();
+    tokio::time::timeout(NO_HANG, run)
+        .await
+        .expect("the worker stops")
+        .unwrap();
 }

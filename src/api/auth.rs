@@ -5,7 +5,8 @@
 //! the process for `auth_cache_ttl` (5 s by default) so the hot path costs
 //! no database round trip; that TTL bounds how late a revocation takes
 //! effect. Failed lookups are not cached, so a key created a moment ago
-//! works at once.
+//! works at once. The cache's clock is tokio's, so a test can let the TTL
+//! pass with a paused clock.
 
 use super::error::ApiError;
 use super::AppState;
@@ -17,7 +18,8 @@ use axum::http::request::Parts;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Entries beyond which the cache is cleared rather than grown.
 const CACHE_CAPACITY: usize = 10_000;

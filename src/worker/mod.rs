@@ -167,6 +167,8 @@ struct Shared {
     hard_stop: CancellationToken,
     /// Claim statements run, to check that wake-ups stay cheap.
     claims: AtomicU64,
+    /// Claim statements that failed (the database away).
+    failed_claims: AtomicU64,
 }
 
 impl Shared {
@@ -277,6 +279,7 @@ impl WorkerBuilder {
                 slot_freed: Notify::new(),
                 hard_stop: CancellationToken::new(),
                 claims: AtomicU64::new(0),
+                failed_claims: AtomicU64::new(0),
             }),
         })
     }
@@ -325,6 +328,11 @@ impl Worker {
     /// Claim statements this worker has run.
     pub fn claims(&self) -> u64 {
         self.shared.claims.load(Ordering::Relaxed)
+    }
+
+    /// Claim statements of this worker that failed.
+    pub fn failed_claims(&self) -> u64 {
+        self.shared.failed_claims.load(Ordering::Relaxed)
     }
 
     /// Runs until `shutdown` is cancelled, then drains: running jobs get

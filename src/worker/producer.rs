@@ -66,6 +66,7 @@ pub(super) async fn run(
         {
             Ok(jobs) => jobs,
             Err(error) => {
+                shared.failed_claims.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "claim failed");
                 sleep_or_stop(&stop, retry_in).await;
                 retry_in = (retry_in * 2).min(config.poll_interval.max(RETRY_MIN));
