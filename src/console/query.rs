@@ -7,7 +7,8 @@ use crate::ids::{ConversationId, JobId, TenantId};
 use crate::queue::{self, JobEvent, JobState, JobView, Priority};
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
 
 macro_rules! statements {
     ($($name:ident => $file:literal),* $(,)?) => {
@@ -107,17 +108,6 @@ fn contains_pattern(text: &str) -> String {
 /// `next_cursor`: the search went that far and can go on.
 pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
-    let (live, finished) = match q.state {
-        None => (true, true),
-        Some(s) if s.is_final() => (false, true),
-        Some(_) => (true, false),
-    };
-    let pattern = q.error.as_deref().map(contains_pattern);
-    let lowest = q.since.map(|t| JobId(id_floor(t)));
-    let below = match (q.cursor, q.until.map(|t| JobId(id_floor(t)))) {
-        (Some(c), Some(u)) => Some(c.min(u)),
-        (c, u) => c.or(u),
-    };
     let mut tx = pool.begin().await?;
     sqlx::query(READ_SNAPSHOT).execute(&mut *tx).await?;
     sqlx::query(CUSTOM_PLANS)
@@ -128,25 +118,10 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     // The lowest id down to which every source has looked, when one
     // stopped before the end.
     let mut covered: Option<JobId> = None;
-    for (wanted, sql) in [(live, JOBS_LIVE), (finished, JOBS_HISTORY)] {
-        if !wanted {
-            continue;
-        }
-        let mut statement = sqlx::query_as::<_, Scanned>(sql)
-            .bind(q.state)
-            .bind(q.tenant)
-            .bind(q.priority)
-            .bind(q.kind.as_deref())
-            .bind(q.conversation)
-            .bind(lowest)
-            .bind(below)
-            .bind(pattern.as_deref())
-            .bind(limit + 1)
-            .bind(SCAN_BUDGET);
-        if sql == JOBS_HISTORY {
-            statement = statement.bind(q.since);
-        }
-        let rows = statement.fetch_all(&mut *tx).await?;
+    for sql in list_statements(q) {
+        let rows: Vec<Scanned> = sqlx::query_as_with(sql, list_arguments(sql, q, limit)?)
+            .fetch_all(&mut *tx)
+            .await?;
         let (hits, stopped_at) = source_page(rows, limit + 1);
         if let Some(at) = stopped_at {
             covered = Some(covered.map_or(at, |c| c.max(at)));
@@ -169,6 +144,39 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
         next_cursor,
         searched_to,
     })
+}
+
+/// The list statements `q` needs: [`JOBS_LIVE`], [`JOBS_HISTORY`] or both.
+pub fn list_statements(q: &JobQuery) -> Vec<&'static str> {
+    match q.state {
+        None => vec![JOBS_LIVE, JOBS_HISTORY],
+        Some(s) if s.is_final() => vec![JOBS_HISTORY],
+        Some(_) => vec![JOBS_LIVE],
+    }
+}
+
+/// The parameters of list statement `sql` for `q`, pages of `limit`.
+pub fn list_arguments(sql: &str, q: &JobQuery, limit: i64) -> sqlx::Result<PgArguments> {
+    let below = match (q.cursor, q.until.map(|t| JobId(id_floor(t)))) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    };
+    let mut args = PgArguments::default();
+    let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(sqlx::Error::Encode);
+    add(args.add(q.state))?;
+    add(args.add(q.tenant))?;
+    add(args.add(q.priority))?;
+    add(args.add(q.kind.clone()))?;
+    add(args.add(q.conversation))?;
+    add(args.add(q.since.map(|t| JobId(id_floor(t)))))?;
+    add(args.add(below))?;
+    add(args.add(q.error.as_deref().map(contains_pattern)))?;
+    add(args.add(limit + 1))?;
+    add(args.add(SCAN_BUDGET))?;
+    if sql == JOBS_HISTORY {
+        add(args.add(q.since))?;
+    }
+    Ok(args)
 }
 
 /// Most jobs one list statement scans (each of live and finished): the
