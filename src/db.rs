@@ -26,6 +26,7 @@
 //! themselves compatible with that version (table `schema_compat`).
 
 use crate::tls::{PgTls, SslMode, TlsError};
+use clap::Args;
 use refinery::{Migration, Target};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
@@ -117,6 +118,78 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
     /// Shown in `pg_stat_activity`.
     pub application_name: String,
+}
+
+/// The database every binary uses when `DATABASE_URL` is not set: the
+/// local server and database `scripts/run.sh` sets up (user `postgres`, no
+/// password: trust authentication on 127.0.0.1).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/skipjack";
+
+/// Where the database is.
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL, e.g. postgres://user@localhost/skipjack. TLS comes
+    /// from its `sslmode` / `sslrootcert` / `sslcert` / `sslkey` parameters,
+    /// as with libpq. May point at PgBouncer in transaction mode.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Postgres URL of a direct (session) connection, for what transaction
+    /// pooling breaks: LISTEN and session advisory locks (queue gauges
+    /// leader, vacuum), and maintenance. Unset: DATABASE_URL.
+    #[arg(long, env = "SKIPJACK_DIRECT_DATABASE_URL", hide_env_values = true)]
+    pub direct_database_url: Option<String>,
+    /// Connections in this process's pool.
+    #[arg(long, env = "SKIPJACK_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Longest wait for a pooled connection before a request fails.
+    #[arg(long, env = "SKIPJACK_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &"***")
+            .field(
+                "direct_database_url",
+                &self.direct_database_url.as_ref().map(|_| "***"),
+            )
+            .field("db_pool_size", &self.db_pool_size)
+            .finish()
+    }
+}
+
+/// Connections of the direct pool: the LISTEN connections (one in a
+/// worker; two in the API, long-polls and streams), the gauges leader's,
+/// and one for maintenance in workers.
+pub const DIRECT_POOL_SIZE: u32 = 4;
+
+impl DatabaseArgs {
+    /// The direct pool's settings, or `None` when there is no separate
+    /// direct URL (then the main pool serves as the direct one).
+    pub fn direct_db_config(&self, application_name: &str) -> Option<DbConfig> {
+        let url = self
+            .direct_database_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())?;
+        Some(DbConfig {
+            url: url.to_owned(),
+            pool_size: DIRECT_POOL_SIZE,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            application_name: format!("{application_name}-direct"),
+        })
+    }
+
+    pub fn db_config(&self, application_name: &str) -> DbConfig {
+        DbConfig {
+            url: self.database_url.clone(),
+            pool_size: self.db_pool_size,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            application_name: application_name.to_owned(),
+        }
+    }
 }
 
 /// Opens a connection pool. Fails fast when the database is unreachable.

@@ -14,9 +14,9 @@
 //!   the API replica that serves them as Server-Sent Events.
 //! - [`api`]: the REST API (axum): submit, long-poll, cancel, tenants' keys,
 //!   group commit, backpressure. [`tenants`]: tenants and hashed API keys.
-//! - [`db`]: connection pool, migrations, schema check. [`tls`]: TLS to
+//! - [`db`]: connection pool, migrations, schema check, the database
+//!   settings every binary takes. [`tls`]: TLS to
 //!   Postgres and Redis (`sslmode`, `rediss://`), rustls only.
-//! - [`config`]: settings shared by the binaries (flags and environment).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
 //! - [`console`]: the operator console under `/console` (pages over the
@@ -39,7 +39,6 @@ pub mod api;
 pub mod bench;
 pub mod cancel_bench;
 pub mod chat;
-pub mod config;
 pub mod console;
 pub mod console_bench;
 pub mod db;

@@ -533,9 +533,24 @@ pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retried", "dead", "skippe
 /// The label values of `llm_tokens`' `direction`.
 pub const TOKEN_DIRECTIONS: [&str; 2] = ["input", "output"];
 
+/// The label values of `priority` (the queue's priorities, 1..=10).
+pub const PRIORITIES: std::ops::RangeInclusive<i16> = 1..=10;
+/// The label values of `llm_errors`' `class` (the LLM's error classes).
+pub const LLM_ERROR_CLASSES: [&str; 7] = [
+    "rate_limited",
+    "server",
+    "timeout",
+    "connect",
+    "client",
+    "malformed",
+    "simulated",
+];
+/// The label values of `llm_budget_waits`' `how`: waited in place for the
+/// provider budget, or gave the job back to the queue.
+pub const BUDGET_WAITS: [&str; 2] = ["in_place", "snoozed"];
+
 fn priorities() -> impl Iterator<Item = String> {
-    use crate::queue::Priority;
-    (Priority::MIN.get()..=Priority::MAX.get()).map(|p| p.to_string())
+    PRIORITIES.map(|p| p.to_string())
 }
 
 /// Creates the API's labelled series at 0: submissions by priority,
@@ -580,8 +595,8 @@ pub fn init_worker(kinds: &[&str]) {
     for kind in kinds {
         m.job_run.with_label_values(&[kind]);
     }
-    for class in crate::llm::ErrorClass::ALL {
-        m.llm_errors.with_label_values(&[class.as_str()]);
+    for class in LLM_ERROR_CLASSES {
+        m.llm_errors.with_label_values(&[class]);
     }
     for result in CACHE_RESULTS {
         m.cache_requests.with_label_values(&[result]);
@@ -592,7 +607,7 @@ pub fn init_worker(kinds: &[&str]) {
     for outcome in WEBHOOK_OUTCOMES {
         m.webhook_deliveries.with_label_values(&[outcome]);
     }
-    for how in crate::llm::budget::BUDGET_WAITS {
+    for how in BUDGET_WAITS {
         m.llm_budget_waits.with_label_values(&[how]);
     }
 }

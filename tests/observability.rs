@@ -880,7 +880,7 @@ fn script_url_helpers_touch_only_the_database_part() {
 #[test]
 fn binaries_default_to_the_database_run_sh_uses() {
     let run = std::fs::read_to_string(repo().join("scripts/run.sh")).unwrap();
-    let default = skipjack::config::DEFAULT_DATABASE_URL;
+    let default = skipjack::db::DEFAULT_DATABASE_URL;
     assert!(
         run.contains(&format!("DATABASE_URL:-{default}}}")),
         "scripts/run.sh does not default to {default}"

@@ -3,15 +3,18 @@
 -- scanning at most a fixed number of jobs so that any filter answers in
 -- bounded time.
 --
--- The inner scan takes the filters an index can serve: $1 state (failed and
--- cancelled through job_history_unsuccessful), $2 tenant id
--- (job_history_tenant), $5 conversation id (job_history_conversation), and
--- the id range: $6 lowest id (from `since`), $7 ids below it (the cursor,
--- or `until`); $11 `since` prunes the day partitions (a job finishes after
--- it is submitted; an hour of slack for clocks). It stops after $10 jobs.
--- The other filters, $3 priority, $4 kind and $8 an ILIKE pattern on the
--- error, are applied to what it found (`hit`), so a combination that
--- matches nothing costs $10 jobs scanned, not the whole history.
+-- The inner scan takes the filters that keep it a walk down the ids: $1
+-- state (failed and cancelled through job_history_unsuccessful, completed
+-- along job_history_id), $5 conversation id (job_history_conversation: a
+-- conversation's few jobs, then sorted), and the id range: $6 lowest id
+-- (from `since`), $7 ids below it (the cursor, or `until`); $11 `since`
+-- prunes the day partitions (a job finishes after it is submitted; an hour
+-- of slack for clocks). It stops after $10 jobs. The other filters, $2
+-- tenant id, $3 priority, $4 kind and $8 an ILIKE pattern on the error, are
+-- applied to what it found (`hit`), so a combination that matches nothing
+-- costs $10 jobs scanned, not the whole history. (The tenant's index is in
+-- finished_at order, not id order: a walk by it would read all of a large
+-- tenant's jobs to sort them.)
 --
 -- Returns the hits, at most $9 of them, then the last job scanned when the
 -- scan used all of its $10 jobs (`scanned = $10`, a hit or not): the caller
@@ -22,7 +25,8 @@ SELECT id, tenant_id, conversation_id, kind, priority, state, payload, attempts,
 FROM (
     SELECT s.*,
            row_number() OVER (ORDER BY s.id DESC) AS scanned,
-           coalesce(($3::smallint IS NULL OR s.priority = $3)
+           coalesce(($2::uuid IS NULL OR s.tenant_id = $2)
+             AND ($3::smallint IS NULL OR s.priority = $3)
              AND ($4::text IS NULL OR s.kind = $4)
              AND ($8::text IS NULL OR s.error ILIKE $8), false) AS hit
     FROM (
@@ -31,7 +35,6 @@ FROM (
                created_at, started_at, finished_at, NULL::timestamptz AS run_at
         FROM job_history
         WHERE ($1::job_state IS NULL OR state = $1)
-          AND ($2::uuid IS NULL OR tenant_id = $2)
           AND ($5::uuid IS NULL OR conversation_id = $5)
           AND finished_at >= coalesce($11::timestamptz - interval '1 hour', '-infinity')
           AND ($6::uuid IS NULL OR id >= $6)

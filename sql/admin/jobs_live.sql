@@ -2,16 +2,16 @@
 -- console, newest first by id (UUIDv7: submission order), scanning at most
 -- $10 jobs. Parameters $1..$10 and the result as jobs_history.sql ($1 NULL:
 -- both states; $8 matches the last error). The inner scan walks the primary
--- key backwards, or the index of the processing jobs (jobs_lease), of a
--- tenant's queued jobs or of a conversation when the planner finds it
--- cheaper.
+-- key backwards, or the index of the processing jobs (jobs_lease) or of a
+-- conversation when the planner finds it cheaper.
 SELECT id, tenant_id, conversation_id, kind, priority, state, payload, attempts,
        max_attempts, result, error, worker, input_tokens, output_tokens,
        created_at, started_at, finished_at, run_at, hit, scanned
 FROM (
     SELECT s.*,
            row_number() OVER (ORDER BY s.id DESC) AS scanned,
-           coalesce(($3::smallint IS NULL OR s.priority = $3)
+           coalesce(($2::uuid IS NULL OR s.tenant_id = $2)
+             AND ($3::smallint IS NULL OR s.priority = $3)
              AND ($4::text IS NULL OR s.kind = $4)
              AND ($8::text IS NULL OR s.error ILIKE $8), false) AS hit
     FROM (
@@ -22,7 +22,6 @@ FROM (
                NULL::timestamptz AS finished_at, run_at
         FROM jobs
         WHERE ($1::job_state IS NULL OR state = $1)
-          AND ($2::uuid IS NULL OR tenant_id = $2)
           AND ($5::uuid IS NULL OR conversation_id = $5)
           AND ($6::uuid IS NULL OR id >= $6)
           AND ($7::uuid IS NULL OR id < $7)

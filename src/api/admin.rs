@@ -302,7 +302,7 @@ pub struct AdminJobPage {
     pub jobs: Vec<AdminJob>,
     /// Pass as `cursor` for the next page; absent on the last page. A page
     /// may hold fewer than `limit` jobs, even none, and still have one:
-    /// each page scans a bounded number of jobs (10,000 live and 10,000
+    /// each page scans a bounded number of jobs (5,000 live and 5,000
     /// finished), so filters that match few jobs are searched page by page.
     pub next_cursor: Option<Uuid>,
     /// Present when the page holds fewer than `limit` jobs but is not the

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use skipjack::api::{Api, ApiArgs};
-use skipjack::config::DatabaseArgs;
+use skipjack::db::DatabaseArgs;
 use skipjack::{db, signal, telemetry};
 
 #[derive(Parser)]

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use skipjack::chat::bench::{self, ChatBenchArgs};
-use skipjack::config::DEFAULT_DATABASE_URL;
+use skipjack::db::DEFAULT_DATABASE_URL;
 use skipjack::telemetry;
 
 #[derive(Parser)]

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use skipjack::config::{DatabaseArgs, DEFAULT_DATABASE_URL};
+use skipjack::db::{DatabaseArgs, DEFAULT_DATABASE_URL};
 use skipjack::ids::JobId;
 use skipjack::operator::{self, ListArgs};
 use skipjack::queue::JobState;

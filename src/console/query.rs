@@ -102,7 +102,7 @@ fn contains_pattern(text: &str) -> String {
 /// id covered: jobs submitted later never shift the pages after it.
 ///
 /// Each source scans at most [`SCAN_BUDGET`] jobs (those an index narrows
-/// to: state, tenant, conversation, time range) and filters them by the
+/// to in id order: state, conversation, time range) and filters them by the
 /// rest, so every page costs a bounded amount whatever the filters. A page
 /// may therefore hold fewer than `limit` jobs, even none, and still have a
 /// `next_cursor`: the search went that far and can go on.
@@ -181,7 +181,7 @@ pub fn list_arguments(sql: &str, q: &JobQuery, limit: i64) -> sqlx::Result<PgArg
 
 /// Most jobs one list statement scans (each of live and finished): the
 /// bound on a page's cost when its filters match few jobs.
-pub const SCAN_BUDGET: i64 = 10_000;
+pub const SCAN_BUDGET: i64 = 5_000;
 
 /// A row of jobs_live.sql or jobs_history.sql.
 #[derive(sqlx::FromRow)]

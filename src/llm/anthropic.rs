@@ -10,9 +10,10 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::config::{ConfigError, ModelSettings, Secret};
+use super::config::{ModelSettings, Secret};
 use super::http::{post_json, secret_header};
 use super::sse::{self, Flow};
+use super::ConfigError;
 use super::{
     estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider, Role, Usage,
 };

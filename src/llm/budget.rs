@@ -174,7 +174,7 @@ impl Budget {
                     .with_label_values(&[&e.label, model, unit]);
             }
         }
-        for how in BUDGET_WAITS {
+        for how in crate::metrics::BUDGET_WAITS {
             m.llm_budget_waits.with_label_values(&[how]);
         }
         Some(Budget {
@@ -301,9 +301,6 @@ impl Budget {
         Ok(())
     }
 }
-
-/// The label values of `llm_budget_waits`' `how`.
-pub const BUDGET_WAITS: [&str; 2] = ["in_place", "snoozed"];
 
 /// The error of a call that found no budget on any endpoint for `wait`.
 pub fn throttled(wait: Duration) -> LlmError {

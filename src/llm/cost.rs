@@ -24,7 +24,7 @@
 //! start-up (so the series exist from the first scrape), and a worker has
 //! exactly one, so the label stays bounded.
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 use super::Usage;
 use crate::metrics::{metrics, TOKEN_DIRECTIONS};
 use std::collections::HashMap;

@@ -17,7 +17,8 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::config::{ConfigError, MAX_CONNECT_TIMEOUT};
+use super::config::MAX_CONNECT_TIMEOUT;
+use super::ConfigError;
 use super::{ErrorClass, LlmError};
 
 /// How long an idle pooled connection is kept: long enough to survive gaps

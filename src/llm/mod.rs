@@ -29,6 +29,7 @@ pub mod anthropic;
 pub mod budget;
 pub mod config;
 pub mod cost;
+mod error;
 pub mod http;
 pub mod limit;
 pub mod openai;
@@ -44,10 +45,11 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    BudgetLimits, ConfigError, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret,
-    Strategy, DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
+    BudgetLimits, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret, Strategy,
+    DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
     DEFAULT_OPENAI_MODEL,
 };
+pub use error::ConfigError;
 pub use pool::EndpointStats;
 
 /// Who wrote a message. Serialized lowercase because that is what both the
@@ -384,5 +386,16 @@ pub fn estimate_usage(system: Option<&str>, messages: &[ChatMessage], answer: &s
     Usage {
         input_tokens: input.max(1),
         output_tokens: estimate_tokens(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorClass;
+
+    #[test]
+    fn error_classes_are_the_metric_labels() {
+        let classes: Vec<&str> = ErrorClass::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(classes, crate::metrics::LLM_ERROR_CLASSES);
     }
 }

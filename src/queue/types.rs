@@ -369,3 +369,16 @@ impl QueueStats {
         self.depth.values().sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Priority;
+
+    #[test]
+    fn the_metrics_label_every_priority() {
+        assert_eq!(
+            crate::metrics::PRIORITIES,
+            Priority::MIN.get()..=Priority::MAX.get()
+        );
+    }
+}

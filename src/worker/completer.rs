@@ -13,7 +13,7 @@
 //! then singles, so that only the offending job is affected: it fails with
 //! the database's error, and its conversation moves on.
 
-use super::{executor, FinishedJob, Shared};
+use super::{executor, Done, FinishedJob, Shared};
 use crate::metrics::metrics;
 use crate::queue::{self, AttemptId, JobState, Outcome, QueueError};
 use futures_util::future::BoxFuture;
@@ -23,14 +23,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
-
-/// What executors send the completer.
-pub(super) enum Done {
-    /// An attempt ended: write its outcome.
-    Finished(FinishedJob),
-    /// Abandoned at shutdown: give the lease back.
-    Release(AttemptId),
-}
 
 /// First pause before writing a batch again after a connection or server
 /// error; it doubles up to [`RETRY_DELAY_MAX`].

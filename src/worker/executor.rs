@@ -1,6 +1,6 @@
 //! The executor: runs one attempt of one job.
 
-use super::{completer::Done, FinishedJob, JobContext, Running, Shared};
+use super::{Done, FinishedJob, JobContext, Running, Shared};
 use crate::metrics::{metrics, observe_since};
 use crate::queue::{AttemptId, ClaimedJob, Outcome};
 use futures_util::FutureExt;

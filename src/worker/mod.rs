@@ -19,20 +19,28 @@
 //! another worker takes them at once.
 
 mod completer;
+pub mod config;
 mod executor;
 pub mod handler;
 mod heartbeat;
 mod noop;
 mod producer;
 
+pub use config::{default_worker_id, WorkerArgs, WorkerConfig};
 pub use handler::{FinishedJob, Handler, JobContext};
 pub use noop::NoopHandler;
 
+/// What executors send the completer.
+enum Done {
+    /// An attempt ended: write its outcome.
+    Finished(FinishedJob),
+    /// Abandoned at shutdown: give the lease back.
+    Release(crate::queue::AttemptId),
+}
+
 use crate::ids::JobId;
 use crate::metrics::metrics;
-use crate::queue::{
-    self, gauges::GaugesConfig, maintenance::MaintenanceConfig, notify, AttemptId, Backoff,
-};
+use crate::queue::{self, gauges::GaugesConfig, notify, AttemptId};
 use handler::DynHandler;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -42,70 +50,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-
-/// How a worker runs.
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    /// Lease owner name: unique per process, readable in `job_history.worker`.
-    pub id: String,
-    /// Jobs in flight at once (slots).
-    pub concurrency: usize,
-    /// Lease length; heartbeats extend it every third of it.
-    pub lease: Duration,
-    /// Fallback poll when no NOTIFY arrives (jittered by ±20%).
-    pub poll_interval: Duration,
-    /// Most jobs one claim statement takes.
-    pub max_claim: usize,
-    /// After a claim that found a backlog, wait up to this long for more
-    /// slots to free up so that claims stay batched.
-    pub claim_cooldown: Duration,
-    /// Time running jobs get to finish at shutdown before their leases are
-    /// released.
-    pub shutdown_grace: Duration,
-    /// Delay of retries that named none.
-    pub backoff: Backoff,
-    /// Most outcomes written in one transaction.
-    pub completer_batch: usize,
-    /// Outcome transactions written at once.
-    pub completer_parallelism: usize,
-    /// Rescue and housekeeping in this process; `None` leaves them to others.
-    pub maintenance: Option<MaintenanceConfig>,
-    /// Take part in refreshing the queue gauges (one process leads, see
-    /// [`queue::gauges`]); `None` leaves them to others.
-    pub queue_gauges: Option<GaugesConfig>,
-    /// The schema the process runs at ([`crate::db::check_schema`] at
-    /// start-up): decides the claim, the gauges' statement and aging.
-    /// Default: the newest schema this build knows.
-    pub schema: crate::db::Schema,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            id: default_worker_id(),
-            concurrency: 100,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
-            max_claim: 500,
-            claim_cooldown: Duration::from_millis(2),
-            shutdown_grace: Duration::from_secs(25),
-            backoff: Backoff::default(),
-            completer_batch: 1000,
-            completer_parallelism: 2,
-            maintenance: Some(MaintenanceConfig::default()),
-            queue_gauges: Some(GaugesConfig::default()),
-            schema: crate::db::Schema::current(),
-        }
-    }
-}
-
-/// `host-pid-random`: unique per process, and tells an operator where a job
-/// ran (Kubernetes sets HOSTNAME to the pod name).
-pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-    let suffix: u32 = rand::random();
-    format!("{host}-{}-{:06x}", std::process::id(), suffix & 0xff_ffff)
-}
 
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 //! listener reconnect it registers again before its next look: the database
 //! may have crashed, and its unlogged `queue_waiters` with it.
 
-use super::{completer::Done, executor, Shared};
+use super::{executor, Done, Shared};
 use crate::metrics::metrics;
 use crate::queue::{self, notify};
 use rand::Rng;
