@@ -10,9 +10,9 @@
 //! finished jobs. Prints latency percentiles per request, and with
 //! `--explain` the plans (EXPLAIN ANALYZE) of the list statements.
 
+use crate::api::admin::query;
 use crate::api::{Api, ApiConfig};
 use crate::bench::percentile;
-use crate::console::query;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde::Serialize;
@@ -210,8 +210,8 @@ async fn measure(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<Conso
     let router = api.router();
     let cookie = format!(
         "{}={}",
-        crate::console::auth::COOKIE_NAME,
-        crate::console::auth::new_session(&hash, chrono::Utc::now().timestamp())
+        crate::api::admin::auth::COOKIE_NAME,
+        crate::api::admin::auth::new_session(&hash, chrono::Utc::now().timestamp())
     );
     let mut results = Vec::new();
     for filter in FILTERS {

@@ -13,14 +13,14 @@
 //! - [`stream`]: streamed replies, from the worker that receives them to
 //!   the API replica that serves them as Server-Sent Events.
 //! - [`api`]: the REST API (axum): submit, long-poll, cancel, tenants' keys,
-//!   group commit, backpressure. [`tenants`]: tenants and hashed API keys.
+//!   group commit, backpressure; `/v1/admin` and the operator console under
+//!   `/console` (pages over the same reads and actions).
+//!   [`tenants`]: tenants and hashed API keys.
 //! - [`db`]: connection pool, migrations, schema check, the database
 //!   settings every binary takes. [`tls`]: TLS to
 //!   Postgres and Redis (`sslmode`, `rediss://`), rustls only.
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`metrics`]: Prometheus metric names and the registry.
-//! - [`console`]: the operator console under `/console` (pages over the
-//!   same reads and actions as `/v1/admin`).
 //! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
@@ -39,7 +39,6 @@ pub mod api;
 pub mod bench;
 pub mod cancel_bench;
 pub mod chat;
-pub mod console;
 pub mod console_bench;
 pub mod db;
 pub mod fair_bench;

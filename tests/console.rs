@@ -661,7 +661,7 @@ async fn console_pages_need_a_session_and_forms_a_csrf_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rare_filters_are_searched_page_by_page_with_a_bounded_scan() {
     let c = Console::new(true).await;
-    let scan = skipjack::console::query::SCAN_BUDGET;
+    let scan = skipjack::api::admin::query::SCAN_BUDGET;
     // 2.5 scan budgets of finished jobs, one a minute apart in submission
     // time, ending an hour ago; three of kind `rare`, far apart.
     let total = scan * 5 / 2;

@@ -44,6 +44,7 @@ pub mod admission;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod console;
 pub mod conversations;
 pub mod error;
 pub mod extract;
@@ -277,7 +278,7 @@ pub fn router(state: AppState) -> Router {
         .merge(queue::router())
         .merge(webhooks::router())
         .merge(admin::router())
-        .merge(crate::console::router())
+        .merge(console::router())
         .merge(openapi::router())
         .fallback_service(observe::observed(observe::UNMATCHED, any(not_found)))
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,7 +13,7 @@ use sqlx::{Arguments, PgPool};
 macro_rules! statements {
     ($($name:ident => $file:literal),* $(,)?) => {
         $(
-            pub(crate) const $name: &str = include_str!(concat!("../../sql/admin/", $file));
+            pub(crate) const $name: &str = include_str!(concat!("../../../sql/admin/", $file));
         )*
     };
 }

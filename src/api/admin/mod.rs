@@ -1,5 +1,5 @@
 //! `/v1/admin`: the operator console's reads and actions as JSON, for the
-//! admin key only ([`crate::console::auth::Admin`]); a tenant's key gets
+//! admin key only ([`auth::Admin`]); a tenant's key gets
 //! 401. Every tenant's jobs are visible here.
 //!
 //! - `GET /v1/admin/overview`: the queue by priority and tenant, workers,
@@ -13,23 +13,24 @@
 //!   `DELETE /v1/chat/{id}` run them for a tenant, and as `skipjack jobs`
 //!   runs them (an operator's retry is not held to the queue limits).
 
+pub mod auth;
+pub mod query;
+
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{IdPath, QueryParams};
 use super::observe::observed;
 use super::AppState;
-use crate::console::auth::Admin;
-use crate::console::query::{
-    self, JobQuery, DEFAULT_LIMIT, MAX_ERROR_FILTER_LEN, MAX_KIND_LEN, MAX_LIMIT,
-};
 use crate::ids::{ConversationId, JobId, TenantId};
 use crate::metrics::metrics;
 use crate::queue::{self, JobEvent, JobState, JobView, Priority};
 use crate::tenants;
+use auth::Admin;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use query::{JobQuery, DEFAULT_LIMIT, MAX_ERROR_FILTER_LEN, MAX_KIND_LEN, MAX_LIMIT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};

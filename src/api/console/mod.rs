@@ -2,17 +2,17 @@
 //! browser, served by the API process under `/console`.
 //!
 //! Pages are rendered on the server from the templates in
-//! `src/console/templates/` (minijinja, auto-escaped), compiled into the
+//! `src/api/console/templates/` (minijinja, auto-escaped), compiled into the
 //! binary with the stylesheet and the one small script (`assets/`), so the
 //! console needs no build step, no CDN and no files next to the binary.
 //! The script only refreshes the live parts of the overview and job pages
 //! every few seconds from `…/live` fragments; everything else works without
 //! it.
 //!
-//! The pages read through [`query`] and act through the same functions as
+//! The pages read through [`admin::query`] and act through the same functions as
 //! `/v1/admin` ([`crate::api::admin`]), which run the queue's retry and
 //! cancel like `POST /v1/chat/{id}/retry`, `DELETE /v1/chat/{id}` and
-//! `skipjack jobs`. Who may use it: [`auth`] (the admin key, never a
+//! `skipjack jobs`. Who may use it: [`admin::auth`] (the admin key, never a
 //! tenant's key). See docs/console.md.
 //!
 //! # Routes
@@ -24,11 +24,9 @@
 //! - `GET|POST /console/login`, `POST /console/logout`.
 //! - `GET /console/assets/{console.css,console.js}`.
 
-pub mod auth;
 mod chart;
-pub mod query;
 
-use crate::api::admin::{self, JobsQuery};
+use crate::api::admin::{self, auth, query, JobsQuery};
 use crate::api::error::ApiError;
 use crate::api::observe::observed;
 use crate::api::AppState;
