@@ -171,6 +171,62 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     })
 }
 
+/// The plans (`EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)`) of the statements
+/// [`list_jobs`] runs for `q`, with the same parameters and settings: the
+/// table each reads (`jobs`, `job_history`) and its plan. For looking at
+/// how a filter set is served (`docs/console-plans.md`); the transaction
+/// is rolled back.
+pub async fn explain_list_jobs(
+    pool: &PgPool,
+    q: &JobQuery,
+) -> sqlx::Result<Vec<(&'static str, String)>> {
+    let limit = q.limit.clamp(1, MAX_LIMIT);
+    let (live, finished) = match q.state {
+        None => (true, true),
+        Some(s) if s.is_final() => (false, true),
+        Some(_) => (true, false),
+    };
+    let pattern = q.error.as_deref().map(contains_pattern);
+    let lowest = q.since.map(|t| JobId(id_floor(t)));
+    let below = match (q.cursor, q.until.map(|t| JobId(id_floor(t)))) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    };
+    let mut plans = Vec::new();
+    for (wanted, sql, table) in [
+        (live, JOBS_LIVE, "jobs"),
+        (finished, JOBS_HISTORY, "job_history"),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query(CUSTOM_PLANS)
+            .bind(LIST_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}");
+        let mut statement = sqlx::query_scalar::<_, String>(&explain)
+            .bind(q.state)
+            .bind(q.tenant)
+            .bind(q.priority)
+            .bind(q.kind.as_deref())
+            .bind(q.conversation)
+            .bind(lowest)
+            .bind(below)
+            .bind(pattern.as_deref())
+            .bind(limit + 1)
+            .bind(SCAN_BUDGET);
+        if sql == JOBS_HISTORY {
+            statement = statement.bind(q.since);
+        }
+        let lines = statement.fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        plans.push((table, lines.join("\n")));
+    }
+    Ok(plans)
+}
+
 /// Most jobs one list statement scans (each of live and finished): the
 /// bound on a page's cost when its filters match few jobs.
 pub const SCAN_BUDGET: i64 = 10_000;
