@@ -18,6 +18,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY sql ./sql
 COPY migrations ./migrations
+# The workspace's other member (the load generator and benchmarks): cargo
+# reads its manifest; the build below does not compile it.
+COPY tools ./tools
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin api --bin worker --bin skipjack \

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The raw ceiling of a drain, for comparison with `skipjack bench`'s drain
+# The raw ceiling of a drain, for comparison with `skipjack-bench queue`'s drain
 # (BENCHMARKS.md, "The drain's work per job"):
 #
-#   bash bench/raw_drain.sh                 # 120,000 jobs (skipjack bench's default total), 1 client
+#   bash bench/raw_drain.sh                 # 120,000 jobs (skipjack-bench queue's default total), 1 client
 #   JOBS=50000 CLIENTS=2 bash bench/raw_drain.sh
 #
 # A scratch database with one minimal queue table (a primary key and the
 # claim's index) and a history table, filled with JOBS jobs; then pgbench
 # runs bench/raw_drain.sql (claim 500 with SKIP LOCKED and move them to
 # history, one statement) from CLIENTS connections until the queue is
-# empty. Prints jobs/s and, as `skipjack bench` does, the work per job:
+# empty. Prints jobs/s and, as `skipjack-bench queue` does, the work per job:
 # the Postgres server's CPU (every `postgres` process in /proc, utime +
 # stime; the server must run on this machine), WAL bytes, heap rows.
 # Stock server settings, as for every benchmark here.

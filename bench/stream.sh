@@ -57,7 +57,7 @@ TICK=$(getconf CLK_TCK)
 # 1,000 users hold 1,000 connections, on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 for b in api worker skipjack loadgen; do
-  [ -x "$BIN/$b" ] || { cargo build --release --bin api --bin worker --bin skipjack --bin loadgen; break; }
+  [ -x "$BIN/$b" ] || { cargo build --release --workspace --bin api --bin worker --bin skipjack --bin loadgen; break; }
 done
 mkdir -p "$REPORT_DIR"
 

@@ -221,7 +221,7 @@ if [ "$autovacuum" != on ] && [ -z "${VACUUM_EVERY:-}" ]; then
   echo "warning: autovacuum is off on this server: the jobs table will fill with dead tuples (see --vacuum-every)" >&2
 fi
 if [ "$build" = 1 ]; then
-  cargo build --release --bin api --bin worker --bin skipjack --bin loadgen
+  cargo build --release --workspace --bin api --bin worker --bin skipjack --bin loadgen
 fi
 psql "$admin" -qc "CREATE DATABASE \"$db\""
 db_created=1

@@ -24,7 +24,8 @@ psql "$SKIPJACK_TEST_DATABASE_URL" -tAc \
   done
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+# The whole workspace: the product and tools/ (load generator, benchmarks).
+cargo clippy --workspace --all-targets -- -D warnings
 
 # --- Operations files -------------------------------------------------------
 
@@ -118,7 +119,7 @@ fi
 export SKIPJACK_PGBOUNCER="${SKIPJACK_PGBOUNCER:-$(bash scripts/pgbouncer.sh)}"
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --profile ci
+  cargo nextest run --workspace --profile ci
 else
-  cargo test
+  cargo test --workspace
 fi

@@ -268,6 +268,55 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// Creates database `name` on the server of `server_url` (dropping an old
+/// one of that name first, its sessions ended), migrates it, and returns
+/// its URL. For benchmarks that need a database of their own next to the
+/// one they were given, so that they never touch real jobs;
+/// [`drop_database`] removes it. `name` is ASCII letters, digits and `_`.
+pub async fn create_fresh_database(server_url: &str, name: &str) -> Result<String, DbError> {
+    let mut server = server_connection(server_url, name).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut server)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut server)
+        .await?;
+    sqlx::Connection::close(server).await?;
+    let url = with_database(server_url, name);
+    migrate(&url).await?;
+    Ok(url)
+}
+
+/// Drops database `name` on the server of `server_url`, if it exists,
+/// ending its sessions (see [`create_fresh_database`]).
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), DbError> {
+    let mut server = server_connection(server_url, name).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut server)
+        .await?;
+    sqlx::Connection::close(server).await?;
+    Ok(())
+}
+
+/// A connection to `server_url`'s own database, to create or drop database
+/// `name` next to it; refuses a name that would need quoting.
+async fn server_connection(server_url: &str, name: &str) -> Result<sqlx::PgConnection, DbError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbError::InvalidUrl(format!(
+            "database name {name:?}: only ASCII letters, digits and _"
+        )));
+    }
+    let options = connect_options(&DbConfig {
+        url: server_url.to_owned(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(30),
+        application_name: "skipjack".to_owned(),
+    })?;
+    sqlx::ConnectOptions::connect(&options)
+        .await
+        .map_err(DbError::Connect)
+}
+
 /// The schema version this build expects: its newest migration.
 pub fn expected_version() -> i32 {
     embedded::migrations::runner()

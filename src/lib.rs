@@ -24,11 +24,6 @@
 //! - [`operator`]: jobs for operators (show, list, retry, cancel) behind
 //!   `skipjack jobs`.
 //! - [`telemetry`], [`signal`]: logging and shutdown signals.
-//! - [`bench`]: the queue benchmark behind `skipjack bench`;
-//!   [`cancel_bench`]: cancel latency behind `skipjack bench-cancel`;
-//!   [`console_bench`]: the console's list and job page behind
-//!   `skipjack bench-console`.
-//! - [`loadgen`]: the load generator behind `loadgen` (virtual chat users).
 //! - [`webhooks`]: tenants' endpoints told when jobs finish (signed
 //!   deliveries run as `webhook` jobs). All its SQL lives in `sql/webhooks/`.
 //! - [`ids`]: id newtypes. [`text`]: text Postgres can store (no NUL).
@@ -36,16 +31,11 @@
 //! The binaries in `src/bin/` only parse settings and wire these together.
 
 pub mod api;
-pub mod bench;
-pub mod cancel_bench;
 pub mod chat;
-pub mod console_bench;
 pub mod db;
-pub mod fair_bench;
 pub mod health;
 pub mod ids;
 pub mod llm;
-pub mod loadgen;
 pub mod metrics;
 pub mod operator;
 pub mod queue;

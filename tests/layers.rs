@@ -65,7 +65,9 @@ fn code(text: &str) -> String {
                 i += 1;
             }
             i += 2;
-        } else if c == '"' || (c == 'r' && matches!(next, Some('"' | '#')) && !ident(chars.get(i.wrapping_sub(1)))) {
+        } else if c == '"'
+            || (c == 'r' && matches!(next, Some('"' | '#')) && !ident(chars.get(i.wrapping_sub(1))))
+        {
             // A string: "…" with escapes, or r"…", r#"…"#.
             let mut hashes = 0;
             if c == 'r' {

@@ -888,14 +888,12 @@ fn binaries_default_to_the_database_run_sh_uses() {
     for (exe, args) in [
         (env!("CARGO_BIN_EXE_api"), vec![]),
         (env!("CARGO_BIN_EXE_worker"), vec![]),
-        (env!("CARGO_BIN_EXE_chat-bench"), vec![]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["migrate"]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["stats"]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["prune"]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["tenants", "create"]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["keys", "create"]),
         (env!("CARGO_BIN_EXE_skipjack"), vec!["keys", "revoke"]),
-        (env!("CARGO_BIN_EXE_skipjack"), vec!["bench"]),
     ] {
         let out = std::process::Command::new(exe)
             .args(&args)

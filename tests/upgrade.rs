@@ -17,9 +17,11 @@ use serde_json::Value;
 use skipjack::db::{self, DbError, Schema};
 use skipjack::health::SchemaWatch;
 use skipjack::llm::config::Secret;
-use skipjack::loadgen::check::{check_transcript, expected_reply, turn_message, StoredMessage};
-use skipjack::loadgen::client::{ApiClient, Submitted};
 use skipjack::tenants;
+use skipjack_tools::loadgen::check::{
+    check_transcript, expected_reply, turn_message, StoredMessage,
+};
+use skipjack_tools::loadgen::client::{ApiClient, Submitted};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -1,6 +1,5 @@
 //! `skipjack`: the admin CLI (migrate, tenants and keys, queue statistics,
-//! jobs: show, list, retry, cancel; benchmark, and the container health
-//! check).
+//! jobs: show, list, retry, cancel; and the container health check).
 //!
 //! Commands that create a key print it, alone, on stdout, and everything else
 //! on stderr, so `KEY=$(skipjack tenants create acme)` works.
@@ -11,7 +10,7 @@ use skipjack::db::{DatabaseArgs, DEFAULT_DATABASE_URL};
 use skipjack::ids::JobId;
 use skipjack::operator::{self, ListArgs};
 use skipjack::queue::JobState;
-use skipjack::{bench, db, queue, telemetry, tenants};
+use skipjack::{db, queue, telemetry, tenants};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,36 +71,6 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5.0)]
         timeout_seconds: f64,
-    },
-    /// Measure the queue with no-op jobs in a scratch database.
-    Bench {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
-        database_url: String,
-        #[command(flatten)]
-        args: bench::BenchArgs,
-    },
-    /// Measure what one tenant's backlog costs another tenant (fair
-    /// scheduling) in a scratch database.
-    BenchFair {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
-        database_url: String,
-        #[command(flatten)]
-        args: skipjack::fair_bench::FairBenchArgs,
-    },
-    /// Measure DELETE -> worker abort of running jobs in a scratch database.
-    BenchCancel {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
-        database_url: String,
-        #[command(flatten)]
-        args: skipjack::cancel_bench::CancelBenchArgs,
-    },
-    /// Measure the console's jobs list and job page over a million
-    /// finished jobs in a scratch database.
-    BenchConsole {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
-        database_url: String,
-        #[command(flatten)]
-        args: skipjack::console_bench::ConsoleBenchArgs,
     },
 }
 
@@ -369,38 +338,6 @@ async fn main() -> anyhow::Result<ExitCode> {
                 "revoked key {} (prefix {}) of tenant {}",
                 revoked.id, revoked.key_prefix, revoked.tenant_id
             );
-        }
-        Command::BenchFair { database_url, args } => {
-            let report = skipjack::fair_bench::run(&database_url, &args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.table());
-            }
-        }
-        Command::BenchConsole { database_url, args } => {
-            let report = skipjack::console_bench::run(&database_url, &args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.table());
-            }
-        }
-        Command::BenchCancel { database_url, args } => {
-            let report = skipjack::cancel_bench::run(&database_url, &args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.table());
-            }
-        }
-        Command::Bench { database_url, args } => {
-            let report = bench::run(&database_url, &args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.table());
-            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -8,14 +8,12 @@
 //! - [`config`]: the history settings (`SKIPJACK_HISTORY_MAX_TOKENS`) and
 //!   the cache's (`REDIS_URL`, `SKIPJACK_CACHE_*`).
 //! - [`worker`]: wiring of the worker process (handler, pool size, readiness).
-//! - [`bench`]: the chat worker benchmark behind the `chat-bench` binary.
 //!
 //! A chat job (kind [`CHAT_KIND`]) carries the user's message in its payload;
 //! the worker's chat handler loads the conversation's history, calls the LLM,
 //! and on completion appends the user turn and the assistant turn together,
 //! in the transaction that completes the job.
 
-pub mod bench;
 pub mod budget;
 pub mod cache;
 pub mod config;

@@ -395,6 +395,14 @@ pub async fn housekeeping(
     Ok(report)
 }
 
+/// Vacuums and analyses `jobs` now, whatever its dead row versions: for a
+/// benchmark that measures an idle or freshly filled queue, as it is once
+/// autovacuum has run.
+pub async fn vacuum_jobs(pool: &PgPool) -> Result<()> {
+    sqlx::query(sql::VACUUM_JOBS).execute(pool).await?;
+    Ok(())
+}
+
 /// Vacuums `jobs` when it holds more than `threshold` dead row versions and
 /// no other process is vacuuming it; returns whether it vacuumed.
 ///

@@ -33,6 +33,19 @@ pub async fn stats<'e>(executor: impl PgExecutor<'e>) -> Result<QueueStats> {
     stats_at(executor, crate::db::Schema::current()).await
 }
 
+/// Whether any job is live (queued, delayed, blocked or processing), of
+/// `tenant` when given: false once a backlog has been drained.
+pub async fn has_live_jobs<'e>(
+    executor: impl PgExecutor<'e>,
+    tenant: Option<TenantId>,
+) -> Result<bool> {
+    let query = match tenant {
+        Some(tenant) => sqlx::query_scalar(sql::HAS_LIVE_JOBS_OF_TENANT).bind(tenant),
+        None => sqlx::query_scalar(sql::HAS_LIVE_JOBS),
+    };
+    Ok(query.fetch_one(executor).await?)
+}
+
 /// [`stats`] for a process running at `schema` (before
 /// [`super::FAIR_VERSION`]: no per-tenant waits).
 pub async fn stats_at<'e>(

@@ -32,6 +32,8 @@ statements! {
     EVENTS => "events.sql",
     STATS => "stats.sql",
     STATS_STRICT => "stats_strict.sql",
+    HAS_LIVE_JOBS => "has_live_jobs.sql",
+    HAS_LIVE_JOBS_OF_TENANT => "has_live_jobs_of_tenant.sql",
     GAUGES_LEAD => "gauges_lead.sql",
     WAITER_REGISTER => "waiter_register.sql",
     WAITER_UNREGISTER => "waiter_unregister.sql",

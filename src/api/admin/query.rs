@@ -146,8 +146,40 @@ pub async fn list_jobs(pool: &PgPool, q: &JobQuery) -> sqlx::Result<JobPage> {
     })
 }
 
+/// The plans (`EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)`) of the statements
+/// [`list_jobs`] runs for `q`, with the same parameters and settings: the
+/// table each reads (`jobs`, `job_history`) and its plan. For looking at
+/// how a filter set is served (`docs/console-plans.md`); the transaction
+/// is rolled back.
+pub async fn explain_list_jobs(
+    pool: &PgPool,
+    q: &JobQuery,
+) -> sqlx::Result<Vec<(&'static str, String)>> {
+    let limit = q.limit.clamp(1, MAX_LIMIT);
+    let mut plans = Vec::new();
+    for sql in list_statements(q) {
+        let table = if sql == JOBS_HISTORY {
+            "job_history"
+        } else {
+            "jobs"
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query(CUSTOM_PLANS)
+            .bind(LIST_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}");
+        let lines: Vec<String> = sqlx::query_scalar_with(&explain, list_arguments(sql, q, limit)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        plans.push((table, lines.join("\n")));
+    }
+    Ok(plans)
+}
+
 /// The list statements `q` needs: [`JOBS_LIVE`], [`JOBS_HISTORY`] or both.
-pub fn list_statements(q: &JobQuery) -> Vec<&'static str> {
+fn list_statements(q: &JobQuery) -> Vec<&'static str> {
     match q.state {
         None => vec![JOBS_LIVE, JOBS_HISTORY],
         Some(s) if s.is_final() => vec![JOBS_HISTORY],
@@ -156,7 +188,7 @@ pub fn list_statements(q: &JobQuery) -> Vec<&'static str> {
 }
 
 /// The parameters of list statement `sql` for `q`, pages of `limit`.
-pub fn list_arguments(sql: &str, q: &JobQuery, limit: i64) -> sqlx::Result<PgArguments> {
+fn list_arguments(sql: &str, q: &JobQuery, limit: i64) -> sqlx::Result<PgArguments> {
     let below = match (q.cursor, q.until.map(|t| JobId(id_floor(t)))) {
         (Some(c), Some(u)) => Some(c.min(u)),
         (c, u) => c.or(u),

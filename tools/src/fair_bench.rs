@@ -1,6 +1,6 @@
-//! `skipjack bench-fair`: what one tenant's backlog costs another tenant.
+//! `skipjack-bench fair`: what one tenant's backlog costs another tenant.
 //!
-//! In a scratch database (see [`crate::bench::Scratch`]), tenant A enqueues
+//! In a [`Scratch`] database, tenant A enqueues
 //! `--jobs` no-op jobs at once; worker runtimes in this process drain them.
 //! In the shared rounds tenant B submits one job every `--b-interval-ms`
 //! meanwhile, at the same priority, and the bench records how long each of
@@ -9,12 +9,13 @@
 //! round alternate, so both see the same machine. The report gives B's wait
 //! and A's drain rate in both kinds of round.
 
-use crate::bench::{percentile, spawn_drainers, Scratch};
-use crate::ids::{JobId, TenantId};
-use crate::queue::{self, NewJob, Outcome};
-use crate::tenants;
-use crate::worker::{Handler, JobContext};
+use crate::queue_bench::spawn_drainers;
+use crate::{percentile, Scratch};
 use serde::Serialize;
+use skipjack::ids::{JobId, TenantId};
+use skipjack::queue::{self, NewJob, Outcome};
+use skipjack::tenants;
+use skipjack::worker::{Handler, JobContext};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ pub struct FairBenchArgs {
     pub bench_database: String,
 }
 
-/// The numbers `skipjack bench-fair --json` prints.
+/// The numbers `skipjack-bench fair --json` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct FairBenchReport {
     pub jobs: usize,
@@ -180,7 +181,7 @@ async fn drain_round(
         queue::enqueue_many(&mut conn, chunk).await?;
     }
     drop(conn);
-    sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
+    queue::maintenance::vacuum_jobs(pool).await?;
 
     let started: Arc<Mutex<HashMap<JobId, Instant>>> = Arc::default();
     let shutdown = CancellationToken::new();
@@ -197,12 +198,6 @@ async fn drain_round(
     )?;
     let mut submitted: Vec<(JobId, Instant)> = Vec::new();
     let mut conn = pool.acquire().await?;
-    let a_queue_empty = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $1)")
-            .bind(a)
-            .fetch_one(&pool)
-            .await
-    };
     let elapsed = loop {
         if b_waits.is_some() {
             let mut job = NewJob::new(KIND, serde_json::Value::Null);
@@ -210,7 +205,7 @@ async fn drain_round(
             let id = queue::enqueue(&mut conn, &job).await?.id;
             submitted.push((id, Instant::now()));
         }
-        if a_queue_empty(pool.clone()).await? {
+        if !queue::read::has_live_jobs(pool, Some(a)).await? {
             break begin.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(if b_waits.is_some() {
@@ -222,10 +217,7 @@ async fn drain_round(
     };
     drop(conn);
     // B's last jobs finish too.
-    while !sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM jobs)")
-        .fetch_one(pool)
-        .await?
-    {
+    while queue::read::has_live_jobs(pool, None).await? {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     shutdown.cancel();

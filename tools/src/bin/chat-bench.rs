@@ -1,10 +1,10 @@
 //! `chat-bench`: the chat worker benchmark (one worker, simulated LLM) in a
-//! scratch database; see `skipjack::chat::bench` and BENCHMARKS.md.
+//! scratch database; see `skipjack_tools::chat_bench` and BENCHMARKS.md.
 
 use clap::Parser;
-use skipjack::chat::bench::{self, ChatBenchArgs};
 use skipjack::db::DEFAULT_DATABASE_URL;
 use skipjack::telemetry;
+use skipjack_tools::chat_bench::{self as bench, ChatBenchArgs};
 
 #[derive(Parser)]
 #[command(

@@ -2,6 +2,7 @@
 //! process (real Postgres), the integrity checks on bad replies and broken
 //! transcripts, the report's JSON fields, and the percentiles.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::TestDb;
@@ -12,14 +13,14 @@ use skipjack::chat::handler::ChatHandler;
 use skipjack::llm::config::Secret;
 use skipjack::llm::simulated::SimulatedProvider;
 use skipjack::llm::{ChatRequest, ChatResponse, LlmError, Provider};
-use skipjack::loadgen::check::{
+use skipjack::tenants;
+use skipjack::worker::{Worker, WorkerConfig};
+use skipjack_tools::loadgen::check::{
     check_reply, check_transcript, expected_reply, turn_message, MismatchKind, StoredMessage,
     TranscriptProblem,
 };
-use skipjack::loadgen::stats::{summarize, summarize_window, Sample};
-use skipjack::loadgen::{self, Profile, ProgressMode, RunConfig};
-use skipjack::tenants;
-use skipjack::worker::{Worker, WorkerConfig};
+use skipjack_tools::loadgen::stats::{summarize, summarize_window, Sample};
+use skipjack_tools::loadgen::{self, Profile, ProgressMode, RunConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,7 +328,7 @@ async fn the_report_has_the_documented_fields() {
         &svg[..200.min(svg.len())]
     );
     // The report reads back (what `loadgen replot` does).
-    let back = skipjack::loadgen::Report::read(&dir).unwrap();
+    let back = skipjack_tools::loadgen::Report::read(&dir).unwrap();
     assert_eq!(back.counts.completed, 15);
     assert_eq!(back.timeline.len(), report.timeline.len());
     std::fs::remove_dir_all(&dir).unwrap();

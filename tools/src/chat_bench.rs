@@ -1,38 +1,32 @@
 //! The chat worker benchmark behind the `chat-bench` binary: one worker
 //! (this process) with the simulated LLM, many chat turns in flight.
 //!
-//! Runs in a scratch database of its own next to the one `DATABASE_URL`
-//! names (dropped and created fresh, dropped afterwards), like
-//! `skipjack bench`. Phases:
+//! Runs in a [`Scratch`] database, like `skipjack-bench queue`. Phases:
 //! 1. set-up: one tenant, `conversations` conversations, and `jobs` chat
 //!    turns enqueued in bulk, turn by turn (turn 1 of every conversation,
 //!    then turn 2, ...), so each conversation has `jobs / conversations`
 //!    turns queued behind each other before the worker starts;
 //! 2. run: a [`Worker`] with the [`ChatHandler`] and `concurrency` slots,
-//!    on a pool sized by [`super::worker::pool_size`] as the `worker` binary
+//!    on a pool sized by [`skipjack::chat::worker::pool_size`] as the `worker` binary
 //!    does, until the queue is empty.
 //!
 //! Reported: jobs/s over the run (wall clock from the worker's start to an
 //! empty queue); the bound is `min(concurrency, conversations) / latency`;
 //! the per-job overhead and per-turn handoff as defined in
-//! `sql/chat/bench_report.sql`; this process's peak RSS (`VmHWM`, which
+//! `tools/sql/chat_report.sql`; this process's peak RSS (`VmHWM`, which
 //! includes the set-up phase) and CPU time.
 
-use super::handler::ChatHandler;
-use super::{store, ChatPayload, CHAT_KIND};
-use crate::db::{self, DbConfig};
-use crate::ids::TenantId;
-use crate::llm::{self, LlmConfig};
-use crate::queue::{self, NewJob};
-use crate::worker::{Worker, WorkerConfig};
+use crate::{sql, Scratch};
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgPool};
-use std::str::FromStr;
+use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::{store, ChatPayload, CHAT_KIND};
+use skipjack::llm::{self, LlmConfig};
+use skipjack::queue::{self, NewJob};
+use skipjack::tenants;
+use skipjack::worker::{Worker, WorkerConfig};
+use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-const REPORT: &str = include_str!("../../sql/chat/bench_report.sql");
 
 /// What to measure.
 #[derive(Clone, Debug, clap::Args)]
@@ -161,62 +155,39 @@ pub async fn run(
     database_url: &str,
     args: &ChatBenchArgs,
 ) -> anyhow::Result<Option<ChatBenchReport>> {
-    let name = &args.bench_database;
-    anyhow::ensure!(
-        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-        "bench database name must be alphanumeric"
-    );
     anyhow::ensure!(
         args.conversations > 0 && args.jobs >= args.conversations,
         "need at least one turn per conversation"
     );
-    let mut admin = PgConnectOptions::from_str(database_url)?.connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let url = db::with_database(database_url, name);
-    db::migrate(&url).await?;
+    // The set-up pool; the worker gets its own.
+    let scratch = Scratch::create(database_url, &args.bench_database, 2).await?;
     if args.enqueue_only {
-        let setup = db::connect(&DbConfig {
-            url: url.clone(),
-            pool_size: 2,
-            acquire_timeout: Duration::from_secs(30),
-            application_name: "skipjack-chat-bench".into(),
-        })
-        .await?;
-        enqueue(&setup, args).await?;
-        sqlx::query("VACUUM ANALYZE").execute(&setup).await?;
-        setup.close().await;
-        tracing::info!(database = %name, jobs = args.jobs, "enqueued only; the database is kept");
+        enqueue(&scratch.pool, args).await?;
+        scratch.vacuum_analyze().await?;
+        tracing::info!(database = %scratch.name(), jobs = args.jobs, "enqueued only; the database is kept");
+        scratch.keep().await;
         return Ok(None);
     }
-    let result = measure(&url, args).await;
-    if !args.keep_database {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
+    let result = measure(&scratch, args).await;
+    if args.keep_database {
+        scratch.keep().await;
+    } else {
+        scratch.drop().await?;
     }
     result.map(Some)
 }
 
-async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
+async fn measure(scratch: &Scratch, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     let db_pool_size = args
         .db_pool_size
-        .unwrap_or_else(|| super::worker::pool_size(16, args.concurrency));
-    let config = |size: u32, app: &str| DbConfig {
-        url: url.to_owned(),
-        pool_size: size,
-        acquire_timeout: Duration::from_secs(30),
-        application_name: app.to_owned(),
-    };
-    let setup = db::connect(&config(2, "skipjack-chat-bench")).await?;
-    enqueue(&setup, args).await?;
-    sqlx::query("VACUUM ANALYZE").execute(&setup).await?;
+        .unwrap_or_else(|| skipjack::chat::worker::pool_size(16, args.concurrency));
+    let setup = &scratch.pool;
+    enqueue(setup, args).await?;
+    scratch.vacuum_analyze().await?;
 
-    let pool = db::connect(&config(db_pool_size, "skipjack-chat-bench-worker")).await?;
+    let pool = scratch
+        .connect(db_pool_size, "skipjack-chat-bench-worker")
+        .await?;
     let provider = llm::build_provider(&LlmConfig {
         simulated_latency_ms: args.latency_ms,
         simulated_jitter_ms: Some(args.jitter_ms),
@@ -238,31 +209,25 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
     let token = stop.clone();
     let started = Instant::now();
     let running = tokio::spawn(async move { worker.run(token).await });
-    loop {
-        let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs)")
-            .fetch_one(&setup)
-            .await?;
-        if !live {
-            break;
-        }
+    while queue::read::has_live_jobs(setup, None).await? {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     running.await??;
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
-    let m = crate::metrics::metrics();
+    let m = skipjack::metrics::metrics();
     let mean = |h: prometheus::Histogram| h.get_sample_sum() / h.get_sample_count().max(1) as f64;
     let run_mean = mean(m.job_run.with_label_values(&[CHAT_KIND]));
     let llm_mean = mean(m.llm_request.with_label_values(&["simulated"]));
     pool.close().await;
 
     type Row = (i64, i64, f64, f64, f64, f64, f64, i64);
-    let (completed, not_completed, o50, o99, omax, h50, h99, batches): Row = sqlx::query_as(REPORT)
-        .bind(args.latency_ms as f64 / 1000.0)
-        .fetch_one(&setup)
-        .await?;
-    setup.close().await;
+    let (completed, not_completed, o50, o99, omax, h50, h99, batches): Row =
+        sqlx::query_as(sql::CHAT_REPORT)
+            .bind(args.latency_ms as f64 / 1000.0)
+            .fetch_one(setup)
+            .await?;
     let lanes = args.concurrency.min(args.conversations) as f64;
     Ok(ChatBenchReport {
         jobs: args.jobs,
@@ -292,11 +257,7 @@ async fn measure(url: &str, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchRep
 
 /// One tenant, the conversations, and every turn, turn by turn.
 async fn enqueue(pool: &PgPool, args: &ChatBenchArgs) -> anyhow::Result<()> {
-    let tenant = TenantId::new();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'chat-bench')")
-        .bind(tenant)
-        .execute(pool)
-        .await?;
+    let tenant = tenants::create_tenant(pool, "chat-bench", None).await?;
     let mut conversations = Vec::with_capacity(args.conversations);
     for i in 0..args.conversations {
         let (id, _, _) = store::create_conversation(pool, tenant, &format!("user-{i}")).await?;

@@ -1,4 +1,4 @@
--- bench_fill_queued: `skipjack bench-console`'s queued jobs, in a scratch
+-- fill_queued: `skipjack-bench console`'s queued jobs, in a scratch
 -- database: $1 ready chat jobs submitted over the last 10 minutes, spread
 -- over every tenant, priorities 1..10, no conversation.
 WITH t AS (SELECT array_agg(id ORDER BY name) AS ids FROM tenants),

@@ -1,8 +1,7 @@
-//! `skipjack bench-console`: how fast the console's jobs list and job page
+//! `skipjack-bench console`: how fast the console's jobs list and job page
 //! answer over a large history.
 //!
-//! Fills a scratch database of its own (created fresh, dropped afterwards)
-//! with `--finished` jobs in `job_history` over the last `--days` days and
+//! Fills a [`Scratch`] database with `--finished` jobs in `job_history` over the last `--days` days and
 //! `--queued` jobs in `jobs`, analyses it, then sends requests through the
 //! API's router in this process (the whole handler, without the network):
 //! `GET /v1/admin/jobs` with several filter sets (and the second page of
@@ -10,25 +9,19 @@
 //! finished jobs. Prints latency percentiles per request, and with
 //! `--explain` the plans (EXPLAIN ANALYZE) of the list statements.
 
-use crate::api::admin::query;
-use crate::api::{Api, ApiConfig};
-use crate::bench::percentile;
+use crate::{percentile, sql, Scratch};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use skipjack::api::admin::query;
+use skipjack::api::{Api, ApiConfig};
+use skipjack::tenants;
+use sqlx::PgPool;
 use std::fmt::Write as _;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use uuid::Uuid;
-
-const BENCH_TENANTS: &str = include_str!("../sql/admin/bench_tenants.sql");
-const FILL_HISTORY: &str = include_str!("../sql/admin/bench_fill_history.sql");
-const FILL_QUEUED: &str = include_str!("../sql/admin/bench_fill_queued.sql");
-const SAMPLE_IDS: &str = include_str!("../sql/admin/bench_sample_ids.sql");
-const PARTITIONS: &str = include_str!("../sql/admin/bench_partitions.sql");
-const ANALYZE: &str = include_str!("../sql/admin/bench_analyze.sql");
 
 /// The admin key of the scratch API (never used elsewhere).
 const KEY: &str = "bench-console-admin-key-0123456789abcdef";
@@ -71,7 +64,7 @@ pub struct Measured {
     pub max_ms: f64,
 }
 
-/// What `skipjack bench-console` prints.
+/// What `skipjack-bench console` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConsoleBenchReport {
     pub finished: i64,
@@ -87,7 +80,7 @@ impl ConsoleBenchReport {
     /// The human table (and the plans).
     pub fn table(&self) -> String {
         let mut out = format!(
-            "skipjack bench-console ({} finished, {} queued jobs; {} requests each; filled in {:.0} s)\n{:<64}{:>10}{:>10}{:>10}\n",
+            "skipjack-bench console ({} finished, {} queued jobs; {} requests each; filled in {:.0} s)\n{:<64}{:>10}{:>10}{:>10}\n",
             self.finished, self.queued, self.samples, self.fill_seconds, "request", "p50 ms", "p99 ms", "max ms"
         );
         for r in &self.results {
@@ -129,32 +122,33 @@ pub async fn run(
         args.finished >= 10 && args.tenants >= 1 && args.days >= 1,
         "too small a bench"
     );
-    let scratch = crate::bench::Scratch::create(database_url, &args.bench_database, 8).await?;
-    let result = measure(&scratch.pool, args).await;
+    let scratch = Scratch::create(database_url, &args.bench_database, 8).await?;
+    let result = measure(&scratch, args).await;
     scratch.drop().await?;
     result
 }
 
-async fn fill(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<()> {
-    sqlx::query(BENCH_TENANTS)
-        .bind(args.tenants)
-        .execute(pool)
-        .await?;
-    sqlx::query(PARTITIONS)
+/// Tenants `bench-0` .. `bench-{tenants - 1}`, the history's partitions,
+/// the finished and the queued jobs, then fresh statistics.
+async fn fill(scratch: &Scratch, args: &ConsoleBenchArgs) -> anyhow::Result<()> {
+    let pool = &scratch.pool;
+    for i in 0..args.tenants {
+        tenants::create_tenant(pool, &format!("bench-{i}"), None).await?;
+    }
+    sqlx::query(sql::CONSOLE_PARTITIONS)
         .bind(args.days as i32)
         .execute(pool)
         .await?;
-    sqlx::query(FILL_HISTORY)
+    sqlx::query(sql::CONSOLE_FILL_HISTORY)
         .bind(args.finished)
         .bind(args.days as f64)
         .execute(pool)
         .await?;
-    sqlx::query(FILL_QUEUED)
+    sqlx::query(sql::CONSOLE_FILL_QUEUED)
         .bind(args.queued)
         .execute(pool)
         .await?;
-    sqlx::query(ANALYZE).execute(pool).await?;
-    Ok(())
+    scratch.vacuum_analyze().await
 }
 
 async fn get(
@@ -192,12 +186,13 @@ fn summarise(request: String, mut ms: Vec<f64>) -> Measured {
     }
 }
 
-async fn measure(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<ConsoleBenchReport> {
+async fn measure(scratch: &Scratch, args: &ConsoleBenchArgs) -> anyhow::Result<ConsoleBenchReport> {
+    let pool = &scratch.pool;
     let started = Instant::now();
-    fill(pool, args).await?;
+    fill(scratch, args).await?;
     let fill_seconds = started.elapsed().as_secs_f64();
     let shutdown = CancellationToken::new();
-    let hash = crate::api::queue::admin_key_hash(KEY);
+    let hash = skipjack::api::queue::admin_key_hash(KEY);
     let api = Api::start(
         pool.clone(),
         ApiConfig {
@@ -210,8 +205,8 @@ async fn measure(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<Conso
     let router = api.router();
     let cookie = format!(
         "{}={}",
-        crate::api::admin::auth::COOKIE_NAME,
-        crate::api::admin::auth::new_session(&hash, chrono::Utc::now().timestamp())
+        skipjack::api::admin::auth::COOKIE_NAME,
+        skipjack::api::admin::auth::new_session(&hash, chrono::Utc::now().timestamp())
     );
     let mut results = Vec::new();
     for filter in FILTERS {
@@ -233,7 +228,7 @@ async fn measure(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<Conso
             results.push(summarise(label, ms));
         }
     }
-    let ids: Vec<Uuid> = sqlx::query_scalar(SAMPLE_IDS)
+    let ids: Vec<Uuid> = sqlx::query_scalar(sql::CONSOLE_SAMPLE_IDS)
         .bind(args.samples.max(2) as i64)
         .fetch_all(pool)
         .await?;
@@ -272,11 +267,11 @@ async fn measure(pool: &PgPool, args: &ConsoleBenchArgs) -> anyhow::Result<Conso
 }
 
 /// EXPLAIN ANALYZE of the list statements for each filter set, as
-/// `list_jobs` runs them (custom plans).
+/// `list_jobs` runs them.
 async fn explain(pool: &PgPool) -> anyhow::Result<Vec<(String, String)>> {
     let mut plans = Vec::new();
     for filter in FILTERS {
-        let params: crate::api::admin::JobsQuery =
+        let params: skipjack::api::admin::JobsQuery =
             serde_json::from_value(serde_json::Value::Object(
                 filter
                     .split('&')
@@ -293,26 +288,8 @@ async fn explain(pool: &PgPool) -> anyhow::Result<Vec<(String, String)>> {
             .resolve(pool)
             .await
             .map_err(|e| anyhow::anyhow!("{filter}: {e}"))?;
-        for sql in query::list_statements(&q) {
-            let table = if sql == query::JOBS_HISTORY {
-                "job_history"
-            } else {
-                "jobs"
-            };
-            let mut tx = pool.begin().await?;
-            sqlx::query(query::CUSTOM_PLANS)
-                .bind(query::LIST_TIMEOUT)
-                .execute(&mut *tx)
-                .await?;
-            let rows = sqlx::query_with(
-                &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"),
-                query::list_arguments(sql, &q, q.limit)?,
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-            plans.push((format!("{table}: ?{filter}"), plan.join("\n")));
+        for (table, plan) in query::explain_list_jobs(pool, &q).await? {
+            plans.push((format!("{table}: ?{filter}"), plan));
         }
     }
     Ok(plans)

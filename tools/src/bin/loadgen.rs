@@ -1,10 +1,10 @@
 //! `loadgen`: virtual chat users against a skipjack API (see
-//! `skipjack::loadgen`). Prints the summary on stdout, writes the report
+//! `skipjack_tools::loadgen`). Prints the summary on stdout, writes the report
 //! directory, and exits 1 when the run found problems.
 
 use clap::Parser;
-use skipjack::loadgen::args::ProfileCommand;
-use skipjack::loadgen::{self, LoadgenArgs, Report};
+use skipjack_tools::loadgen::args::ProfileCommand;
+use skipjack_tools::loadgen::{self, LoadgenArgs, Report};
 use std::process::ExitCode;
 
 #[tokio::main]

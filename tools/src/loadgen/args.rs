@@ -3,8 +3,8 @@
 
 use super::profile::{parse_duration, Profile};
 use super::{new_run_id, ProgressMode, RunConfig};
-use crate::llm::config::Secret;
 use clap::{Parser, Subcommand};
+use skipjack::llm::config::Secret;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

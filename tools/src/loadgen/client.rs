@@ -2,7 +2,6 @@
 //! (submit, long-poll or event stream, queue depth) with their outcomes
 //! classified, over one shared connection pool.
 
-use crate::llm::config::Secret;
 use chrono::{DateTime, Utc};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::stream::BoxStream;
@@ -10,6 +9,7 @@ use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
+use skipjack::llm::config::Secret;
 use std::time::Duration;
 
 /// Longest a POST may take before it counts as an error.

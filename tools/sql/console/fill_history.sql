@@ -1,4 +1,4 @@
--- bench_fill_history: `skipjack bench-console`'s finished jobs, in a scratch
+-- fill_history: `skipjack-bench console`'s finished jobs, in a scratch
 -- database: $1 jobs finished evenly over the last $2 days, spread over
 -- every tenant and over $1 / 10 conversations; 90% completed, 8% failed
 -- (two error texts), 2% cancelled; 5% webhook jobs; priorities 1..10. Ids

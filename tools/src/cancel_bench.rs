@@ -1,22 +1,21 @@
-//! `skipjack bench-cancel`: the time from `DELETE /v1/chat/{id}` to the
+//! `skipjack-bench cancel`: the time from `DELETE /v1/chat/{id}` to the
 //! worker dropping the running attempt, on an idle system.
 //!
-//! Runs in a scratch database of its own (created fresh, dropped
-//! afterwards), with the API's router and one worker in this process. Each
+//! Runs in a [`Scratch`] database, with the API's router and one worker in this process. Each
 //! sample enqueues a job whose handler never returns, waits for the worker
 //! to start it, then sends the DELETE through the router (the whole API
 //! handler, without the network) and measures until the handler's future
 //! is dropped. Also reports how long the DELETE itself took to answer.
 
-use crate::api::{Api, ApiConfig};
-use crate::bench::percentile;
-use crate::ids::JobId;
-use crate::queue::{self, NewJob, Outcome};
-use crate::tenants;
-use crate::worker::{Handler, JobContext, Worker, WorkerConfig};
+use crate::{percentile, Scratch};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde::Serialize;
+use skipjack::api::{Api, ApiConfig};
+use skipjack::ids::JobId;
+use skipjack::queue::{self, NewJob, Outcome};
+use skipjack::tenants;
+use skipjack::worker::{Handler, JobContext, Worker, WorkerConfig};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +35,7 @@ pub struct CancelBenchArgs {
     pub bench_database: String,
 }
 
-/// The numbers `skipjack bench-cancel --json` prints (milliseconds).
+/// The numbers `skipjack-bench cancel --json` prints (milliseconds).
 #[derive(Clone, Debug, Serialize)]
 pub struct CancelBenchReport {
     pub samples: usize,
@@ -52,7 +51,7 @@ impl CancelBenchReport {
     /// The human table.
     pub fn table(&self) -> String {
         format!(
-            "skipjack bench-cancel ({} running jobs cancelled one at a time)\n\
+            "skipjack-bench cancel ({} running jobs cancelled one at a time)\n\
              {:<34}{:>10.3} ms\n{:<34}{:>10.3} ms\n{:<34}{:>10.3} ms\n{:<34}{:>10.3} ms\n\
              {:<34}{:>10.3} ms\n{:<34}{:>10.3} ms",
             self.samples,
@@ -105,7 +104,7 @@ impl Handler for Hang {
 
 /// Creates the scratch database, measures, drops the database.
 pub async fn run(database_url: &str, args: &CancelBenchArgs) -> anyhow::Result<CancelBenchReport> {
-    let scratch = crate::bench::Scratch::create(database_url, &args.bench_database, 16).await?;
+    let scratch = Scratch::create(database_url, &args.bench_database, 16).await?;
     let result = measure(&scratch.pool, args.samples).await;
     scratch.drop().await?;
     result

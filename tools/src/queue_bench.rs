@@ -1,7 +1,7 @@
-//! `skipjack bench`: the queue's own throughput and latency, with no-op jobs.
+//! `skipjack-bench queue`: the queue's own throughput and latency, with
+//! no-op jobs.
 //!
-//! Runs in a database of its own (created fresh, dropped afterwards) next to
-//! the one `DATABASE_URL` names, so it never touches real jobs. Phases:
+//! Runs in a [`Scratch`] database, so it never touches real jobs. Phases:
 //! 1. bulk enqueue: N jobs in batches, one statement per batch;
 //! 2. single enqueue: C producers, one job per statement, no worker waiting;
 //! 3. drain: W worker runtimes in this process run every queued job;
@@ -22,16 +22,14 @@
 //! the index entries they wrote (`pg_stat_*`, read after waiting for every
 //! backend to report: the drain phase takes about 20 s longer for it).
 
-use crate::db::{self, DbConfig};
-use crate::ids::JobId;
 use crate::loadgen::stats::{cpu_time_of_stat, process_cpu_time};
-use crate::queue::{self, NewJob, Outcome};
-use crate::worker::{Handler, JobContext, NoopHandler, Worker, WorkerConfig};
+use crate::{percentile, sql, Scratch};
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use skipjack::ids::JobId;
+use skipjack::queue::{self, NewJob, Outcome};
+use skipjack::worker::{Handler, JobContext, NoopHandler, Worker, WorkerConfig};
+use sqlx::{Connection, PgPool};
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -39,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What to measure.
 #[derive(Clone, Debug, clap::Args)]
-pub struct BenchArgs {
+pub struct QueueBenchArgs {
     /// Jobs enqueued in bulk (and then drained).
     #[arg(long, default_value_t = 100_000)]
     pub jobs: usize,
@@ -75,9 +73,9 @@ pub struct BenchArgs {
     pub bench_database: String,
 }
 
-/// The numbers `skipjack bench --json` prints.
+/// The numbers `skipjack-bench queue --json` prints.
 #[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
+pub struct QueueBenchReport {
     pub jobs: usize,
     pub single_jobs: usize,
     pub producers: usize,
@@ -117,11 +115,11 @@ pub struct DrainWork {
     pub index_entries: f64,
 }
 
-impl BenchReport {
+impl QueueBenchReport {
     /// The human table.
     pub fn table(&self) -> String {
         format!(
-            "skipjack bench ({} bulk jobs, {} single jobs by {} producers, {} worker(s) x {} slots)\n\
+            "skipjack-bench queue ({} bulk jobs, {} single jobs by {} producers, {} worker(s) x {} slots)\n\
              {:<34}{:>12.0} jobs/s\n{:<34}{:>12.0} jobs/s\n{:<34}{:>12.0} jobs/s\n\
              {:<34}{:>12.3} ms\n{:<34}{:>12.3} ms\n{:<34}{:>12.3} ms\n{:<34}{:>12.3} ms",
             self.jobs,
@@ -212,9 +210,7 @@ fn postgres_cpu() -> Option<Duration> {
 async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
     let postgres_cpu = postgres_cpu();
     let own_cpu = process_cpu_time();
-    let wal_lsn = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(pool)
-        .await?;
+    let wal_lsn = sqlx::query_scalar(sql::WAL_LSN).fetch_one(pool).await?;
     Ok(Counters {
         postgres_cpu,
         own_cpu,
@@ -228,16 +224,12 @@ async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
 async fn table_stats(pool: &PgPool) -> anyhow::Result<TableStats> {
     tokio::time::sleep(STATS_SETTLE).await;
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
+    sqlx::query(sql::CLEAR_STATS_SNAPSHOT)
         .execute(&mut *conn)
         .await?;
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT t.relname::text, t.n_tup_ins, t.n_tup_upd, t.n_tup_hot_upd, t.n_tup_del, \
-                (SELECT count(*) FROM pg_index i WHERE i.indrelid = t.relid) \
-         FROM pg_stat_user_tables t",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(sql::TABLE_STATS)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(name, ins, upd, hot, del, idx)| (name, [ins, upd, hot, del, idx]))
@@ -254,7 +246,7 @@ async fn drain_work(
     let cpu = |a: Option<Duration>, b: Option<Duration>| {
         Some(per_job(b?.saturating_sub(a?).as_secs_f64() * 1e6))
     };
-    let wal: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+    let wal: f64 = sqlx::query_scalar(sql::WAL_DIFF)
         .bind(&after.0.wal_lsn)
         .bind(&before.0.wal_lsn)
         .fetch_one(pool)
@@ -279,7 +271,7 @@ async fn drain_work(
 }
 
 /// Creates the scratch database, runs every phase, drops the database.
-pub async fn run(database_url: &str, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+pub async fn run(database_url: &str, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
     let pool_size = (args.producers + 2 * args.workers + 4) as u32;
     let scratch = Scratch::create(database_url, &args.bench_database, pool_size).await?;
     let result = phases(&scratch.pool, args).await;
@@ -287,68 +279,12 @@ pub async fn run(database_url: &str, args: &BenchArgs) -> anyhow::Result<BenchRe
     result
 }
 
-/// A migrated database of a benchmark's own, next to the one `DATABASE_URL`
-/// names, created fresh (an old one of the same name is dropped first) so
-/// that a benchmark never touches real jobs; [`Scratch::drop`] removes it.
-pub struct Scratch {
-    /// Connections to the scratch database.
-    pub pool: PgPool,
-    /// A connection to the server's database, to drop the scratch one.
-    admin: sqlx::PgConnection,
-    name: String,
-}
-
-impl Scratch {
-    /// Creates and migrates database `name` (ASCII letters, digits and `_`)
-    /// on the server of `database_url`, with a pool of `pool_size`.
-    pub async fn create(database_url: &str, name: &str, pool_size: u32) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "bench database name must be alphanumeric"
-        );
-        let mut admin = PgConnectOptions::from_str(database_url)?.connect().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        let url = db::with_database(database_url, name);
-        db::migrate(&url).await?;
-        let pool = db::connect(&DbConfig {
-            url,
-            pool_size,
-            acquire_timeout: Duration::from_secs(30),
-            application_name: "skipjack-bench".into(),
-        })
-        .await?;
-        Ok(Scratch {
-            pool,
-            admin,
-            name: name.to_owned(),
-        })
-    }
-
-    /// Closes the pool and drops the database.
-    pub async fn drop(mut self) -> anyhow::Result<()> {
-        self.pool.close().await;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut self.admin)
-        .await?;
-        self.admin.close().await?;
-        Ok(())
-    }
-}
-
-async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+async fn phases(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
     let bulk = enqueue_bulk(pool, args.jobs, args.batch).await?;
     eprintln!("bulk enqueue: {bulk:.0} jobs/s");
     let (single, single_enqueued) = enqueue_single(pool, args.single_jobs, args.producers).await?;
     eprintln!("single-row enqueue: {single:.0} jobs/s");
-    sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
+    queue::maintenance::vacuum_jobs(pool).await?;
     let drained = args.jobs + single_enqueued;
     let stats_before = table_stats(pool).await?;
     let before = counters(pool).await?;
@@ -366,10 +302,10 @@ async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> 
     // would walk past until autovacuum (a minute at most with the table's
     // settings) removes them. Pickup is measured on an idle queue, as an
     // idle queue is once autovacuum has run.
-    sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
+    queue::maintenance::vacuum_jobs(pool).await?;
     let mut pickup = pickup(pool, args.pickup_samples, args.pickup_interval_ms).await?;
     pickup.sort_by(f64::total_cmp);
-    Ok(BenchReport {
+    Ok(QueueBenchReport {
         jobs: args.jobs,
         single_jobs: args.single_jobs,
         producers: args.producers,
@@ -384,15 +320,6 @@ async fn phases(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<BenchReport> 
         pickup_max_ms: pickup.last().copied().unwrap_or(0.0),
         drain_work,
     })
-}
-
-/// The value at quantile `q` of sorted samples (nearest rank).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn noop_job(i: usize) -> NewJob {
@@ -446,7 +373,7 @@ async fn enqueue_single(
 async fn drain(
     pool: &PgPool,
     expected: usize,
-    args: &BenchArgs,
+    args: &QueueBenchArgs,
 ) -> anyhow::Result<(f64, Counters)> {
     let shutdown = CancellationToken::new();
     let start = Instant::now();
@@ -457,13 +384,7 @@ async fn drain(
         || NoopHandler,
         &shutdown,
     )?;
-    loop {
-        let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs)")
-            .fetch_one(pool)
-            .await?;
-        if !live {
-            break;
-        }
+    while queue::read::has_live_jobs(pool, None).await? {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
@@ -472,7 +393,7 @@ async fn drain(
     for runtime in runtimes {
         runtime.await??;
     }
-    let finished: i64 = sqlx::query_scalar("SELECT count(*) FROM job_history")
+    let finished: i64 = sqlx::query_scalar(sql::FINISHED_JOBS)
         .fetch_one(pool)
         .await?;
     anyhow::ensure!(
@@ -491,7 +412,7 @@ pub(crate) fn spawn_drainers<H: Handler>(
     (concurrency, max_claim): (usize, usize),
     handler: impl Fn() -> H,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), crate::worker::WorkerError>>>> {
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), skipjack::worker::WorkerError>>>> {
     let mut runtimes = Vec::new();
     for _ in 0..workers.max(1) {
         let worker = Worker::builder(pool.clone())

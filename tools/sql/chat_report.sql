@@ -1,4 +1,4 @@
--- bench_report: what the chat worker benchmark (`chat-bench`) measures,
+-- chat_report: what the chat worker benchmark (`chat-bench`) measures,
 -- from job_history alone. $1: the simulated LLM latency in seconds.
 --
 -- overhead: finished_at - started_at - $1 per completed job: everything the
