@@ -1,6 +1,6 @@
-//! The library's import graph, read from `src/`: no module imports one that
-//! imports it back (directly or around a circle), and the base modules
-//! import nothing above them. A module may use its parent's items and its
+//! The import graphs of the library (`src/`) and the tools (`tools/src/`):
+//! no module imports one that imports it back (directly or around a
+//! circle), and the library's base modules import nothing above them. A module may use its parent's items and its
 //! parent may declare and re-export it: those edges are not counted.
 //!
 //! Imports are read from the source text: `use` trees and inline
@@ -302,8 +302,10 @@ fn circles(graph: &Graph) -> Vec<Vec<String>> {
     state.found
 }
 
-fn library_graph() -> Graph {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The import graph of the crate whose sources are in `src` (relative to
+/// the workspace root), edges between nested modules left out.
+fn crate_graph(src: &str) -> Graph {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
     let mut graph = graph(&src);
     for (from, to) in graph.iter_mut() {
         to.retain(|t| !nested(from, t));
@@ -315,38 +317,42 @@ fn top(name: &str) -> &str {
     name.split("::").next().unwrap_or(name)
 }
 
+/// The library and the tools crate: no circle between files, nor between
+/// top-level modules.
 #[test]
 fn no_module_imports_one_that_imports_it_back() {
-    let graph = library_graph();
-    assert!(
-        graph.len() > 50,
-        "the library's modules were not found: {graph:?}"
-    );
-    assert_eq!(
-        circles(&graph),
-        Vec::<Vec<String>>::new(),
-        "import circles between modules"
-    );
-    let mut tops = Graph::new();
-    for (from, to) in &graph {
-        for t in to {
-            if top(from) != top(t) {
-                tops.entry(top(from).to_owned())
-                    .or_default()
-                    .insert(top(t).to_owned());
+    for (src, least) in [("src", 50), ("tools/src", 15)] {
+        let graph = crate_graph(src);
+        assert!(
+            graph.len() > least,
+            "the modules of {src} were not found: {graph:?}"
+        );
+        assert_eq!(
+            circles(&graph),
+            Vec::<Vec<String>>::new(),
+            "import circles in {src}"
+        );
+        let mut tops = Graph::new();
+        for (from, to) in &graph {
+            for t in to {
+                if top(from) != top(t) {
+                    tops.entry(top(from).to_owned())
+                        .or_default()
+                        .insert(top(t).to_owned());
+                }
             }
         }
+        assert_eq!(
+            circles(&tops),
+            Vec::<Vec<String>>::new(),
+            "import circles between the top-level modules of {src}"
+        );
     }
-    assert_eq!(
-        circles(&tops),
-        Vec::<Vec<String>>::new(),
-        "import circles between top-level modules"
-    );
 }
 
 #[test]
 fn base_modules_import_nothing_above_them() {
-    let graph = library_graph();
+    let graph = crate_graph("src");
     let mut upward = Vec::new();
     for (from, to) in &graph {
         if !BASE.contains(&top(from)) {

@@ -236,7 +236,7 @@ async fn the_report_has_the_documented_fields() {
     let report = loadgen::run(system.short_run()).await.unwrap();
     system.stop().await;
     let dir = std::env::temp_dir().join(format!("skipjack-loadgen-{}", loadgen::new_run_id()));
-    report.write(&dir).unwrap();
+    loadgen::write_report(&report, &dir).unwrap();
     let json: Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     for field in [

@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
         }
     };
     print!("{}", report.summary());
-    if let Err(e) = report.write(&dir) {
+    if let Err(e) = loadgen::write_report(&report, &dir) {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }

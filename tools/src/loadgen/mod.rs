@@ -149,3 +149,10 @@ pub enum LoadgenError {
     #[error("drawing the chart: {0}")]
     Chart(String),
 }
+
+/// Writes a run's `report.json`, `summary.txt` and `chart.svg` into `dir`
+/// (created if needed).
+pub fn write_report(report: &report::Report, dir: &std::path::Path) -> Result<(), LoadgenError> {
+    report.write(dir)?;
+    chart::draw(report, &dir.join("chart.svg"))
+}

@@ -67,7 +67,7 @@ use super::stats::{
     in_window, summarize, summarize_window, Counters, LatencySummary, QueueSample, Recorder,
     Sample, UserFairness,
 };
-use super::{chart, LoadgenError, RunConfig};
+use super::{LoadgenError, RunConfig};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -799,13 +799,13 @@ impl Report {
         )?)?)
     }
 
-    /// Writes `report.json`, `summary.txt` and `chart.svg` into `dir`
-    /// (created if needed).
+    /// Writes `report.json` and `summary.txt` into `dir` (created if
+    /// needed); [`super::write_report`] adds the chart.
     pub fn write(&self, dir: &Path) -> Result<(), LoadgenError> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
         std::fs::write(dir.join("summary.txt"), self.summary())?;
-        chart::draw(self, &dir.join("chart.svg"))
+        Ok(())
     }
 }
 
