@@ -1091,7 +1091,7 @@ async fn ready_says_whether_the_worker_is_claiming() {
     let handler = ChatHandler::new(db.pool.clone(), simulated(0, 0));
     let worker = Running::start(db.pool.clone(), handler, config("w"));
     let shutdown = CancellationToken::new();
-    let check = skipjack::chat::worker::claiming_check(
+    let check = skipjack::worker::claiming_check(
         worker.worker.clone(),
         shutdown.clone(),
         Duration::from_secs(5),

@@ -6,6 +6,7 @@
 //! pool's acquire timeout, a dropped connection, a server shutting down) is
 //! a 503, so clients retry instead of giving up.
 
+use crate::chat::conversations::ResolveError;
 use crate::queue::QueueError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -158,6 +159,15 @@ impl From<sqlx::Error> for ApiError {
             ApiError::Unavailable("database unavailable")
         } else {
             ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(error: ResolveError) -> Self {
+        match error {
+            ResolveError::NotFound => ApiError::NotFound("conversation"),
+            ResolveError::Database(e) => e.into(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Routes
 //! - `POST /v1/chat` ([`chat`]): validate, admit ([`admission`]), pick the
-//!   conversation ([`conversations::Resolver`]), enqueue through
+//!   conversation ([`crate::chat::conversations::Resolver`]), enqueue through
 //!   [`group_commit`]; `202` with the job id and a `Location`.
 //! - `GET /v1/chat/{job_id}?wait=N`: the job, long-polled through
 //!   [`long_poll`] (one LISTEN connection per process).
@@ -79,7 +79,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<ApiConfig>,
     pub auth: Arc<auth::Authenticator>,
-    pub conversations: Arc<conversations::Resolver>,
+    pub conversations: Arc<crate::chat::conversations::Resolver>,
     pub admission: Arc<admission::Admission>,
     pub group_commit: Arc<GroupCommit>,
     pub long_poll: Arc<LongPoll>,
@@ -171,7 +171,7 @@ impl Api {
                 pool.clone(),
                 config.auth_cache_ttl,
             )),
-            conversations: Arc::new(conversations::Resolver::new(pool.clone())),
+            conversations: Arc::new(crate::chat::conversations::Resolver::new(pool.clone())),
             admission,
             group_commit: Arc::new(group_commit),
             long_poll,

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use skipjack::chat::config::{CacheArgs, HistoryArgs, StreamArgs};
-use skipjack::chat::worker as chat_worker;
+use skipjack::chat::setup::chat_handler;
 use skipjack::db::DatabaseArgs;
 use skipjack::llm::LlmConfig;
 use skipjack::webhooks::{WebhookArgs, WebhookHandler};
@@ -38,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut worker_config = args.worker.worker_config();
     let mut db_config = args.db.db_config("skipjack-worker");
-    db_config.pool_size = chat_worker::pool_size(db_config.pool_size, worker_config.concurrency);
+    db_config.pool_size =
+        skipjack::worker::pool_size(db_config.pool_size, worker_config.concurrency);
     let pool = db::connect(&db_config)
         .await
         .context("connecting to the database")?;
@@ -56,10 +57,9 @@ async fn main() -> anyhow::Result<()> {
         args.stream.publisher_config(),
         publisher_stop.clone(),
     );
-    let handler =
-        chat_worker::chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
-            .context("setting up the chat handler")?
-            .with_stream_publisher(publisher);
+    let handler = chat_handler(pool.clone(), &args.llm, &args.history, &args.cache, schema)
+        .context("setting up the chat handler")?
+        .with_stream_publisher(publisher);
     let webhooks = WebhookHandler::new(pool.clone(), args.webhooks.webhook_config())
         .context("setting up webhook deliveries")?;
     tracing::info!(
@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
             .config(worker_config)
             .build()?,
     );
-    let ready = chat_worker::claiming_check(worker.clone(), shutdown.clone(), stale_after);
+    let ready = skipjack::worker::claiming_check(worker.clone(), shutdown.clone(), stale_after);
 
     let listener = tokio::net::TcpListener::bind(args.worker.worker_addr)
         .await

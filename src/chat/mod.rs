@@ -1,13 +1,15 @@
 //! Chat: conversations, their messages, and the chat job's payload.
 //!
 //! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
+//! - [`conversations`]: which conversation a message goes to
+//!   ([`conversations::Resolver`], caching what never changes).
 //! - [`handler`]: [`handler::ChatHandler`], the worker's handler for chat jobs.
 //! - [`cache`]: the optional Redis cache-aside for histories.
 //! - [`loader`]: reads the histories of jobs that start together in one query.
 //! - [`budget`]: how much of a long conversation the LLM is sent.
 //! - [`config`]: the history settings (`SKIPJACK_HISTORY_MAX_TOKENS`) and
 //!   the cache's (`REDIS_URL`, `SKIPJACK_CACHE_*`).
-//! - [`worker`]: wiring of the worker process (handler, pool size, readiness).
+//! - [`setup`]: the chat handler built from the worker process's settings.
 //!
 //! A chat job (kind [`CHAT_KIND`]) carries the user's message in its payload;
 //! the worker's chat handler loads the conversation's history, calls the LLM,
@@ -17,10 +19,11 @@
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod conversations;
 pub mod handler;
 pub mod loader;
+pub mod setup;
 pub mod store;
-pub mod worker;
 
 use serde::{Deserialize, Serialize};
 

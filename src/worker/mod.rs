@@ -25,10 +25,12 @@ pub mod handler;
 mod heartbeat;
 mod noop;
 mod producer;
+pub mod ready;
 
-pub use config::{default_worker_id, WorkerArgs, WorkerConfig};
+pub use config::{default_worker_id, pool_size, WorkerArgs, WorkerConfig};
 pub use handler::{FinishedJob, Handler, JobContext};
 pub use noop::NoopHandler;
+pub use ready::claiming_check;
 
 /// What executors send the completer.
 enum Done {

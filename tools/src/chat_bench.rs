@@ -7,7 +7,7 @@
 //!    then turn 2, ...), so each conversation has `jobs / conversations`
 //!    turns queued behind each other before the worker starts;
 //! 2. run: a [`Worker`] with the [`ChatHandler`] and `concurrency` slots,
-//!    on a pool sized by [`skipjack::chat::worker::pool_size`] as the `worker` binary
+//!    on a pool sized by [`skipjack::worker::pool_size`] as the `worker` binary
 //!    does, until the queue is empty.
 //!
 //! Reported: jobs/s over the run (wall clock from the worker's start to an
@@ -180,7 +180,7 @@ pub async fn run(
 async fn measure(scratch: &Scratch, args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     let db_pool_size = args
         .db_pool_size
-        .unwrap_or_else(|| skipjack::chat::worker::pool_size(16, args.concurrency));
+        .unwrap_or_else(|| skipjack::worker::pool_size(16, args.concurrency));
     let setup = &scratch.pool;
     enqueue(setup, args).await?;
     scratch.vacuum_analyze().await?;

@@ -1,20 +1,14 @@
-//! Wiring of the chat worker process, kept out of `src/bin/worker.rs` so the
-//! binary stays thin: the handler with its provider and optional cache, the
-//! database pool size, and the readiness check that says whether the worker
-//! is still claiming.
+//! Building the chat handler from the worker process's settings: the
+//! provider (and its shared budgets), the optional Redis cache, the history
+//! budget and the token meter, each logged without a key or a URL's
+//! password.
 
 use super::cache::{CacheError, HistoryCache};
 use super::config::{CacheArgs, HistoryArgs};
 use super::handler::ChatHandler;
 use crate::db::Schema;
-use crate::health::ReadyCheck;
 use crate::llm::{self, ConfigError, LlmConfig};
-use crate::metrics::metrics;
-use crate::worker::Worker;
 use sqlx::PgPool;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Why the chat handler cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -120,53 +114,4 @@ pub fn chat_handler(
         tracing::info!("no REDIS_URL: history is read from Postgres");
     }
     Ok(handler)
-}
-
-/// Database connections a worker process needs for `concurrency` slots,
-/// given the configured pool size (`SKIPJACK_DB_POOL_SIZE`).
-///
-/// Four long-lived users (the claim loop, the completer, the heartbeat and
-/// maintenance) plus the chat handler's history reads. Those are short
-/// statements at the start of a job that then waits seconds for the LLM:
-/// without a cache the history loader runs at most four at a time whatever
-/// the burst; with the Redis cache each job runs one primary-key probe. One
-/// connection per 50 slots leaves a wide margin either way: 1,000 slots get
-/// 24 connections, not 1,000.
-pub fn pool_size(configured: u32, concurrency: usize) -> u32 {
-    let needed = 4 + u32::try_from(concurrency.div_ceil(50)).unwrap_or(u32::MAX);
-    configured.max(needed.min(64))
-}
-
-/// `/ready`'s claim check for `worker`: ready while the worker runs (not
-/// shutting down) and its claim loop makes progress: a claim statement
-/// succeeded within `stale_after`, or every slot is busy (then the loop
-/// rightly waits for a free one). A claim loop that keeps failing (database
-/// errors) or has died makes the worker unready.
-pub fn claiming_check(
-    worker: Arc<Worker>,
-    shutdown: CancellationToken,
-    stale_after: Duration,
-) -> ReadyCheck {
-    let last: Mutex<(u64, Instant)> = Mutex::new((worker.claims(), Instant::now()));
-    ReadyCheck::new("claiming", move || {
-        if shutdown.is_cancelled() {
-            return Err("shutting down: no longer claiming".to_owned());
-        }
-        let claims = worker.claims();
-        // Two plain values: usable after a panic elsewhere.
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if claims != last.0 {
-            *last = (claims, Instant::now());
-            return Ok(());
-        }
-        let idle = last.1.elapsed();
-        let m = metrics();
-        if idle <= stale_after || m.worker_slots_busy.get() >= m.worker_slots_total.get() {
-            return Ok(());
-        }
-        Err(format!(
-            "no successful claim for {:.0} s while slots are free",
-            idle.as_secs_f64()
-        ))
-    })
 }
