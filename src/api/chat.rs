@@ -6,7 +6,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{IdPath, JsonBody, QueryParams};
 use super::observe::observed;
 use super::{validate, AppState, MAX_WAIT_SECONDS};
-use crate::chat::{ChatPayload, CHAT_KIND};
+use crate::chat::{ChatPayload, ChatResult, CHAT_KIND};
 use crate::ids::{ConversationId, JobId};
 use crate::metrics::metrics;
 use crate::queue::{self, JobState, JobView, NewJob};
@@ -122,13 +122,11 @@ pub struct JobResponse {
 
 impl From<JobView> for JobResponse {
     fn from(job: JobView) -> Self {
-        // A chat job's result is `ChatResult {response, model}`.
         let response = job
             .result
             .as_ref()
-            .and_then(|r| r.get("response"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+            .and_then(ChatResult::read)
+            .map(|r| r.response);
         let usage = match (job.input_tokens, job.output_tokens) {
             (None, None) => None,
             (input, output) => Some(Usage {

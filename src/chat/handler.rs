@@ -47,6 +47,7 @@ use crate::metrics::metrics;
 use crate::queue::{Outcome, TokenUsage};
 use crate::stream::Publisher;
 use crate::worker::{FinishedJob, Handler, JobContext};
+use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -258,7 +259,7 @@ impl Handler for ChatHandler {
 
     async fn handle(&self, ctx: JobContext) -> Outcome {
         let job = &ctx.job;
-        let payload: ChatPayload = match serde_json::from_value(job.payload.clone()) {
+        let payload = match ChatPayload::deserialize(&job.payload) {
             Ok(payload) => payload,
             Err(e) => {
                 return Outcome::Failed {
@@ -347,9 +348,9 @@ impl Handler for ChatHandler {
                 continue;
             };
             // Both parsed in handle() before it could complete the job.
-            let (Ok(payload), Ok(result)) = (
-                serde_json::from_value::<ChatPayload>(f.job.payload.clone()),
-                serde_json::from_value::<ChatResult>(result.clone()),
+            let (Ok(payload), Some(result)) = (
+                ChatPayload::deserialize(&f.job.payload),
+                ChatResult::read(result),
             ) else {
                 tracing::error!(job_id = %f.job.id, "completed chat job without a readable payload or result: no turn appended");
                 continue;

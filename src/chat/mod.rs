@@ -50,6 +50,16 @@ pub struct ChatPayload {
 pub struct ChatResult {
     /// The assistant's reply.
     pub response: String,
-    /// The model that answered.
+    /// The model that answered (empty in results written before it was
+    /// recorded).
+    #[serde(default)]
     pub model: String,
+}
+
+impl ChatResult {
+    /// The chat result stored in a job's `result`; `None` when it is not
+    /// one (another kind's result).
+    pub fn read(result: &serde_json::Value) -> Option<ChatResult> {
+        ChatResult::deserialize(result).ok()
+    }
 }
