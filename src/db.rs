@@ -38,11 +38,13 @@ mod embedded {
 }
 
 mod sql {
-    pub const APPLIED_MIGRATIONS: &str = include_str!("../sql/db/applied_migrations.sql");
-    pub const SCHEMA_COMPAT: &str = include_str!("../sql/db/schema_compat.sql");
-    pub const RECORD_MIGRATION: &str = include_str!("../sql/db/record_migration.sql");
-    pub const MIGRATION_APPLIED: &str = include_str!("../sql/db/migration_applied.sql");
-    pub const MIGRATE_LOCK: &str = include_str!("../sql/db/migrate_lock.sql");
+    crate::sql::sql_files!("db" {
+        APPLIED_MIGRATIONS => "applied_migrations.sql",
+        SCHEMA_COMPAT => "schema_compat.sql",
+        RECORD_MIGRATION => "record_migration.sql",
+        MIGRATION_APPLIED => "migration_applied.sql",
+        MIGRATE_LOCK => "migrate_lock.sql",
+    });
 }
 
 /// The newest migration this build's code cannot run without: a process

@@ -19,16 +19,17 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 mod sql {
-    pub const CREATE_TENANT: &str = include_str!("../sql/tenants/create_tenant.sql");
-    pub const FIND_TENANT: &str = include_str!("../sql/tenants/find_tenant.sql");
-    pub const CREATE_KEY: &str = include_str!("../sql/tenants/create_key.sql");
-    pub const FIND_KEYS: &str = include_str!("../sql/tenants/find_keys.sql");
-    pub const REVOKE_KEY: &str = include_str!("../sql/tenants/revoke_key.sql");
-    pub const AUTHENTICATE: &str = include_str!("../sql/tenants/authenticate.sql");
-    pub const QUEUED_BY_TENANT: &str = include_str!("../sql/tenants/queued_by_tenant.sql");
-    pub const SET_SCHEDULING: &str = include_str!("../sql/tenants/set_scheduling.sql");
-    pub const SET_SCHEDULING_DEFAULTS: &str =
-        include_str!("../sql/tenants/set_scheduling_defaults.sql");
+    crate::sql::sql_files!("tenants" {
+        CREATE_TENANT => "create_tenant.sql",
+        FIND_TENANT => "find_tenant.sql",
+        CREATE_KEY => "create_key.sql",
+        FIND_KEYS => "find_keys.sql",
+        REVOKE_KEY => "revoke_key.sql",
+        AUTHENTICATE => "authenticate.sql",
+        QUEUED_BY_TENANT => "queued_by_tenant.sql",
+        SET_SCHEDULING => "set_scheduling.sql",
+        SET_SCHEDULING_DEFAULTS => "set_scheduling_defaults.sql",
+    });
 }
 
 /// Every key starts with this, so a leaked key is recognisable (secret

@@ -7,17 +7,17 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 mod sql {
-    pub const DEFAULT_CONVERSATION: &str = include_str!("../../sql/chat/default_conversation.sql");
-    pub const CREATE_CONVERSATION: &str = include_str!("../../sql/chat/create_conversation.sql");
-    pub const CONVERSATION_USER: &str = include_str!("../../sql/chat/conversation_user.sql");
-    pub const HISTORIES: &str = include_str!("../../sql/chat/histories.sql");
-    pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
-    pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
-    pub const APPEND_TURNS_WITH_MODEL: &str =
-        include_str!("../../sql/chat/append_turns_with_model.sql");
-    pub const LIST_MESSAGES_WITH_MODEL: &str =
-        include_str!("../../sql/chat/list_messages_with_model.sql");
-    pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
+    crate::sql::sql_files!("chat" {
+        DEFAULT_CONVERSATION => "default_conversation.sql",
+        CREATE_CONVERSATION => "create_conversation.sql",
+        CONVERSATION_USER => "conversation_user.sql",
+        HISTORIES => "histories.sql",
+        LIST_MESSAGES => "list_messages.sql",
+        APPEND_TURNS => "append_turns.sql",
+        APPEND_TURNS_WITH_MODEL => "append_turns_with_model.sql",
+        LIST_MESSAGES_WITH_MODEL => "list_messages_with_model.sql",
+        HISTORY_VERSION => "history_version.sql",
+    });
 }
 
 /// The migration that added `messages.model`: processes running at an

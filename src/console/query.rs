@@ -10,15 +10,7 @@ use serde::Serialize;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool};
 
-macro_rules! statements {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        $(
-            pub(crate) const $name: &str = include_str!(concat!("../../sql/admin/", $file));
-        )*
-    };
-}
-
-statements! {
+crate::sql::sql_files!("admin" {
     READ_SNAPSHOT => "read_snapshot.sql",
     CUSTOM_PLANS => "custom_plans.sql",
     JOBS_LIVE => "jobs_live.sql",
@@ -30,7 +22,7 @@ statements! {
     CONVERSATION => "conversation.sql",
     CONVERSATION_MESSAGES => "conversation_messages.sql",
     CONVERSATION_JOBS => "conversation_jobs.sql",
-}
+});
 
 /// Most jobs on one page.
 pub const MAX_LIMIT: i64 = 200;

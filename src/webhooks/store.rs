@@ -7,21 +7,13 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-macro_rules! statements {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        $(
-            const $name: &str = include_str!(concat!("../../sql/webhooks/", $file));
-        )*
-    };
-}
-
-statements! {
+crate::sql::sql_files!("webhooks" {
     LOCK_TENANT => "lock_tenant.sql",
     CREATE => "create.sql",
     LIST => "list.sql",
     DELETE => "delete.sql",
     TARGET => "target.sql",
-}
+});
 
 /// A webhook as its tenant sees it (no secret).
 #[derive(Clone, Debug, sqlx::FromRow)]
