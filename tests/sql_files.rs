@@ -19,8 +19,8 @@
 //! - a statement that `PREPARE` does not take is in [`EXECUTED`], run on
 //!   the empty database instead.
 //!
-//! Every statement the migrations' objects need exists after migrating, so
-//! no file is skipped.
+//! Every object a file names exists once the migrations have run, so no
+//! file is skipped.
 
 mod common;
 
