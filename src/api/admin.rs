@@ -348,8 +348,8 @@ pub struct AdminJobDetail {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminTurn {
     pub seq: i32,
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    /// Who wrote it.
+    pub role: crate::llm::Role,
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<Uuid>,

@@ -9,6 +9,7 @@ use super::validate;
 use super::AppState;
 use crate::chat::store;
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::llm::Role;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
@@ -61,8 +62,8 @@ pub struct MessagesQuery {
 /// One message of a conversation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageOut {
-    /// `user` or `assistant` (or `system`).
-    pub role: String,
+    /// Who wrote it.
+    pub role: Role,
     pub content: String,
     /// The chat job whose completion appended this message.
     pub job_id: Option<Uuid>,

@@ -60,6 +60,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         ConversationResponse,
         MessagesResponse,
         MessageOut,
+        crate::llm::Role,
         QueueResponse,
         QueueScope,
         NewWebhookRequest,

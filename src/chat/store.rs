@@ -2,6 +2,7 @@
 
 use crate::db::Schema;
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::llm::Role;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
@@ -28,8 +29,8 @@ pub const MODEL_VERSION: i32 = 6;
 /// cache stores it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct HistoryMessage {
-    /// `user`, `assistant` or `system`.
-    pub role: String,
+    /// Who wrote it.
+    pub role: Role,
     pub content: String,
 }
 
@@ -37,7 +38,7 @@ pub struct HistoryMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct StoredMessage {
     pub seq: i32,
-    pub role: String,
+    pub role: Role,
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
@@ -155,7 +156,7 @@ pub async fn histories<'e>(
         ConversationId,
         i32,
         DateTime<Utc>,
-        Option<String>,
+        Option<Role>,
         Option<String>,
     );
     let rows: Vec<Row> = sqlx::query_as(sql::HISTORIES)

@@ -252,7 +252,7 @@ fn queue_error(e: queue::QueueError) -> sqlx::Error {
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Turn {
     pub seq: i32,
-    pub role: String,
+    pub role: crate::llm::Role,
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
