@@ -22,7 +22,6 @@ use crate::console::query::{
     self, JobQuery, DEFAULT_LIMIT, MAX_ERROR_FILTER_LEN, MAX_KIND_LEN, MAX_LIMIT,
 };
 use crate::ids::{ConversationId, JobId, TenantId};
-use crate::metrics::metrics;
 use crate::queue::{self, JobEvent, JobState, JobView, Priority};
 use crate::tenants;
 use axum::extract::State;
@@ -608,10 +607,6 @@ pub async fn retry_job(state: &AppState, id: JobId) -> ApiResult<AdminJob> {
 /// worker running it is told at once).
 pub async fn cancel_job(state: &AppState, id: JobId) -> ApiResult<AdminJob> {
     queue::cancel(&state.pool, id, None, "cancelled by an operator").await?;
-    metrics()
-        .jobs_finished
-        .with_label_values(&[JobState::Cancelled.as_str()])
-        .inc();
     tracing::info!(job_id = %id, "job cancelled by an operator");
     Ok(read_job(state, id).await?.job)
 }

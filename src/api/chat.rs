@@ -8,7 +8,6 @@ use super::observe::observed;
 use super::{validate, AppState, MAX_WAIT_SECONDS};
 use crate::chat::{ChatPayload, CHAT_KIND};
 use crate::ids::{ConversationId, JobId};
-use crate::metrics::metrics;
 use crate::queue::{self, JobState, JobView, NewJob};
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -394,10 +393,6 @@ pub async fn cancel(
         "cancelled by the client",
     )
     .await?;
-    metrics()
-        .jobs_finished
-        .with_label_values(&[JobState::Cancelled.as_str()])
-        .inc();
     let job = queue::get(&state.pool, id, Some(caller.tenant))
         .await?
         .ok_or(ApiError::NotFound("job"))?;

@@ -7,6 +7,7 @@
 
 use super::{is_transient, read, sql, JobState, Lease, Outcome, QueueError, Result};
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::metrics::metrics;
 use crate::text::{json_without_nul, without_nul};
 use rand::Rng;
 use serde_json::Value;
@@ -70,6 +71,18 @@ pub struct FinishItem<'a> {
     pub outcome: &'a Outcome,
 }
 
+/// Counts `states` that are final in `skipjack_jobs_finished_total`, by
+/// outcome: the one place that metric moves. The queue's functions that
+/// finish jobs in a transaction of their own ([`finish`], [`cancel`],
+/// [`super::release`]) call it once that transaction committed; a caller of
+/// [`finish_in_tx`] calls it after committing the transaction it passed.
+pub(crate) fn count_finished(states: impl IntoIterator<Item = JobState>) {
+    let m = metrics();
+    for state in states.into_iter().filter(|s| s.is_final()) {
+        m.jobs_finished.with_label_values(&[state.as_str()]).inc();
+    }
+}
+
 /// Writes a batch of outcomes of worker `owner` in its own transaction,
 /// retried on deadlock. See [`finish_in_tx`].
 pub async fn finish(
@@ -84,6 +97,7 @@ pub async fn finish(
         match finish_in_tx(&mut tx, owner, items, backoff).await {
             Ok(states) => {
                 tx.commit().await?;
+                count_finished(states.iter().flatten().copied());
                 return Ok(states);
             }
             Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
@@ -96,7 +110,8 @@ pub async fn finish(
 /// input order, the state each job is in now: `Queued` for a retry with
 /// attempts left or a snooze, `Completed` or `Failed` for a job that moved to history,
 /// and `None` for a job this worker's lease no longer covers (nothing about
-/// it was changed).
+/// it was changed). The caller counts the finished ones with
+/// [`count_finished`] once `tx` committed.
 pub async fn finish_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     owner: &str,
@@ -287,6 +302,7 @@ async fn cancel_once(
                 unblock(&mut tx, &[conversation]).await?;
             }
             tx.commit().await?;
+            count_finished([JobState::Cancelled]);
             Ok(was)
         }
         None => {

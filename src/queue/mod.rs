@@ -42,6 +42,7 @@ pub mod types;
 
 pub use claim::{claim, claim_at, FAIR_VERSION};
 pub use enqueue::{enqueue, enqueue_many};
+pub(crate) use finish::count_finished;
 pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};
 pub use read::{events, get, list, stats, JobFilter};
