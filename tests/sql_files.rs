@@ -51,9 +51,12 @@ const EXECUTED: &[(&str, Run, &str)] = &[
     ),
 ];
 
+/// psql variables as `-v name=value` pairs.
+type Variables = &'static [(&'static str, &'static str)];
+
 /// psql variables a script stops without (every optional one has a default
 /// in the script itself), with why.
-const PSQL_VARIABLES: &[(&str, &[(&str, &str)], &str)] = &[(
+const PSQL_VARIABLES: &[(&str, Variables, &str)] = &[(
     "audit/history.sql",
     &[("user_id", "alice")],
     "needs a user or a conversation, and stops on purpose without one",
