@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! `skipjack bench`: the queue's own throughput and latency, with no-op jobs.
 //!
 //! Runs in a database of its own (created fresh, dropped afterwards) next to

@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! `skipjack bench-cancel`: the time from `DELETE /v1/chat/{id}` to the
 //! worker dropping the running attempt, on an idle system.
 //!

@@ -74,6 +74,7 @@ impl DatabaseArgs {
         })
     }
 
+    /// The database settings, with `application_name` for Postgres.
     pub fn db_config(&self, application_name: &str) -> DbConfig {
         DbConfig {
             url: self.database_url.clone(),
@@ -126,6 +127,7 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// The worker settings these arguments describe.
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
             id: self.worker_id.clone().unwrap_or_else(default_worker_id),

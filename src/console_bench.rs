@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! `skipjack bench-console`: how fast the console's jobs list and job page
 //! answer over a large history.
 //!

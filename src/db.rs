@@ -64,10 +64,13 @@ const LOCK_RETRIES: u32 = 5;
 /// Database errors that stop a process at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// `DATABASE_URL` does not parse.
     #[error("invalid DATABASE_URL: {0}")]
     InvalidUrl(String),
+    /// The TLS settings of the URL.
     #[error("database TLS settings: {0}")]
     Tls(#[from] TlsError),
+    /// The database could not be reached.
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
     /// Migrations this process needs are missing.
@@ -101,8 +104,10 @@ pub enum DbError {
         /// What the migration declares in `schema_compat`, if anything.
         oldest_compatible: Option<i32>,
     },
+    /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// Any other database error.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }

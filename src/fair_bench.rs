@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! `skipjack bench-fair`: what one tenant's backlog costs another tenant.
 //!
 //! In a scratch database (see [`crate::bench::Scratch`]), tenant A enqueues

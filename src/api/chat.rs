@@ -25,6 +25,7 @@ use uuid::Uuid;
 /// the same idempotency key created.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
+/// The `/v1/chat` routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat", observed("/v1/chat", post(submit)))
@@ -69,12 +70,16 @@ pub struct ChatRequest {
 /// Answer of `POST /v1/chat`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubmitResponse {
+    /// The new job's id (or, for a replayed idempotency key, the first one's).
     pub job_id: Uuid,
+    /// The conversation the turn belongs to.
     pub conversation_id: Option<Uuid>,
     /// `queued` for a new job; an idempotent repeat shows the first job's
     /// status now.
     pub status: String,
+    /// The priority it was queued with.
     pub priority: i16,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
 }
 
@@ -90,17 +95,22 @@ pub struct WaitQuery {
 /// Tokens the LLM call consumed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
+    /// Tokens sent to the model.
     pub input_tokens: i32,
+    /// Tokens the model wrote.
     pub output_tokens: i32,
 }
 
 /// A chat job.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobResponse {
+    /// The job's id.
     pub job_id: Uuid,
+    /// The conversation the turn belongs to.
     pub conversation_id: Option<Uuid>,
     /// `queued`, `processing`, `completed`, `failed` or `cancelled`.
     pub status: String,
+    /// 1 (lowest) to 10 (highest).
     pub priority: i16,
     /// The assistant's reply, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,11 +120,15 @@ pub struct JobResponse {
     pub error: Option<String>,
     /// Attempts started so far.
     pub attempts: i32,
+    /// When it was submitted.
     pub created_at: DateTime<Utc>,
+    /// When it was first claimed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Tokens of the attempt that completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }

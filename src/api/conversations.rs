@@ -25,6 +25,7 @@ use uuid::Uuid;
 /// Entries beyond which a cache is cleared rather than grown.
 const CACHE_CAPACITY: usize = 100_000;
 
+/// The `/v1/conversations` routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
@@ -47,8 +48,11 @@ pub struct NewConversationRequest {
 /// A conversation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationResponse {
+    /// The conversation's id.
     pub conversation_id: Uuid,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -64,6 +68,7 @@ pub struct MessagesQuery {
 pub struct MessageOut {
     /// Who wrote it.
     pub role: Role,
+    /// The text.
     pub content: String,
     /// The chat job whose completion appended this message.
     pub job_id: Option<Uuid>,
@@ -71,14 +76,18 @@ pub struct MessageOut {
     /// and for replies written before the server recorded models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
 /// The messages of a conversation, in order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessagesResponse {
+    /// The conversation's id.
     pub conversation_id: Uuid,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// Oldest first.
     pub messages: Vec<MessageOut>,
 }
 
@@ -182,6 +191,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// A resolver reading from `pool`, with an empty cache.
     pub fn new(pool: PgPool) -> Self {
         Resolver {
             pool,

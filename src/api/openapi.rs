@@ -129,6 +129,7 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the generated OpenAPI document serialises")
 });
 
+/// Serves `/openapi.json`.
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", observed("/openapi.json", get(serve)))
 }

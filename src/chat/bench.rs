@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! The chat worker benchmark behind the `chat-bench` binary: one worker
 //! (this process) with the simulated LLM, many chat turns in flight.
 //!

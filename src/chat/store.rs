@@ -31,23 +31,29 @@ pub const MODEL_VERSION: i32 = 6;
 pub struct HistoryMessage {
     /// Who wrote it.
     pub role: Role,
+    /// The text.
     pub content: String,
 }
 
 /// One message of a conversation, as API readers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct StoredMessage {
+    /// Position in the conversation, from 1.
     pub seq: i32,
+    /// Who wrote it.
     pub role: Role,
+    /// The text.
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
+    /// Tokens the provider reported for it.
     pub tokens: Option<i32>,
     /// The model that wrote an assistant message; `None` for user
     /// messages, for replies written before [`MODEL_VERSION`], and when read
     /// at an older schema.
     #[sqlx(default)]
     pub model: Option<String>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
@@ -67,6 +73,7 @@ pub struct HistoryVersion {
 /// What [`append_turns`] did to one conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
+    /// The conversation appended to.
     pub conversation: ConversationId,
     /// The history version the turn was appended to.
     pub before: HistoryVersion,
@@ -77,11 +84,17 @@ pub struct Appended {
 /// A completed turn to append: the user's message and the reply.
 #[derive(Clone, Debug)]
 pub struct Turn<'a> {
+    /// The conversation the turn belongs to.
     pub conversation: ConversationId,
+    /// The chat job that completed with it.
     pub job: JobId,
+    /// The user's message.
     pub user_message: &'a str,
+    /// The model's reply.
     pub assistant_message: &'a str,
+    /// Input tokens of the call.
     pub user_tokens: Option<i32>,
+    /// Output tokens of the call.
     pub assistant_tokens: Option<i32>,
 }
 
@@ -138,6 +151,7 @@ pub async fn conversation_user<'e>(
 /// [`super::budget`]), and the version of the history it was taken from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryWindow {
+    /// Oldest first, cut to the token budget.
     pub messages: Vec<HistoryMessage>,
     /// The version of the whole history (its newest message, whether sent
     /// or not).

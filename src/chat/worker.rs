@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 /// Why the chat handler cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The LLM settings.
     #[error(transparent)]
     Llm(#[from] ConfigError),
+    /// The history cache's settings.
     #[error(transparent)]
     Cache(#[from] CacheError),
 }

@@ -143,6 +143,7 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// The `/console` routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", observed("/console", get(overview_page)))

@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 //! The load generator behind the `loadgen` binary: virtual chat users that
 //! submit turns, long-poll the answers (or, with `--stream`, follow them
 //! over `GET /v1/chat/{id}/stream`), check every reply against the

@@ -65,9 +65,11 @@ impl Backoff {
 /// The outcome of one attempt, for [`finish`].
 #[derive(Clone, Copy, Debug)]
 pub struct FinishItem<'a> {
+    /// The job.
     pub job: JobId,
     /// The attempt the outcome belongs to (part of the fence).
     pub attempt: i32,
+    /// What the attempt came to.
     pub outcome: &'a Outcome,
 }
 

@@ -110,10 +110,13 @@ pub fn default_worker_id() -> String {
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// No job kind has a handler.
     #[error("no handler registered")]
     NoHandlers,
+    /// A concurrency of 0.
     #[error("concurrency must be at least 1")]
     NoConcurrency,
+    /// From the queue.
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
 }
@@ -235,6 +238,7 @@ impl WorkerBuilder {
         self
     }
 
+    /// With `config` instead of the defaults.
     pub fn config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
         self
@@ -247,6 +251,7 @@ impl WorkerBuilder {
         self
     }
 
+    /// The worker, or why it cannot run.
     pub fn build(self) -> Result<Worker, WorkerError> {
         if self.handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
@@ -301,9 +306,13 @@ fn on_cancel(shared: &Shared, payload: &str) {
 /// What [`Worker::run_once`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOnce {
+    /// Jobs claimed.
     pub claimed: usize,
+    /// Jobs completed.
     pub completed: usize,
+    /// Attempts retried.
     pub retried: usize,
+    /// Jobs failed for good.
     pub failed: usize,
     /// Outcomes discarded because the lease had been lost.
     pub lease_lost: usize,
@@ -312,6 +321,7 @@ pub struct RunOnce {
 }
 
 impl Worker {
+    /// A builder for a worker on `pool`.
     pub fn builder(pool: PgPool) -> WorkerBuilder {
         WorkerBuilder {
             direct_pool: pool.clone(),
@@ -321,6 +331,7 @@ impl Worker {
         }
     }
 
+    /// The worker's id (its lease owner name).
     pub fn id(&self) -> &str {
         &self.shared.config.id
     }
