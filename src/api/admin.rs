@@ -39,7 +39,7 @@ use uuid::Uuid;
 const MAX_TIME_LEN: usize = 64;
 
 /// The `/v1/admin` routes (admin key only).
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/admin/overview",

@@ -26,7 +26,7 @@ use uuid::Uuid;
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The `/v1/chat` routes.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat", observed("/v1/chat", post(submit)))
         .route(

@@ -26,7 +26,7 @@ use uuid::Uuid;
 const CACHE_CAPACITY: usize = 100_000;
 
 /// The `/v1/conversations` routes.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/conversations",

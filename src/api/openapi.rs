@@ -130,7 +130,7 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Serves `/openapi.json`.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", observed("/openapi.json", get(serve)))
 }
 

@@ -47,7 +47,7 @@ const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 const MAX_DUTY_CYCLE: f64 = 0.1;
 
 /// The `/v1/queue` route.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/queue", observed("/v1/queue", get(stats)))
 }
 

@@ -41,7 +41,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const BUFFER: usize = 256;
 
 /// The `/v1/chat/{id}/stream` route.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route(
         "/v1/chat/{job_id}/stream",
         observed("/v1/chat/{job_id}/stream", get(stream)),

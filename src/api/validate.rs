@@ -18,7 +18,7 @@ fn has_nul(s: &str) -> bool {
 
 /// Checks a user id: 1 to [`MAX_USER_ID_CHARS`] characters, not blank,
 /// no NUL.
-pub fn user_id(user_id: &str) -> ApiResult<()> {
+pub(crate) fn user_id(user_id: &str) -> ApiResult<()> {
     let chars = user_id.chars().count();
     if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -36,7 +36,7 @@ pub fn user_id(user_id: &str) -> ApiResult<()> {
 }
 
 /// Checks a chat message: not blank, at most `max_bytes`, no NUL.
-pub fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
+pub(crate) fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
     if message.trim().is_empty() {
         return Err(ApiError::invalid(
             "invalid_message",
@@ -59,7 +59,7 @@ pub fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
 }
 
 /// Checks a priority (1 to 10); the default one when absent.
-pub fn priority(priority: Option<i64>) -> ApiResult<Priority> {
+pub(crate) fn priority(priority: Option<i64>) -> ApiResult<Priority> {
     match priority {
         None => Ok(Priority::default()),
         Some(p) => {
@@ -70,7 +70,7 @@ pub fn priority(priority: Option<i64>) -> ApiResult<Priority> {
 
 /// Checks an idempotency key, when given: 1 to
 /// [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes, no NUL.
-pub fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
+pub(crate) fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
     if let Some(key) = key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || has_nul(key) {
             return Err(ApiError::invalid(
@@ -85,7 +85,7 @@ pub fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
 }
 
 /// Checks metadata, when given: no NUL in any string or key.
-pub fn metadata(metadata: Option<&Value>) -> ApiResult<()> {
+pub(crate) fn metadata(metadata: Option<&Value>) -> ApiResult<()> {
     fn nul_free(value: &Value) -> bool {
         match value {
             Value::String(s) => !has_nul(s),

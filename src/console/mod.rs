@@ -144,7 +144,7 @@ fn seconds(s: f64) -> String {
 }
 
 /// The `/console` routes.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/console", observed("/console", get(overview_page)))
         .route(
