@@ -179,7 +179,7 @@ pub struct BulkReport {
 /// A job a command was refused for.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Refusal {
-    /// The job.
+    /// The job refused.
     pub id: JobId,
     /// Stable: `not_found`, `not_retryable`, `conversation_moved_on`,
     /// `not_cancellable`, `error`.

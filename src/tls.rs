@@ -46,7 +46,7 @@ pub enum TlsError {
     Read {
         /// What the file holds (root certificate, client key…).
         what: &'static str,
-        /// The file.
+        /// The path as configured.
         path: PathBuf,
         /// Why it cannot be read.
         #[source]
@@ -57,7 +57,7 @@ pub enum TlsError {
     Pem {
         /// What the file should hold.
         what: &'static str,
-        /// The file.
+        /// The path as configured.
         path: PathBuf,
     },
     /// Only one of the client certificate and key.

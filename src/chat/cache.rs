@@ -190,7 +190,7 @@ struct Entry {
 /// One history to write.
 #[derive(Clone, Debug)]
 pub struct CacheWrite {
-    /// The conversation.
+    /// The conversation whose history is written.
     pub conversation: ConversationId,
     /// The history version `messages` is.
     pub version: HistoryVersion,

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 /// Why the chat handler cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The LLM settings.
+    /// The LLM settings do not hold.
     #[error(transparent)]
     Llm(#[from] ConfigError),
-    /// The history cache's settings.
+    /// The history cache cannot be set up.
     #[error(transparent)]
     Cache(#[from] CacheError),
 }

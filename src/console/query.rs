@@ -386,7 +386,7 @@ pub async fn workers(pool: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
 pub struct BudgetRow {
     /// The endpoint's URL without credentials, and its position.
     pub endpoint: String,
-    /// The model.
+    /// The model the budget is for.
     pub model: String,
     /// Last reservation (or creation).
     pub updated_at: DateTime<Utc>,

@@ -65,7 +65,7 @@ impl Backoff {
 /// The outcome of one attempt, for [`finish`].
 #[derive(Clone, Copy, Debug)]
 pub struct FinishItem<'a> {
-    /// The job.
+    /// The job the outcome is for.
     pub job: JobId,
     /// The attempt the outcome belongs to (part of the fence).
     pub attempt: i32,

@@ -64,7 +64,7 @@ pub enum QueueError {
     /// The job cannot be cancelled in its current state.
     #[error("job {id} is {state} and cannot be cancelled")]
     NotCancellable {
-        /// The job.
+        /// The job asked for.
         id: JobId,
         /// The state it is in.
         state: JobState,
@@ -73,7 +73,7 @@ pub enum QueueError {
     /// completed, or has used the most attempts a job may have).
     #[error("job {id} is {state} and cannot be retried{detail}")]
     NotRetryable {
-        /// The job.
+        /// The job asked for.
         id: JobId,
         /// The state it is in.
         state: JobState,

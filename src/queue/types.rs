@@ -259,7 +259,7 @@ impl ClaimedJob {
 /// again) no longer matches, so its late writes change nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
-    /// The job.
+    /// The job the lease is on.
     pub job: JobId,
     /// The worker id that claimed it.
     pub owner: String,
@@ -271,7 +271,7 @@ pub struct Lease {
 /// again after its lease was lost is a new attempt, even by the same worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptId {
-    /// The job.
+    /// The job claimed.
     pub job: JobId,
     /// The attempt, from 1.
     pub attempt: i32,
@@ -308,7 +308,7 @@ pub enum Outcome {
     },
     /// Failed in a way no retry fixes.
     Failed {
-        /// Why.
+        /// Why the job cannot succeed (kept as its error).
         error: String,
     },
     /// Not run: something the job needs (provider budget) is not available
@@ -402,7 +402,7 @@ pub struct JobView {
 /// One row of `job_events`.
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct JobEvent {
-    /// The job.
+    /// The job the event happened to.
     pub job_id: JobId,
     /// `retried`, `rescued`, `released`, `cancelled` or `snoozed`.
     pub event: String,

@@ -75,7 +75,7 @@ impl WebhookHandler {
         })
     }
 
-    /// Its settings.
+    /// The settings it delivers with.
     pub fn config(&self) -> &WebhookConfig {
         &self.config
     }

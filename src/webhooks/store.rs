@@ -31,7 +31,7 @@ pub struct Webhook {
 /// A webhook just created, with its secret (shown this once).
 #[derive(Clone, Debug)]
 pub struct Created {
-    /// The webhook.
+    /// The webhook as listed from now on.
     pub webhook: Webhook,
     /// The signing secret.
     pub secret: String,
