@@ -39,11 +39,13 @@ mod embedded {
 }
 
 mod sql {
-    pub const APPLIED_MIGRATIONS: &str = include_str!("../sql/db/applied_migrations.sql");
-    pub const SCHEMA_COMPAT: &str = include_str!("../sql/db/schema_compat.sql");
-    pub const RECORD_MIGRATION: &str = include_str!("../sql/db/record_migration.sql");
-    pub const MIGRATION_APPLIED: &str = include_str!("../sql/db/migration_applied.sql");
-    pub const MIGRATE_LOCK: &str = include_str!("../sql/db/migrate_lock.sql");
+    crate::sql::sql_files!("db" {
+        APPLIED_MIGRATIONS => "applied_migrations.sql",
+        SCHEMA_COMPAT => "schema_compat.sql",
+        RECORD_MIGRATION => "record_migration.sql",
+        MIGRATION_APPLIED => "migration_applied.sql",
+        MIGRATE_LOCK => "migrate_lock.sql",
+    });
 }
 
 /// The newest migration this build's code cannot run without: a process
@@ -63,10 +65,13 @@ const LOCK_RETRIES: u32 = 5;
 /// Database errors that stop a process at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// `DATABASE_URL` does not parse.
     #[error("invalid DATABASE_URL: {0}")]
     InvalidUrl(String),
+    /// The TLS settings of the URL.
     #[error("database TLS settings: {0}")]
     Tls(#[from] TlsError),
+    /// The database could not be reached.
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
     /// Migrations this process needs are missing.
@@ -100,8 +105,10 @@ pub enum DbError {
         /// What the migration declares in `schema_compat`, if anything.
         oldest_compatible: Option<i32>,
     },
+    /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// Any other database error.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
@@ -182,6 +189,7 @@ impl DatabaseArgs {
         })
     }
 
+    /// The database settings, with `application_name` for Postgres.
     pub fn db_config(&self, application_name: &str) -> DbConfig {
         DbConfig {
             url: self.database_url.clone(),

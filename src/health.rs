@@ -40,6 +40,7 @@ pub struct ReadyCheck {
 }
 
 impl ReadyCheck {
+    /// A readiness check named `name`: `check` says what is wrong, if anything.
     pub fn new(
         name: &'static str,
         check: impl Fn() -> Result<(), String> + Send + Sync + 'static,

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod operator;
 pub mod queue;
 pub mod signal;
+mod sql;
 pub mod stream;
 pub mod telemetry;
 pub mod tenants;

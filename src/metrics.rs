@@ -22,45 +22,85 @@ use prometheus::{
 };
 use std::sync::LazyLock;
 
+/// Name of [`Metrics::jobs_enqueued`].
 pub const JOBS_ENQUEUED_TOTAL: &str = "skipjack_jobs_enqueued_total";
+/// Name of [`Metrics::jobs_claimed`].
 pub const JOBS_CLAIMED_TOTAL: &str = "skipjack_jobs_claimed_total";
+/// Name of [`Metrics::jobs_finished`].
 pub const JOBS_FINISHED_TOTAL: &str = "skipjack_jobs_finished_total";
+/// Name of [`Metrics::jobs_retried`].
 pub const JOBS_RETRIED_TOTAL: &str = "skipjack_jobs_retried_total";
+/// Name of [`Metrics::jobs_rescued`].
 pub const JOBS_RESCUED_TOTAL: &str = "skipjack_jobs_rescued_total";
+/// Name of [`Metrics::jobs_lease_lost`].
 pub const JOBS_LEASE_LOST_TOTAL: &str = "skipjack_jobs_lease_lost_total";
+/// Name of [`Metrics::worker_jobs_cancelled`].
 pub const WORKER_JOBS_CANCELLED_TOTAL: &str = "skipjack_worker_jobs_cancelled_total";
+/// Name of [`Metrics::job_wait`].
 pub const JOB_WAIT_SECONDS: &str = "skipjack_job_wait_seconds";
+/// Name of [`Metrics::job_run`].
 pub const JOB_RUN_SECONDS: &str = "skipjack_job_run_seconds";
+/// Name of [`Metrics::worker_slots_busy`].
 pub const WORKER_SLOTS_BUSY: &str = "skipjack_worker_slots_busy";
+/// Name of [`Metrics::worker_slots_total`].
 pub const WORKER_SLOTS_TOTAL: &str = "skipjack_worker_slots_total";
+/// Name of [`Metrics::listener_reconnects`].
 pub const LISTENER_RECONNECTS_TOTAL: &str = "skipjack_listener_reconnects_total";
+/// Name of [`Metrics::long_polls_refused`].
 pub const LONG_POLLS_REFUSED_TOTAL: &str = "skipjack_long_polls_refused_total";
+/// Name of [`Metrics::long_poll_rechecks_woken`].
 pub const LONG_POLL_RECHECK_WAKEUPS_TOTAL: &str = "skipjack_long_poll_recheck_wakeups_total";
+/// Name of [`Metrics::http_requests`].
 pub const HTTP_REQUESTS_TOTAL: &str = "skipjack_http_requests_total";
+/// Name of [`Metrics::http_request_seconds`].
 pub const HTTP_REQUEST_SECONDS: &str = "skipjack_http_request_seconds";
+/// Name of [`Metrics::backpressure_rejections`].
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "skipjack_backpressure_rejections_total";
+/// Name of [`Metrics::admission_waiters`].
 pub const ADMISSION_WAITERS: &str = "skipjack_admission_waiters";
+/// Name of [`Metrics::admission_oldest_wait`].
 pub const ADMISSION_OLDEST_WAIT_SECONDS: &str = "skipjack_admission_oldest_wait_seconds";
+/// Name of [`Metrics::queue_depth`].
 pub const QUEUE_DEPTH: &str = "skipjack_queue_depth";
+/// Name of [`Metrics::queue_oldest_age`].
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "skipjack_queue_oldest_age_seconds";
+/// Name of [`Metrics::tenant_oldest_age`].
 pub const TENANT_OLDEST_AGE_SECONDS: &str = "skipjack_tenant_oldest_queued_age_seconds";
+/// Name of [`Metrics::queues_aged`].
 pub const QUEUES_AGED_TOTAL: &str = "skipjack_queues_aged_total";
+/// Name of [`Metrics::jobs_processing`].
 pub const JOBS_PROCESSING: &str = "skipjack_jobs_processing";
+/// Name of [`Metrics::llm_request`].
 pub const LLM_REQUEST_SECONDS: &str = "skipjack_llm_request_seconds";
+/// Name of [`Metrics::llm_errors`].
 pub const LLM_ERRORS_TOTAL: &str = "skipjack_llm_errors_total";
+/// Name of [`Metrics::llm_tokens`].
 pub const LLM_TOKENS_TOTAL: &str = "skipjack_llm_tokens_total";
+/// Name of [`Metrics::llm_cost`].
 pub const LLM_COST_USD_TOTAL: &str = "skipjack_llm_cost_usd_total";
+/// Name of [`Metrics::llm_budget_used`].
 pub const LLM_BUDGET_USED_TOTAL: &str = "skipjack_llm_budget_used_total";
+/// Name of [`Metrics::llm_budget_limit`].
 pub const LLM_BUDGET_LIMIT: &str = "skipjack_llm_budget_limit";
+/// Name of [`Metrics::llm_budget_waits`].
 pub const LLM_BUDGET_WAITS_TOTAL: &str = "skipjack_llm_budget_waits_total";
+/// Name of [`Metrics::cache_requests`].
 pub const CACHE_REQUESTS_TOTAL: &str = "skipjack_cache_requests_total";
+/// Name of [`Metrics::maintenance_lock_timeouts`].
 pub const MAINTENANCE_LOCK_TIMEOUTS_TOTAL: &str = "skipjack_maintenance_lock_timeouts_total";
+/// Name of [`Metrics::stream_deltas_written`].
 pub const STREAM_PIECES_WRITTEN_TOTAL: &str = "skipjack_stream_pieces_written_total";
+/// Name of [`Metrics::streams_open`].
 pub const STREAMS_OPEN: &str = "skipjack_streams_open";
+/// Name of [`Metrics::webhook_deliveries`].
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "skipjack_webhook_deliveries_total";
+/// Name of [`Metrics::webhook_delivery_seconds`].
 pub const WEBHOOK_DELIVERY_SECONDS: &str = "skipjack_webhook_delivery_seconds";
+/// Name of [`Metrics::queue_stats_leader`].
 pub const QUEUE_STATS_LEADER: &str = "skipjack_queue_stats_leader";
+/// Name of [`Metrics::queue_stats_query`].
 pub const QUEUE_STATS_QUERY_SECONDS: &str = "skipjack_queue_stats_query_seconds";
+/// Name of [`Metrics::queue_stats_updated`].
 pub const QUEUE_STATS_UPDATED_TIMESTAMP_SECONDS: &str =
     "skipjack_queue_stats_updated_timestamp_seconds";
 
@@ -72,12 +112,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The process's metrics.
 pub struct Metrics {
+    /// The registry every metric below is registered in.
     pub registry: Registry,
+    /// Jobs enqueued, by `priority`.
     pub jobs_enqueued: IntCounterVec,
+    /// Jobs claimed by this worker.
     pub jobs_claimed: IntCounter,
     /// Jobs that reached a final state, by `outcome` (completed, failed,
     /// cancelled).
     pub jobs_finished: IntCounterVec,
+    /// Attempts that failed and were retried.
     pub jobs_retried: IntCounter,
     /// Expired leases taken back, by `result` (requeued, failed).
     pub jobs_rescued: IntCounterVec,
@@ -94,8 +138,11 @@ pub struct Metrics {
     pub job_wait: HistogramVec,
     /// One attempt's run time, by kind.
     pub job_run: HistogramVec,
+    /// Job slots in use in this worker.
     pub worker_slots_busy: IntGauge,
+    /// Job slots of this worker (its concurrency).
     pub worker_slots_total: IntGauge,
+    /// Times the LISTEN connection was re-established.
     pub listener_reconnects: IntCounter,
     /// Long-polls refused (429) because a cap was reached, by scope.
     pub long_polls_refused: IntCounterVec,
@@ -125,6 +172,8 @@ pub struct Metrics {
     /// The ten tenants waiting longest, by name: the one label that names a
     /// tenant, bounded to ten series per reading (and reset at each).
     pub tenant_oldest_age: GaugeVec,
+    /// Tenant queues whose effective priority aging raised
+    /// (docs/scheduling.md).
     pub queues_aged: IntCounter,
     /// Jobs being processed by any worker. No labels; leader only.
     pub jobs_processing: IntGaugeVec,
@@ -197,7 +246,9 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 /// What kind of series a metric renders as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
+    /// Renders as `NAME`, only ever going up.
     Counter,
+    /// Renders as `NAME`, going up and down.
     Gauge,
     /// Renders as `NAME_bucket`, `NAME_sum` and `NAME_count`, never `NAME`.
     Histogram,
@@ -206,7 +257,9 @@ pub enum MetricKind {
 /// One metric the process can export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exported {
+    /// The metric's name (`skipjack_…`).
     pub name: String,
+    /// How it renders.
     pub kind: MetricKind,
     /// Its label names (never an id).
     pub labels: Vec<String>,

@@ -15,13 +15,16 @@ use std::time::Duration;
 /// Errors of operator commands.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    /// From the queue.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// From tenants (an unknown tenant name).
     #[error(transparent)]
     Tenant(#[from] TenantError),
     /// A duration such as `1h` or `30m` that does not parse.
     #[error("invalid duration {0:?}: use e.g. 90s, 30m, 1h, 2d")]
     Duration(String),
+    /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -50,6 +53,7 @@ pub async fn resolve_tenant(pool: &PgPool, name_or_id: &str) -> Result<TenantId>
 /// One job with its events: what `skipjack jobs show` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobDetail {
+    /// The job as it is now.
     pub job: JobView,
     /// Retries, rescues, cancellation, releases and manual retries, oldest
     /// first.
@@ -121,11 +125,13 @@ pub async fn show(pool: &PgPool, id: JobId) -> Result<Option<JobDetail>> {
 /// What to list: `skipjack jobs list`.
 #[derive(Clone, Debug, Default)]
 pub struct ListArgs {
+    /// Only jobs in this state.
     pub state: Option<JobState>,
     /// Tenant name or id.
     pub tenant: Option<String>,
     /// Only jobs finished (or, while live, created) this recently.
     pub since: Option<Duration>,
+    /// Most jobs listed.
     pub limit: i64,
 }
 
@@ -164,17 +170,21 @@ pub fn list_text(jobs: &[JobView]) -> String {
 /// with why.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct BulkReport {
+    /// The jobs changed.
     pub done: Vec<JobId>,
+    /// The jobs refused, with why.
     pub refused: Vec<Refusal>,
 }
 
 /// A job a command was refused for.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Refusal {
+    /// The job refused.
     pub id: JobId,
     /// Stable: `not_found`, `not_retryable`, `conversation_moved_on`,
     /// `not_cancellable`, `error`.
     pub code: &'static str,
+    /// What went wrong, for people.
     pub reason: String,
 }
 

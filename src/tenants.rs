@@ -19,16 +19,17 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 mod sql {
-    pub const CREATE_TENANT: &str = include_str!("../sql/tenants/create_tenant.sql");
-    pub const FIND_TENANT: &str = include_str!("../sql/tenants/find_tenant.sql");
-    pub const CREATE_KEY: &str = include_str!("../sql/tenants/create_key.sql");
-    pub const FIND_KEYS: &str = include_str!("../sql/tenants/find_keys.sql");
-    pub const REVOKE_KEY: &str = include_str!("../sql/tenants/revoke_key.sql");
-    pub const AUTHENTICATE: &str = include_str!("../sql/tenants/authenticate.sql");
-    pub const QUEUED_BY_TENANT: &str = include_str!("../sql/tenants/queued_by_tenant.sql");
-    pub const SET_SCHEDULING: &str = include_str!("../sql/tenants/set_scheduling.sql");
-    pub const SET_SCHEDULING_DEFAULTS: &str =
-        include_str!("../sql/tenants/set_scheduling_defaults.sql");
+    crate::sql::sql_files!("tenants" {
+        CREATE_TENANT => "create_tenant.sql",
+        FIND_TENANT => "find_tenant.sql",
+        CREATE_KEY => "create_key.sql",
+        FIND_KEYS => "find_keys.sql",
+        REVOKE_KEY => "revoke_key.sql",
+        AUTHENTICATE => "authenticate.sql",
+        QUEUED_BY_TENANT => "queued_by_tenant.sql",
+        SET_SCHEDULING => "set_scheduling.sql",
+        SET_SCHEDULING_DEFAULTS => "set_scheduling_defaults.sql",
+    });
 }
 
 /// Every key starts with this, so a leaked key is recognisable (secret
@@ -43,16 +44,27 @@ const MAX_KEY_LEN: usize = 128;
 /// Errors of tenant and key administration.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
+    /// No tenant has this name or id.
     #[error("no tenant {0:?}")]
     TenantNotFound(String),
+    /// The name is in use.
     #[error("a tenant named {0:?} already exists")]
     NameTaken(String),
+    /// A field out of range.
     #[error("invalid tenant: {0}")]
     Invalid(String),
+    /// No live key has this id or prefix.
     #[error("no unrevoked key with id or prefix {0:?}")]
     KeyNotFound(String),
+    /// Several live keys share the prefix.
     #[error("{count} keys have the prefix {prefix:?}: revoke by key id")]
-    AmbiguousKey { prefix: String, count: usize },
+    AmbiguousKey {
+        /// The prefix given.
+        prefix: String,
+        /// How many live keys have it.
+        count: usize,
+    },
+    /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -63,7 +75,9 @@ pub type Result<T = (), E = TenantError> = std::result::Result<T, E>;
 /// A new API key. Its `Display` and `Debug` never show the secret: only
 /// [`NewKey::secret`] does, for the one place that prints it.
 pub struct NewKey {
+    /// The key's id.
     pub id: Uuid,
+    /// The tenant it belongs to.
     pub tenant: TenantId,
     /// The first characters, as stored.
     pub prefix: String,
@@ -90,7 +104,9 @@ impl fmt::Debug for NewKey {
 /// A tenant, as administration sees it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Tenant {
+    /// The tenant's id.
     pub id: TenantId,
+    /// Its unique name.
     pub name: String,
     /// Cap on queued jobs; `None`: the API's default.
     pub max_queued: Option<i32>,
@@ -111,7 +127,9 @@ pub struct Scheduling {
 /// A change to a tenant's scheduling; `None` leaves a setting as it is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SchedulingChange {
+    /// New fair-share weight, if changing.
     pub weight: Option<i16>,
+    /// New cap on running jobs, if changing.
     pub max_running: Option<i32>,
     /// Drop the tenant's own cap: the shared default applies.
     pub default_max_running: bool,
@@ -179,6 +197,7 @@ pub async fn set_scheduling_defaults<'e>(
 /// Who a valid key belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Authenticated {
+    /// The tenant the key belongs to.
     pub tenant: TenantId,
     /// The tenant's cap on queued jobs; `None`: the API's default.
     pub max_queued: Option<i32>,
@@ -187,8 +206,11 @@ pub struct Authenticated {
 /// A key that was revoked.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct RevokedKey {
+    /// The key's id.
     pub id: Uuid,
+    /// Its tenant.
     pub tenant_id: TenantId,
+    /// The key's first characters, as shown to people.
     pub key_prefix: String,
 }
 

@@ -38,19 +38,32 @@ use std::sync::Arc;
 /// password); file paths are not secret.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// An unknown `sslmode`.
     #[error("invalid sslmode {0:?} (disable, prefer, require, verify-ca or verify-full)")]
     InvalidMode(String),
+    /// A certificate or key file that cannot be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
+        /// What the file holds (root certificate, client key…).
         what: &'static str,
+        /// The path as configured.
         path: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// A file with no usable certificate or key.
     #[error("no usable {what} in {path}")]
-    Pem { what: &'static str, path: PathBuf },
+    Pem {
+        /// What the file should hold.
+        what: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+    },
+    /// Only one of the client certificate and key.
     #[error("sslcert and sslkey go together")]
     HalfClientCert,
+    /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -58,10 +71,15 @@ pub enum TlsError {
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
+    /// Plain TCP.
     Disable,
+    /// TLS when the server offers it, plain otherwise.
     Prefer,
+    /// TLS, without checking the server's certificate.
     Require,
+    /// TLS, with the server's certificate checked against the roots.
     VerifyCa,
+    /// As `VerifyCa`, and the host name must match the certificate.
     VerifyFull,
 }
 
@@ -84,8 +102,11 @@ impl std::str::FromStr for SslMode {
 pub struct PgTls {
     /// As written in the URL (`prefer` when absent).
     pub mode: SslMode,
+    /// `sslrootcert`: roots to verify the server with (default: the web PKI).
     pub root_cert: Option<PathBuf>,
+    /// `sslcert`: the client certificate.
     pub client_cert: Option<PathBuf>,
+    /// `sslkey`: the client certificate's key.
     pub client_key: Option<PathBuf>,
 }
 

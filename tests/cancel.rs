@@ -552,7 +552,7 @@ async fn a_cancelled_chat_turn_drops_its_provider_call_and_stores_no_turn() {
         .await
         .unwrap()
         .into_iter()
-        .map(|m| (m.role, m.content, m.job_id))
+        .map(|m| (m.role.to_string(), m.content, m.job_id))
         .collect();
     assert_eq!(
         turns,

@@ -148,7 +148,7 @@ async fn messages(pool: &PgPool, conversation: ConversationId) -> Vec<(String, S
         .await
         .unwrap()
         .into_iter()
-        .map(|m| (m.role, m.content, m.job_id.unwrap()))
+        .map(|m| (m.role.to_string(), m.content, m.job_id.unwrap()))
         .collect()
 }
 
@@ -985,7 +985,10 @@ async fn the_history_loader_reads_a_burst_of_histories_in_few_queries() {
                 ]
             })
             .collect();
-        let got: Vec<(String, String)> = history.into_iter().map(|m| (m.role, m.content)).collect();
+        let got: Vec<(String, String)> = history
+            .into_iter()
+            .map(|m| (m.role.to_string(), m.content))
+            .collect();
         assert_eq!(got, expected, "conversation {i}");
     }
     assert!(
@@ -1195,7 +1198,7 @@ async fn expected_window(
         .collect();
     skipjack::chat::budget::trim(&all, budget)
         .into_iter()
-        .map(|m| (m.role, m.content))
+        .map(|m| (m.role.to_string(), m.content))
         .collect()
 }
 

@@ -12,7 +12,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules everything else builds on: they may import only each other.
-const BASE: &[&str] = &["db", "ids", "metrics", "signal", "telemetry", "text", "tls"];
+const BASE: &[&str] = &[
+    "db",
+    "ids",
+    "metrics",
+    "signal",
+    "sql",
+    "telemetry",
+    "text",
+    "tls",
+];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

@@ -134,11 +134,15 @@ pub fn hold_grace(retry_after_secs: u64) -> Duration {
 /// Which limit refused a submission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
+    /// The limit of the whole queue (`SKIPJACK_MAX_QUEUE_DEPTH`).
     Global,
+    /// The caller's tenant limit (`SKIPJACK_MAX_TENANT_QUEUE_DEPTH`, or
+    /// the tenant's own `max_queued`).
     Tenant,
 }
 
 impl Scope {
+    /// The `scope` label and error field value.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Global => "global",

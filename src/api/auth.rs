@@ -27,6 +27,7 @@ const CACHE_CAPACITY: usize = 10_000;
 /// The authenticated tenant of a request.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
+    /// The tenant the key belongs to.
     pub tenant: TenantId,
     /// The tenant's own queue cap, if it has one.
     pub max_queued: Option<i32>,
@@ -41,6 +42,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator over `pool` that remembers a key it found for `ttl`.
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
         Authenticator {
             pool,

@@ -8,7 +8,6 @@ use super::observe::observed;
 use super::{validate, AppState, MAX_WAIT_SECONDS};
 use crate::chat::{ChatPayload, ChatResult, CHAT_KIND};
 use crate::ids::{ConversationId, JobId};
-use crate::metrics::metrics;
 use crate::queue::{self, JobState, JobView, NewJob};
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -26,7 +25,8 @@ use uuid::Uuid;
 /// the same idempotency key created.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/chat` routes.
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat", observed("/v1/chat", post(submit)))
         .route(
@@ -70,12 +70,16 @@ pub struct ChatRequest {
 /// Answer of `POST /v1/chat`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubmitResponse {
+    /// The new job's id (or, for a replayed idempotency key, the first one's).
     pub job_id: Uuid,
+    /// The conversation the turn belongs to.
     pub conversation_id: Option<Uuid>,
     /// `queued` for a new job; an idempotent repeat shows the first job's
     /// status now.
     pub status: String,
+    /// The priority it was queued with.
     pub priority: i16,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
 }
 
@@ -91,17 +95,22 @@ pub struct WaitQuery {
 /// Tokens the LLM call consumed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
+    /// Tokens sent to the model.
     pub input_tokens: i32,
+    /// Tokens the model wrote.
     pub output_tokens: i32,
 }
 
 /// A chat job.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobResponse {
+    /// The job's id.
     pub job_id: Uuid,
+    /// The conversation the turn belongs to.
     pub conversation_id: Option<Uuid>,
     /// `queued`, `processing`, `completed`, `failed` or `cancelled`.
     pub status: String,
+    /// 1 (lowest) to 10 (highest).
     pub priority: i16,
     /// The assistant's reply, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,11 +120,15 @@ pub struct JobResponse {
     pub error: Option<String>,
     /// Attempts started so far.
     pub attempts: i32,
+    /// When it was submitted.
     pub created_at: DateTime<Utc>,
+    /// When it was first claimed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Tokens of the attempt that completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
@@ -392,10 +405,6 @@ pub async fn cancel(
         "cancelled by the client",
     )
     .await?;
-    metrics()
-        .jobs_finished
-        .with_label_values(&[JobState::Cancelled.as_str()])
-        .inc();
     let job = queue::get(&state.pool, id, Some(caller.tenant))
         .await?
         .ok_or(ApiError::NotFound("job"))?;

@@ -227,6 +227,7 @@ impl ApiArgs {
         }
     }
 
+    /// The API settings these arguments describe.
     pub fn api_config(&self) -> ApiConfig {
         ApiConfig {
             max_body_bytes: self.max_body_bytes.max(1024),

@@ -9,6 +9,7 @@ use super::validate;
 use super::AppState;
 use crate::chat::store;
 use crate::ids::{ConversationId, JobId};
+use crate::llm::Role;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/conversations` routes.
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/conversations",
@@ -40,8 +42,11 @@ pub struct NewConversationRequest {
 /// A conversation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationResponse {
+    /// The conversation's id.
     pub conversation_id: Uuid,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -55,8 +60,9 @@ pub struct MessagesQuery {
 /// One message of a conversation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageOut {
-    /// `user` or `assistant` (or `system`).
-    pub role: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
     pub content: String,
     /// The chat job whose completion appended this message.
     pub job_id: Option<Uuid>,
@@ -64,14 +70,18 @@ pub struct MessageOut {
     /// and for replies written before the server recorded models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
 /// The messages of a conversation, in order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessagesResponse {
+    /// The conversation's id.
     pub conversation_id: Uuid,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// Oldest first.
     pub messages: Vec<MessageOut>,
 }
 

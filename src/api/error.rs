@@ -36,24 +36,38 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 409: the request conflicts with the resource's state.
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        /// The stable error code (`not_cancellable`, …).
+        code: &'static str,
+        /// What went wrong, for people.
+        message: String,
+    },
     /// 413: the body is larger than the configured limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// 422: well-formed but invalid input (a field out of range, a bad id).
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid {
+        /// The stable error code.
+        code: &'static str,
+        /// What went wrong, for people.
+        message: String,
+    },
     /// 429: the queue (global or the tenant's) is full; retry later.
     #[error("queue full ({scope} limit); retry in {retry_after_secs} s")]
     Backpressure {
+        /// Which limit: `global` or `tenant`.
         scope: &'static str,
+        /// The `Retry-After` given.
         retry_after_secs: u64,
     },
     /// 429: too many long-polls in flight (in this process or for this
     /// tenant); retry later or poll without `wait`.
     #[error("too many long-polls in flight ({scope} limit); retry in {retry_after_secs} s")]
     TooManyWaits {
+        /// Which limit: `process` or `tenant`.
         scope: &'static str,
+        /// The `Retry-After` given.
         retry_after_secs: u64,
     },
     /// 503: the database is unreachable or overloaded, or the process is
@@ -71,6 +85,7 @@ pub type ApiResult<T> = std::result::Result<T, ApiError>;
 /// The error body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
@@ -96,6 +111,7 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -113,6 +129,7 @@ impl ApiError {
         }
     }
 
+    /// The stable machine-readable `code` of the error body.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",

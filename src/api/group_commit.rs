@@ -66,6 +66,7 @@ enum InsertError {
 /// What happened to one submitted job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Submitted {
+    /// The job's id (the one stored first, for a replayed idempotency key).
     pub id: JobId,
     /// False when the idempotency key named an earlier job: `id` is that one.
     pub inserted: bool,
@@ -79,8 +80,12 @@ pub struct Submitted {
 /// Settings of the gatherer.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupCommitConfig {
+    /// How long a batch stays open for more submissions.
     pub window: Duration,
+    /// Most submissions in one batch.
     pub max_batch: usize,
+    /// Most batches being written at once; while all are busy, the next
+    /// batch keeps filling.
     pub flushes: usize,
 }
 

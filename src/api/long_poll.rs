@@ -154,6 +154,8 @@ impl Drop for Subscription<'_> {
 }
 
 impl LongPoll {
+    /// Long-polls over `pool` with `config`; [`LongPoll::spawn`] starts
+    /// its listener.
     pub fn new(pool: PgPool, config: LongPollConfig) -> Arc<Self> {
         Self::with_listener_pool(pool.clone(), pool, config)
     }

@@ -76,12 +76,19 @@ use tokio_util::sync::CancellationToken;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database.
     pub pool: PgPool,
+    /// The process's settings.
     pub config: Arc<ApiConfig>,
+    /// API keys to tenants, cached.
     pub auth: Arc<auth::Authenticator>,
+    /// Resolves the conversation a submission goes to.
     pub conversations: Arc<crate::chat::conversations::Resolver>,
+    /// Backpressure: who may submit while the queue is full.
     pub admission: Arc<admission::Admission>,
+    /// Batches submissions into shared transactions.
     pub group_commit: Arc<GroupCommit>,
+    /// Waits for jobs to finish (`?wait=`).
     pub long_poll: Arc<LongPoll>,
     /// The queue snapshot behind `GET /v1/queue`.
     pub queue: Arc<queue::QueueView>,
@@ -187,6 +194,7 @@ impl Api {
         }
     }
 
+    /// The state the routes share.
     pub fn state(&self) -> &AppState {
         &self.state
     }

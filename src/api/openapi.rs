@@ -60,6 +60,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         ConversationResponse,
         MessagesResponse,
         MessageOut,
+        crate::llm::Role,
         QueueResponse,
         QueueScope,
         NewWebhookRequest,
@@ -128,7 +129,8 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the generated OpenAPI document serialises")
 });
 
-pub fn router() -> Router<AppState> {
+/// Serves `/openapi.json`.
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", observed("/openapi.json", get(serve)))
 }
 

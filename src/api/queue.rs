@@ -46,7 +46,8 @@ const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 /// far past the limits slows the refresh instead of keeping a core busy.
 const MAX_DUTY_CYCLE: f64 = 0.1;
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/queue` route.
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/queue", observed("/v1/queue", get(stats)))
 }
 
@@ -81,9 +82,11 @@ pub struct QueueResponse {
 /// The queue per tenant at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Each tenant's share of the queue.
     pub tenants: HashMap<TenantId, QueueStats>,
     /// Every job, tenants' and others'.
     pub all: QueueStats,
+    /// When the snapshot was read.
     pub as_of: DateTime<Utc>,
 }
 
@@ -214,7 +217,9 @@ pub fn spawn_refresher(
 /// Who asks: a tenant, or the holder of the admin key.
 #[derive(Clone, Copy, Debug)]
 pub enum Viewer {
+    /// A tenant, who sees its own jobs.
     Tenant(TenantId),
+    /// The admin key, which sees the whole queue.
     Admin,
 }
 

@@ -40,7 +40,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events buffered for a slow client before the stream's task waits.
 const BUFFER: usize = 256;
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/chat/{id}/stream` route.
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route(
         "/v1/chat/{job_id}/stream",
         observed("/v1/chat/{job_id}/stream", get(stream)),

@@ -16,7 +16,9 @@ fn has_nul(s: &str) -> bool {
     s.contains('\0')
 }
 
-pub fn user_id(user_id: &str) -> ApiResult<()> {
+/// Checks a user id: 1 to [`MAX_USER_ID_CHARS`] characters, not blank,
+/// no NUL.
+pub(crate) fn user_id(user_id: &str) -> ApiResult<()> {
     let chars = user_id.chars().count();
     if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -33,7 +35,8 @@ pub fn user_id(user_id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
+/// Checks a chat message: not blank, at most `max_bytes`, no NUL.
+pub(crate) fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
     if message.trim().is_empty() {
         return Err(ApiError::invalid(
             "invalid_message",
@@ -55,7 +58,8 @@ pub fn message(message: &str, max_bytes: usize) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn priority(priority: Option<i64>) -> ApiResult<Priority> {
+/// Checks a priority (1 to 10); the default one when absent.
+pub(crate) fn priority(priority: Option<i64>) -> ApiResult<Priority> {
     match priority {
         None => Ok(Priority::default()),
         Some(p) => {
@@ -64,7 +68,9 @@ pub fn priority(priority: Option<i64>) -> ApiResult<Priority> {
     }
 }
 
-pub fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
+/// Checks an idempotency key, when given: 1 to
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes, no NUL.
+pub(crate) fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
     if let Some(key) = key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || has_nul(key) {
             return Err(ApiError::invalid(
@@ -78,7 +84,8 @@ pub fn idempotency_key(key: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn metadata(metadata: Option<&Value>) -> ApiResult<()> {
+/// Checks metadata, when given: no NUL in any string or key.
+pub(crate) fn metadata(metadata: Option<&Value>) -> ApiResult<()> {
     fn nul_free(value: &Value) -> bool {
         match value {
             Value::String(s) => !has_nul(s),

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/webhooks` routes.
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/webhooks",
@@ -45,27 +46,36 @@ pub struct NewWebhookRequest {
 /// A webhook.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookResponse {
+    /// The webhook's id.
     pub id: Uuid,
+    /// The endpoint POSTed to.
     pub url: String,
+    /// The events it is told of.
     pub events: Vec<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A webhook just created, with its signing secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedWebhookResponse {
+    /// The webhook's id.
     pub id: Uuid,
+    /// The endpoint POSTed to.
     pub url: String,
+    /// The events it is told of.
     pub events: Vec<String>,
     /// `whsec_…`: the HMAC-SHA256 key of the `Skipjack-Signature` header.
     /// Shown this once; never listed.
     pub secret: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// The caller's webhooks.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookList {
+    /// Oldest first.
     pub webhooks: Vec<WebhookResponse>,
 }
 

@@ -23,7 +23,7 @@
 //! turn, so what the cache holds is always what the database would read.
 
 use super::store::HistoryMessage;
-use crate::llm::estimate_tokens;
+use crate::llm::{estimate_tokens, Role};
 
 /// Default of `SKIPJACK_HISTORY_MAX_TOKENS`: fits the context of every
 /// model in common use with room for the new message and the reply.
@@ -38,7 +38,10 @@ pub fn cost(message: &HistoryMessage) -> u64 {
 /// of `max_tokens`: the leading system messages, then the newest messages
 /// that fit, starting at a user message.
 pub fn trim(history: &[HistoryMessage], max_tokens: u32) -> Vec<HistoryMessage> {
-    let head = history.iter().take_while(|m| m.role == "system").count();
+    let head = history
+        .iter()
+        .take_while(|m| m.role == Role::System)
+        .count();
     let head_cost: u64 = history[..head].iter().map(cost).sum();
     let allowance = u64::from(max_tokens).saturating_sub(head_cost);
     let mut start = history.len();
@@ -52,7 +55,7 @@ pub fn trim(history: &[HistoryMessage], max_tokens: u32) -> Vec<HistoryMessage> 
         start -= 1;
     }
     let first_user = (start..history.len())
-        .find(|&i| history[i].role == "user")
+        .find(|&i| history[i].role == Role::User)
         .unwrap_or(history.len());
     history[..head]
         .iter()
@@ -67,7 +70,7 @@ mod tests {
 
     fn m(role: &str, content: &str) -> HistoryMessage {
         HistoryMessage {
-            role: role.into(),
+            role: Role::parse(role).unwrap(),
             content: content.into(),
         }
     }

@@ -99,8 +99,10 @@ pub enum CacheError {
     /// The URL does not parse. The message never repeats the URL.
     #[error("invalid REDIS_URL: {0}")]
     InvalidUrl(String),
+    /// The pool could not be built.
     #[error("cannot build the Redis pool: {0}")]
     Pool(String),
+    /// The TLS settings of a `rediss://` URL.
     #[error("Redis TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -119,15 +121,20 @@ pub enum Source {
 /// A history as the handler uses it.
 #[derive(Clone, Debug)]
 pub struct Loaded {
+    /// The history window.
     pub messages: Arc<Vec<HistoryMessage>>,
+    /// The history version it is.
     pub version: HistoryVersion,
+    /// Where it came from.
     pub source: Source,
 }
 
 /// This cache's own counters (the process-wide metrics count all caches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Reads answered from the cache.
     pub hits: u64,
+    /// Reads that went to Postgres.
     pub misses: u64,
     /// Failed operations and operations skipped while Redis was down.
     pub errors: u64,
@@ -183,10 +190,13 @@ struct Entry {
 /// One history to write.
 #[derive(Clone, Debug)]
 pub struct CacheWrite {
+    /// The conversation whose history is written.
     pub conversation: ConversationId,
+    /// The history version `messages` is.
     pub version: HistoryVersion,
     /// The history window, cut for a budget of `max_tokens`.
     pub messages: Arc<Vec<HistoryMessage>>,
+    /// The budget `messages` was cut for.
     pub max_tokens: u32,
 }
 

@@ -199,18 +199,8 @@ impl ChatHandler {
 fn request(history: &[HistoryMessage], message: &str) -> ChatRequest {
     let mut messages: Vec<ChatMessage> = Vec::with_capacity(history.len() + 1);
     for m in history {
-        let role = match m.role.as_str() {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            "system" => Role::System,
-            // The messages table allows no other role.
-            other => {
-                tracing::warn!(role = other, "skipping a message with an unknown role");
-                continue;
-            }
-        };
         messages.push(ChatMessage {
-            role,
+            role: m.role,
             content: m.content.clone(),
         });
     }
@@ -407,11 +397,11 @@ impl Handler for ChatHandler {
                         let mut messages = Vec::with_capacity(used.messages.len() + 2);
                         messages.extend(used.messages.iter().cloned());
                         messages.push(HistoryMessage {
-                            role: "user".into(),
+                            role: Role::User,
                             content: d.user.clone(),
                         });
                         messages.push(HistoryMessage {
-                            role: "assistant".into(),
+                            role: Role::Assistant,
                             content: d.reply.clone(),
                         });
                         puts.push(CacheWrite {

@@ -13,8 +13,10 @@ use sqlx::PgPool;
 /// Why the chat handler cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The LLM settings do not hold.
     #[error(transparent)]
     Llm(#[from] ConfigError),
+    /// The history cache cannot be set up.
     #[error(transparent)]
     Cache(#[from] CacheError),
 }

@@ -2,22 +2,23 @@
 
 use crate::db::Schema;
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::llm::Role;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 mod sql {
-    pub const DEFAULT_CONVERSATION: &str = include_str!("../../sql/chat/default_conversation.sql");
-    pub const CREATE_CONVERSATION: &str = include_str!("../../sql/chat/create_conversation.sql");
-    pub const CONVERSATION_USER: &str = include_str!("../../sql/chat/conversation_user.sql");
-    pub const HISTORIES: &str = include_str!("../../sql/chat/histories.sql");
-    pub const LIST_MESSAGES: &str = include_str!("../../sql/chat/list_messages.sql");
-    pub const APPEND_TURNS: &str = include_str!("../../sql/chat/append_turns.sql");
-    pub const APPEND_TURNS_WITH_MODEL: &str =
-        include_str!("../../sql/chat/append_turns_with_model.sql");
-    pub const LIST_MESSAGES_WITH_MODEL: &str =
-        include_str!("../../sql/chat/list_messages_with_model.sql");
-    pub const HISTORY_VERSION: &str = include_str!("../../sql/chat/history_version.sql");
+    crate::sql::sql_files!("chat" {
+        DEFAULT_CONVERSATION => "default_conversation.sql",
+        CREATE_CONVERSATION => "create_conversation.sql",
+        CONVERSATION_USER => "conversation_user.sql",
+        HISTORIES => "histories.sql",
+        LIST_MESSAGES => "list_messages.sql",
+        APPEND_TURNS => "append_turns.sql",
+        APPEND_TURNS_WITH_MODEL => "append_turns_with_model.sql",
+        LIST_MESSAGES_WITH_MODEL => "list_messages_with_model.sql",
+        HISTORY_VERSION => "history_version.sql",
+    });
 }
 
 /// The migration that added `messages.model`: processes running at an
@@ -28,25 +29,31 @@ pub const MODEL_VERSION: i32 = 6;
 /// cache stores it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct HistoryMessage {
-    /// `user`, `assistant` or `system`.
-    pub role: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
     pub content: String,
 }
 
 /// One message of a conversation, as API readers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct StoredMessage {
+    /// Position in the conversation, from 1.
     pub seq: i32,
-    pub role: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
+    /// Tokens the provider reported for it.
     pub tokens: Option<i32>,
     /// The model that wrote an assistant message; `None` for user
     /// messages, for replies written before [`MODEL_VERSION`], and when read
     /// at an older schema.
     #[sqlx(default)]
     pub model: Option<String>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
@@ -66,6 +73,7 @@ pub struct HistoryVersion {
 /// What [`append_turns`] did to one conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
+    /// The conversation appended to.
     pub conversation: ConversationId,
     /// The history version the turn was appended to.
     pub before: HistoryVersion,
@@ -76,11 +84,17 @@ pub struct Appended {
 /// A completed turn to append: the user's message and the reply.
 #[derive(Clone, Debug)]
 pub struct Turn<'a> {
+    /// The conversation the turn belongs to.
     pub conversation: ConversationId,
+    /// The chat job that completed with it.
     pub job: JobId,
+    /// The user's message.
     pub user_message: &'a str,
+    /// The model's reply.
     pub assistant_message: &'a str,
+    /// Input tokens of the call.
     pub user_tokens: Option<i32>,
+    /// Output tokens of the call.
     pub assistant_tokens: Option<i32>,
 }
 
@@ -137,6 +151,7 @@ pub async fn conversation_user<'e>(
 /// [`super::budget`]), and the version of the history it was taken from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryWindow {
+    /// Oldest first, cut to the token budget.
     pub messages: Vec<HistoryMessage>,
     /// The version of the whole history (its newest message, whether sent
     /// or not).
@@ -155,7 +170,7 @@ pub async fn histories<'e>(
         ConversationId,
         i32,
         DateTime<Utc>,
-        Option<String>,
+        Option<Role>,
         Option<String>,
     );
     let rows: Vec<Row> = sqlx::query_as(sql::HISTORIES)

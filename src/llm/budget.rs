@@ -47,10 +47,12 @@ use super::LlmError;
 use crate::metrics::metrics;
 
 mod sql {
-    pub const RESERVE: &str = include_str!("../../sql/llm/reserve.sql");
-    pub const CORRECT: &str = include_str!("../../sql/llm/correct.sql");
-    pub const ENSURE: &str = include_str!("../../sql/llm/ensure_budget.sql");
-    pub const ENSURE_LIMITS: &str = include_str!("../../sql/llm/ensure_budget_limits.sql");
+    crate::sql::sql_files!("llm" {
+        RESERVE => "reserve.sql",
+        CORRECT => "correct.sql",
+        ENSURE => "ensure_budget.sql",
+        ENSURE_LIMITS => "ensure_budget_limits.sql",
+    });
 }
 
 /// The Postgres schema version that has `provider_budgets`.

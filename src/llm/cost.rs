@@ -35,7 +35,9 @@ pub const PRICE_SETTING: &str = "SKIPJACK_LLM_PRICE_PER_MTOK";
 /// US dollars per million tokens, each way.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Price {
+    /// Dollars per million input tokens.
     pub input_per_mtok: f64,
+    /// Dollars per million output tokens.
     pub output_per_mtok: f64,
 }
 

@@ -52,9 +52,12 @@ pub use config::{
 pub use error::ConfigError;
 pub use pool::EndpointStats;
 
-/// Who wrote a message. Serialized lowercase because that is what both the
-/// Anthropic and the OpenAI wire formats (and our `messages.role` column) use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Who wrote a message: the one type for a role everywhere (the model's
+/// context, the `messages.role` column, the history cache, the API).
+/// Serialized lowercase because that is what both the Anthropic and the
+/// OpenAI wire formats (and the column's check constraint) use; stored as
+/// the same text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions for the model; providers that have a separate system
@@ -74,6 +77,46 @@ impl Role {
             Role::User => "user",
             Role::Assistant => "assistant",
         }
+    }
+
+    /// The role spelt `s` ([`Role::as_str`]'s inverse).
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::System, Role::User, Role::Assistant]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// A role is text in Postgres (`messages.role`), not a type of its own.
+impl sqlx::Type<sqlx::Postgres> for Role {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Role {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Role::parse(s).ok_or_else(|| format!("unknown message role {s:?}").into())
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for Role {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
     }
 }
 

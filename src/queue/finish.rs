@@ -7,6 +7,7 @@
 
 use super::{is_transient, read, sql, JobState, Lease, Outcome, QueueError, Result};
 use crate::ids::{ConversationId, JobId, TenantId};
+use crate::metrics::metrics;
 use crate::text::{json_without_nul, without_nul};
 use rand::Rng;
 use serde_json::Value;
@@ -64,10 +65,24 @@ impl Backoff {
 /// The outcome of one attempt, for [`finish`].
 #[derive(Clone, Copy, Debug)]
 pub struct FinishItem<'a> {
+    /// The job the outcome is for.
     pub job: JobId,
     /// The attempt the outcome belongs to (part of the fence).
     pub attempt: i32,
+    /// What the attempt came to.
     pub outcome: &'a Outcome,
+}
+
+/// Counts `states` that are final in `skipjack_jobs_finished_total`, by
+/// outcome: the one place that metric moves. The queue's functions that
+/// finish jobs in a transaction of their own ([`finish`], [`cancel`],
+/// [`super::release`]) call it once that transaction committed; a caller of
+/// [`finish_in_tx`] calls it after committing the transaction it passed.
+pub(crate) fn count_finished(states: impl IntoIterator<Item = JobState>) {
+    let m = metrics();
+    for state in states.into_iter().filter(|s| s.is_final()) {
+        m.jobs_finished.with_label_values(&[state.as_str()]).inc();
+    }
 }
 
 /// Writes a batch of outcomes of worker `owner` in its own transaction,
@@ -84,6 +99,7 @@ pub async fn finish(
         match finish_in_tx(&mut tx, owner, items, backoff).await {
             Ok(states) => {
                 tx.commit().await?;
+                count_finished(states.iter().flatten().copied());
                 return Ok(states);
             }
             Err(QueueError::Database(e)) if is_transient(&e) && tries < 3 => tries += 1,
@@ -96,7 +112,8 @@ pub async fn finish(
 /// input order, the state each job is in now: `Queued` for a retry with
 /// attempts left or a snooze, `Completed` or `Failed` for a job that moved to history,
 /// and `None` for a job this worker's lease no longer covers (nothing about
-/// it was changed).
+/// it was changed). The caller counts the finished ones with
+/// [`count_finished`] once `tx` committed.
 pub async fn finish_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     owner: &str,
@@ -287,6 +304,7 @@ async fn cancel_once(
                 unblock(&mut tx, &[conversation]).await?;
             }
             tx.commit().await?;
+            count_finished([JobState::Cancelled]);
             Ok(was)
         }
         None => {

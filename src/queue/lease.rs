@@ -67,7 +67,9 @@ pub async fn release(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<(J
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    take_back(pool, || sqlx::query_as(sql::RELEASE).bind(owner).bind(ids)).await
+    let released = take_back(pool, || sqlx::query_as(sql::RELEASE).bind(owner).bind(ids)).await?;
+    super::finish::count_finished(released.iter().map(|(_, state)| *state));
+    Ok(released)
 }
 
 /// A row of rescue.sql and release.sql: a job taken back from its worker,

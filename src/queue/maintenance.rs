@@ -67,6 +67,7 @@ pub struct MaintenanceConfig {
     /// falls behind, where the claim would otherwise walk past ever more
     /// dead index entries.
     pub vacuum_dead_tuples: i64,
+    /// How often the dead row versions of `jobs` are checked.
     pub vacuum_check_interval: Duration,
     /// The schema the process runs at: aging needs
     /// [`super::FAIR_VERSION`].
@@ -95,7 +96,9 @@ impl Default for MaintenanceConfig {
 /// What one housekeeping pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HousekeepingReport {
+    /// History partitions created ahead.
     pub partitions_created: i32,
+    /// History partitions dropped past retention.
     pub partitions_dropped: i32,
     /// Partitions (table names) due to be created or dropped that this pass
     /// left for the next one because their locks were not free within the
@@ -104,9 +107,13 @@ pub struct HousekeepingReport {
     /// Whether deleting the default partition's expired rows was left for
     /// the next pass (lock timeout).
     pub history_default_skipped: bool,
+    /// Idempotency keys past their time, deleted.
     pub idempotency_keys_pruned: u64,
+    /// Job events past retention, deleted.
     pub events_pruned: u64,
+    /// Long-poll waiters not seen for a while, deleted.
     pub waiters_pruned: u64,
+    /// Idle conversation queues (no live job), deleted.
     pub conversations_pruned: u64,
 }
 

@@ -42,6 +42,7 @@ pub mod types;
 
 pub use claim::{claim, claim_at, FAIR_VERSION};
 pub use enqueue::{enqueue, enqueue_many};
+pub(crate) use finish::count_finished;
 pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};
 pub use read::{events, get, list, stats, JobFilter};
@@ -62,12 +63,19 @@ pub enum QueueError {
     NotFound(JobId),
     /// The job cannot be cancelled in its current state.
     #[error("job {id} is {state} and cannot be cancelled")]
-    NotCancellable { id: JobId, state: JobState },
+    NotCancellable {
+        /// The job asked for.
+        id: JobId,
+        /// The state it is in.
+        state: JobState,
+    },
     /// The job cannot be retried in its current state (it is live, or
     /// completed, or has used the most attempts a job may have).
     #[error("job {id} is {state} and cannot be retried{detail}")]
     NotRetryable {
+        /// The job asked for.
         id: JobId,
+        /// The state it is in.
         state: JobState,
         /// Why, when the state does not say it (e.g. ": attempts used up").
         detail: &'static str,
@@ -79,6 +87,7 @@ pub enum QueueError {
     /// A job field outside what the schema accepts.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

@@ -39,7 +39,12 @@ pub enum Wakeup {
     /// The first connection listens: from now on no notification is missed.
     Listening,
     /// A NOTIFY on one of the channels.
-    Notification { channel: String, payload: String },
+    Notification {
+        /// The channel notified.
+        channel: String,
+        /// The notification's payload.
+        payload: String,
+    },
     /// The connection was lost and a new one listens again: anything may
     /// have happened meanwhile, and registrations may be gone.
     Reconnected,

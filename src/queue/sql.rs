@@ -1,14 +1,6 @@
 //! The queue's statements, one per file under `sql/queue/`, compiled in.
 
-macro_rules! statements {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        $(
-            pub const $name: &str = include_str!(concat!("../../sql/queue/", $file));
-        )*
-    };
-}
-
-statements! {
+crate::sql::sql_files!("queue" {
     ENQUEUE => "enqueue.sql",
     ENQUEUE_SIMPLE => "enqueue_simple.sql",
     IDEMPOTENCY_LOOKUP => "idempotency_lookup.sql",
@@ -52,4 +44,4 @@ statements! {
     DEAD_TUPLES => "dead_tuples.sql",
     VACUUM_JOBS => "vacuum_jobs.sql",
     VACUUM_LOCK => "vacuum_lock.sql",
-}
+});

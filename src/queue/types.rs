@@ -14,10 +14,15 @@ use std::time::Duration;
 #[sqlx(type_name = "job_state", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Waiting to be claimed (ready, delayed, or blocked behind its conversation).
     Queued,
+    /// Claimed by a worker under a lease.
     Processing,
+    /// Done; its result is in `job_history`.
     Completed,
+    /// Failed for good (attempts used up, or an error no retry fixes).
     Failed,
+    /// Cancelled by a client or an operator.
     Cancelled,
 }
 
@@ -57,7 +62,9 @@ impl fmt::Display for JobState {
 pub struct Priority(i16);
 
 impl Priority {
+    /// The lowest priority.
     pub const MIN: Priority = Priority(1);
+    /// The highest priority.
     pub const MAX: Priority = Priority(10);
 
     /// Validates a priority given by a client.
@@ -69,6 +76,7 @@ impl Priority {
         }
     }
 
+    /// The priority as a number, 1 to 10.
     pub fn get(self) -> i16 {
         self.0
     }
@@ -99,6 +107,7 @@ pub struct NewJob {
     pub kind: String,
     /// What the handler needs, as JSON.
     pub payload: Value,
+    /// Claimed before lower priorities (subject to fair scheduling).
     pub priority: Priority,
     /// The owner; `None` for jobs that belong to no tenant.
     pub tenant_id: Option<TenantId>,
@@ -117,8 +126,10 @@ pub struct NewJob {
 }
 
 impl NewJob {
+    /// Attempts a job gets unless told otherwise.
     pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
 
+    /// A job of `kind` with `payload`, at the default priority, no tenant and no conversation.
     pub fn new(kind: impl Into<String>, payload: Value) -> Self {
         NewJob {
             kind: kind.into(),
@@ -133,21 +144,25 @@ impl NewJob {
         }
     }
 
+    /// At `priority`.
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self
     }
 
+    /// Of `tenant`.
     pub fn with_tenant(mut self, tenant: TenantId) -> Self {
         self.tenant_id = Some(tenant);
         self
     }
 
+    /// A turn of `conversation`: it runs after the conversation's earlier jobs.
     pub fn with_conversation(mut self, conversation: ConversationId) -> Self {
         self.conversation_id = Some(conversation);
         self
     }
 
+    /// Deduplicated by `key` within its tenant.
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
@@ -159,11 +174,13 @@ impl NewJob {
         self
     }
 
+    /// With `max_attempts` attempts.
     pub fn with_max_attempts(mut self, max_attempts: i32) -> Self {
         self.max_attempts = max_attempts;
         self
     }
 
+    /// Not claimed before `run_at`.
     pub fn with_run_at(mut self, run_at: DateTime<Utc>) -> Self {
         self.run_at = Some(run_at);
         self
@@ -180,6 +197,7 @@ impl NewJob {
 /// What an enqueue did with one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Enqueued {
+    /// The job's id.
     pub id: JobId,
     /// False when the idempotency key already named a job: `id` is that job.
     pub inserted: bool,
@@ -192,18 +210,27 @@ pub struct Enqueued {
 /// A job handed to a worker by a claim.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ClaimedJob {
+    /// The job's id.
     pub id: JobId,
+    /// Its tenant, if any.
     pub tenant_id: Option<TenantId>,
+    /// Its conversation, for chat turns.
     pub conversation_id: Option<ConversationId>,
+    /// Which handler runs it.
     pub kind: String,
+    /// Its priority.
     pub priority: Priority,
+    /// What the handler needs.
     pub payload: Value,
     /// 1 on the first run; part of the lease fence.
     pub attempt: i32,
+    /// Attempts allowed before the job fails for good.
     pub max_attempts: i32,
+    /// Submission time.
     pub created_at: DateTime<Utc>,
     /// When the job was first claimed.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the lease ends unless a heartbeat extends it.
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -217,6 +244,7 @@ impl ClaimedJob {
         }
     }
 
+    /// The lease `owner` holds on this attempt.
     pub fn lease(&self, owner: &str) -> Lease {
         Lease {
             job: self.id,
@@ -231,8 +259,11 @@ impl ClaimedJob {
 /// again) no longer matches, so its late writes change nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    /// The job the lease is on.
     pub job: JobId,
+    /// The worker id that claimed it.
     pub owner: String,
+    /// The attempt claimed.
     pub attempt: i32,
 }
 
@@ -240,14 +271,18 @@ pub struct Lease {
 /// again after its lease was lost is a new attempt, even by the same worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptId {
+    /// The job claimed.
     pub job: JobId,
+    /// The attempt, from 1.
     pub attempt: i32,
 }
 
 /// Tokens an LLM call consumed, recorded in `job_history`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
+    /// Tokens sent to the model.
     pub input_tokens: i32,
+    /// Tokens the model wrote.
     pub output_tokens: i32,
 }
 
@@ -256,22 +291,35 @@ pub struct TokenUsage {
 pub enum Outcome {
     /// Done; `result` is kept in `job_history`.
     Completed {
+        /// What the handler returned.
         result: Value,
+        /// Tokens the attempt used, when it called a model.
         usage: Option<TokenUsage>,
     },
     /// Failed in a way worth trying again: back to the queue after
     /// `retry_after` (or an exponential backoff with jitter), or failed for
     /// good when the attempts are used up.
     Retry {
+        /// Why the attempt failed.
         error: String,
+        /// How long to wait, when the failure said (a provider's
+        /// `Retry-After`).
         retry_after: Option<Duration>,
     },
     /// Failed in a way no retry fixes.
-    Failed { error: String },
+    Failed {
+        /// Why the job cannot succeed (kept as its error).
+        error: String,
+    },
     /// Not run: something the job needs (provider budget) is not available
     /// for `delay`. Back to the queue until then with the attempt not
     /// counted (a 'snoozed' event says why); needs schema 11.
-    Snooze { delay: Duration, reason: String },
+    Snooze {
+        /// How long until the job may run again.
+        delay: Duration,
+        /// What was missing, for the event.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -313,24 +361,39 @@ impl Outcome {
 /// A job as readers see it, live or finished (the `all_jobs` view).
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct JobView {
+    /// The job's id.
     pub id: JobId,
+    /// Its tenant, if any.
     pub tenant_id: Option<TenantId>,
+    /// Its conversation, for chat turns.
     pub conversation_id: Option<ConversationId>,
+    /// Which handler runs it.
     pub kind: String,
+    /// Its priority.
     pub priority: Priority,
+    /// Where it is in its life.
     pub state: JobState,
+    /// What the handler was given.
     pub payload: Value,
+    /// Attempts started.
     pub attempts: i32,
+    /// Attempts allowed before it fails for good.
     pub max_attempts: i32,
+    /// What a completed job returned.
     pub result: Option<Value>,
     /// The final error, or the last retried one while the job is live.
     pub error: Option<String>,
     /// The lease owner now, or of the last attempt.
     pub worker: Option<String>,
+    /// Input tokens of the attempt that completed.
     pub input_tokens: Option<i32>,
+    /// Output tokens of the attempt that completed.
     pub output_tokens: Option<i32>,
+    /// Submission time.
     pub created_at: DateTime<Utc>,
+    /// When it was first claimed.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final state.
     pub finished_at: Option<DateTime<Utc>>,
     /// When a queued job may run next.
     pub run_at: Option<DateTime<Utc>>,
@@ -339,12 +402,19 @@ pub struct JobView {
 /// One row of `job_events`.
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct JobEvent {
+    /// The job the event happened to.
     pub job_id: JobId,
+    /// `retried`, `rescued`, `released`, `cancelled` or `snoozed`.
     pub event: String,
+    /// The attempt it ended.
     pub attempt: i32,
+    /// The attempt's error.
     pub error: Option<String>,
+    /// When the job may run again.
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The worker that held the attempt.
     pub worker: Option<String>,
+    /// When it happened.
     pub created_at: DateTime<Utc>,
 }
 
@@ -353,6 +423,7 @@ pub struct JobEvent {
 pub struct QueueStats {
     /// Queued jobs (ready, delayed or blocked) by priority.
     pub depth: std::collections::BTreeMap<i16, i64>,
+    /// Jobs being processed.
     pub processing: i64,
     /// Age of the oldest job that is ready to run now, 0 when none is.
     pub oldest_queued_age_seconds: f64,
@@ -365,6 +436,7 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// Queued jobs of every priority.
     pub fn total(&self) -> i64 {
         self.depth.values().sum()
     }

@@ -42,9 +42,11 @@ pub use publish::{Publisher, PublisherConfig, StreamWriter};
 pub const STREAM_CHANNEL: &str = "skipjack_stream";
 
 mod sql {
-    pub const PUBLISH: &str = include_str!("../../sql/stream/publish.sql");
-    pub const READ: &str = include_str!("../../sql/stream/read.sql");
-    pub const PRUNE: &str = include_str!("../../sql/stream/prune.sql");
+    crate::sql::sql_files!("stream" {
+        PUBLISH => "publish.sql",
+        READ => "read.sql",
+        PRUNE => "prune.sql",
+    });
 }
 
 /// One piece of a streamed reply.

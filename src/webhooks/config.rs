@@ -21,6 +21,7 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
+    /// The webhook settings these arguments describe.
     pub fn webhook_config(&self) -> WebhookConfig {
         WebhookConfig {
             timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),

@@ -53,6 +53,7 @@ pub struct WebhookHandler {
 pub struct ClientError(String);
 
 impl WebhookHandler {
+    /// The job kind it handles.
     pub const KIND: &'static str = WEBHOOK_KIND;
 
     /// A handler with its own connection pool to receivers. Redirects are
@@ -74,6 +75,7 @@ impl WebhookHandler {
         })
     }
 
+    /// The settings it delivers with.
     pub fn config(&self) -> &WebhookConfig {
         &self.config
     }

@@ -35,10 +35,13 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 /// Why a signature was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// The header does not parse.
     #[error("the header is not t=UNIX,v1=HEX")]
     Malformed,
+    /// The timestamp is outside the tolerance.
     #[error("the timestamp is more than the tolerance away from now")]
     Stale,
+    /// No signature matches the body.
     #[error("no v1 signature matches")]
     Mismatch,
 }

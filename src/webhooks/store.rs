@@ -7,42 +7,42 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-macro_rules! statements {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        $(
-            const $name: &str = include_str!(concat!("../../sql/webhooks/", $file));
-        )*
-    };
-}
-
-statements! {
+crate::sql::sql_files!("webhooks" {
     LOCK_TENANT => "lock_tenant.sql",
     CREATE => "create.sql",
     LIST => "list.sql",
     DELETE => "delete.sql",
     TARGET => "target.sql",
-}
+});
 
 /// A webhook as its tenant sees it (no secret).
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Webhook {
+    /// The webhook's id.
     pub id: Uuid,
+    /// The endpoint POSTed to.
     pub url: String,
+    /// The events it is told of.
     pub events: Vec<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A webhook just created, with its secret (shown this once).
 #[derive(Clone, Debug)]
 pub struct Created {
+    /// The webhook as listed from now on.
     pub webhook: Webhook,
+    /// The signing secret.
     pub secret: String,
 }
 
 /// Where a delivery goes.
 #[derive(Clone, sqlx::FromRow)]
 pub struct Target {
+    /// The endpoint POSTed to.
     pub url: String,
+    /// The signing secret.
     pub secret: String,
 }
 
@@ -56,8 +56,10 @@ impl std::fmt::Debug for Target {
 /// Errors of [`create`].
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    /// The tenant has as many webhooks as allowed.
     #[error("a tenant may have at most {0} webhooks")]
     TooMany(i64),
+    /// Any other database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

@@ -83,10 +83,6 @@ async fn release(shared: &Shared, attempt: AttemptId) {
     match queue::release(&shared.pool, &shared.config.id, &[id]).await {
         Ok(released) => match released.first() {
             Some((_, JobState::Failed)) => {
-                metrics()
-                    .jobs_finished
-                    .with_label_values(&[JobState::Failed.as_str()])
-                    .inc();
                 tracing::warn!(job_id = %id, "released at shutdown on its last attempt: failed")
             }
             Some(_) => tracing::info!(job_id = %id, "released lease"),
@@ -233,7 +229,7 @@ pub(super) async fn write(
                 m.llm_budget_waits.with_label_values(&["snoozed"]).inc()
             }
             Some(JobState::Queued) => m.jobs_retried.inc(),
-            Some(state) => m.jobs_finished.with_label_values(&[state.as_str()]).inc(),
+            Some(state) => queue::count_finished([*state]),
             // The job was cancelled while its outcome waited to be written.
             None if shared.cancel_requested(f.job.attempt_id()) => {
                 m.worker_jobs_cancelled.inc();

@@ -114,6 +114,7 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// The worker settings these arguments describe.
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
             id: self.worker_id.clone().unwrap_or_else(default_worker_id),

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 /// What a handler gets for one attempt of a job.
 #[derive(Clone, Debug)]
 pub struct JobContext {
+    /// The job being run.
     pub job: ClaimedJob,
     /// Cancelled when the job was cancelled (`DELETE /v1/chat/{id}`), when
     /// the worker lost the job's lease (another worker may be running it
@@ -21,7 +22,9 @@ pub struct JobContext {
 /// An attempt that ended, with its outcome, as the completer writes it.
 #[derive(Clone, Debug)]
 pub struct FinishedJob {
+    /// The job that ran.
     pub job: ClaimedJob,
+    /// What it came to.
     pub outcome: Outcome,
 }
 

@@ -56,10 +56,13 @@ use tokio_util::sync::CancellationToken;
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// No job kind has a handler.
     #[error("no handler registered")]
     NoHandlers,
+    /// A concurrency of 0.
     #[error("concurrency must be at least 1")]
     NoConcurrency,
+    /// From the queue.
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
 }
@@ -181,6 +184,7 @@ impl WorkerBuilder {
         self
     }
 
+    /// With `config` instead of the defaults.
     pub fn config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
         self
@@ -193,6 +197,7 @@ impl WorkerBuilder {
         self
     }
 
+    /// The worker, or why it cannot run.
     pub fn build(self) -> Result<Worker, WorkerError> {
         if self.handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
@@ -247,9 +252,13 @@ fn on_cancel(shared: &Shared, payload: &str) {
 /// What [`Worker::run_once`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOnce {
+    /// Jobs claimed.
     pub claimed: usize,
+    /// Jobs completed.
     pub completed: usize,
+    /// Attempts retried.
     pub retried: usize,
+    /// Jobs failed for good.
     pub failed: usize,
     /// Outcomes discarded because the lease had been lost.
     pub lease_lost: usize,
@@ -258,6 +267,7 @@ pub struct RunOnce {
 }
 
 impl Worker {
+    /// A builder for a worker on `pool`.
     pub fn builder(pool: PgPool) -> WorkerBuilder {
         WorkerBuilder {
             direct_pool: pool.clone(),
@@ -267,6 +277,7 @@ impl Worker {
         }
     }
 
+    /// The worker's id (its lease owner name).
     pub fn id(&self) -> &str {
         &self.shared.config.id
     }

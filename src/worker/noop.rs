@@ -8,6 +8,7 @@ use crate::queue::Outcome;
 pub struct NoopHandler;
 
 impl NoopHandler {
+    /// The job kind it handles.
     pub const KIND: &'static str = "noop";
 }
 

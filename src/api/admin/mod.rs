@@ -21,7 +21,6 @@ use super::extract::{IdPath, QueryParams};
 use super::observe::observed;
 use super::AppState;
 use crate::ids::{ConversationId, JobId, TenantId};
-use crate::metrics::metrics;
 use crate::queue::{self, JobEvent, JobState, JobView, Priority};
 use crate::tenants;
 use auth::Admin;
@@ -40,7 +39,8 @@ use uuid::Uuid;
 /// Longest `since`/`until` text.
 const MAX_TIME_LEN: usize = 64;
 
-pub fn router() -> Router<AppState> {
+/// The `/v1/admin` routes (admin key only).
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/admin/overview",
@@ -244,28 +244,41 @@ impl JobsQuery {
 /// A job of any tenant, live or finished.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminJob {
+    /// The job's id.
     pub id: Uuid,
+    /// Its tenant; absent for jobs of no tenant.
     pub tenant_id: Option<Uuid>,
+    /// Its conversation, for chat turns.
     pub conversation_id: Option<Uuid>,
+    /// Which handler runs it (`chat`, `webhook`, …).
     pub kind: String,
+    /// 1 (lowest) to 10 (highest).
     pub priority: i16,
     /// `queued`, `processing`, `completed`, `failed` or `cancelled`.
     pub state: String,
+    /// What the handler was given.
     #[schema(value_type = Object)]
     pub payload: Value,
     /// Attempts started.
     pub attempts: i32,
+    /// Attempts allowed before the job fails for good.
     pub max_attempts: i32,
+    /// What a completed job returned.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     /// The final error, or while live the last retried one.
     pub error: Option<String>,
     /// The lease owner now, or of the last attempt.
     pub worker: Option<String>,
+    /// Input tokens of the attempt that completed.
     pub input_tokens: Option<i32>,
+    /// Output tokens of the attempt that completed.
     pub output_tokens: Option<i32>,
+    /// Submission time.
     pub created_at: DateTime<Utc>,
+    /// When it was first claimed.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached its final state.
     pub finished_at: Option<DateTime<Utc>>,
     /// When a queued job may run next.
     pub run_at: Option<DateTime<Utc>>,
@@ -317,10 +330,15 @@ pub struct AdminJobPage {
 pub struct AdminEvent {
     /// `retried`, `rescued`, `released` or `cancelled`.
     pub event: String,
+    /// The attempt the event ended.
     pub attempt: i32,
+    /// The error the attempt ended with.
     pub error: Option<String>,
+    /// When the job may run again (retries and rescues).
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The worker that held the attempt (`manual` for a retry by hand).
     pub worker: Option<String>,
+    /// When it happened.
     pub created_at: DateTime<Utc>,
 }
 
@@ -340,6 +358,7 @@ impl From<JobEvent> for AdminEvent {
 /// A job with its events.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminJobDetail {
+    /// The job as it is now.
     pub job: AdminJob,
     /// Oldest first.
     pub events: Vec<AdminEvent>,
@@ -348,23 +367,32 @@ pub struct AdminJobDetail {
 /// One message of a conversation.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminTurn {
+    /// Position in the conversation, from 1.
     pub seq: i32,
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    /// Who wrote it.
+    pub role: crate::llm::Role,
+    /// The text.
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<Uuid>,
+    /// Tokens the provider reported for it.
     pub tokens: Option<i32>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
 /// A conversation with its turns and jobs.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminConversation {
+    /// The conversation's id.
     pub id: Uuid,
+    /// Its tenant.
     pub tenant_id: Uuid,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// True for the user's default conversation.
     pub is_default: bool,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
     /// In order (at most 1000).
     pub turns: Vec<AdminTurn>,
@@ -375,25 +403,35 @@ pub struct AdminConversation {
 /// A tenant's share of the live queue.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TenantQueue {
+    /// The tenant's id.
     pub tenant_id: Uuid,
+    /// The tenant's name.
     pub name: String,
+    /// Its queued jobs.
     pub queued: i64,
+    /// Its jobs being processed.
     pub processing: i64,
+    /// Age of its oldest job ready to run; 0 when none is.
     pub oldest_queued_age_seconds: f64,
 }
 
 /// Jobs finished in one minute.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MinuteCounts {
+    /// The minute's start (UTC).
     pub minute: DateTime<Utc>,
+    /// Jobs completed in it.
     pub completed: i64,
+    /// Jobs failed in it.
     pub failed: i64,
+    /// Jobs cancelled in it.
     pub cancelled: i64,
 }
 
 /// A worker alive.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AdminWorker {
+    /// The worker's id.
     pub worker: String,
     /// Jobs it is processing.
     pub in_flight: i64,
@@ -419,10 +457,12 @@ pub struct BudgetUse {
 pub struct AdminBudget {
     /// The endpoint's URL without credentials, and its position.
     pub endpoint: String,
+    /// The model the budget is for.
     pub model: String,
     /// Absent when no limit is set, or when the workers have not recorded
     /// their limits (they do from schema 13).
     pub requests: Option<BudgetUse>,
+    /// Tokens per minute; absent when unlimited or not recorded.
     pub tokens: Option<BudgetUse>,
     /// Last reservation (or creation).
     pub updated_at: DateTime<Utc>,
@@ -435,6 +475,7 @@ pub struct Overview {
     pub queued: i64,
     /// Queued jobs by priority ("1".."10").
     pub depth: BTreeMap<String, i64>,
+    /// Jobs being processed.
     pub processing: i64,
     /// Age of the oldest job ready to run now; 0 when none is.
     pub oldest_queued_age_seconds: f64,
@@ -442,6 +483,7 @@ pub struct Overview {
     pub tenants: Vec<TenantQueue>,
     /// The last 60 minutes, oldest first.
     pub throughput: Vec<MinuteCounts>,
+    /// Workers alive, with their jobs in flight.
     pub workers: Vec<AdminWorker>,
     /// Provider budgets (`SKIPJACK_LLM_RPM`/`SKIPJACK_LLM_TPM`), when any
     /// worker has one.
@@ -609,10 +651,6 @@ pub async fn retry_job(state: &AppState, id: JobId) -> ApiResult<AdminJob> {
 /// worker running it is told at once).
 pub async fn cancel_job(state: &AppState, id: JobId) -> ApiResult<AdminJob> {
     queue::cancel(&state.pool, id, None, "cancelled by an operator").await?;
-    metrics()
-        .jobs_finished
-        .with_label_values(&[JobState::Cancelled.as_str()])
-        .inc();
     tracing::info!(job_id = %id, "job cancelled by an operator");
     Ok(read_job(state, id).await?.job)
 }

@@ -10,15 +10,7 @@ use serde::Serialize;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool};
 
-macro_rules! statements {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        $(
-            pub(crate) const $name: &str = include_str!(concat!("../../../sql/admin/", $file));
-        )*
-    };
-}
-
-statements! {
+crate::sql::sql_files!("admin" {
     READ_SNAPSHOT => "read_snapshot.sql",
     CUSTOM_PLANS => "custom_plans.sql",
     JOBS_LIVE => "jobs_live.sql",
@@ -30,7 +22,7 @@ statements! {
     CONVERSATION => "conversation.sql",
     CONVERSATION_MESSAGES => "conversation_messages.sql",
     CONVERSATION_JOBS => "conversation_jobs.sql",
-}
+});
 
 /// Most jobs on one page.
 pub const MAX_LIMIT: i64 = 200;
@@ -52,10 +44,15 @@ const MAX_TENANTS: i64 = 10_000;
 /// Which jobs to list. `None` filters are not applied.
 #[derive(Clone, Debug, Default)]
 pub struct JobQuery {
+    /// Only jobs in this state.
     pub state: Option<JobState>,
+    /// Only this tenant's jobs.
     pub tenant: Option<TenantId>,
+    /// Only jobs of this priority.
     pub priority: Option<Priority>,
+    /// Only jobs of this kind.
     pub kind: Option<String>,
+    /// Only this conversation's jobs.
     pub conversation: Option<ConversationId>,
     /// Submitted at or after (to the millisecond, by the time in the job's
     /// UUIDv7 id).
@@ -73,6 +70,7 @@ pub struct JobQuery {
 /// One page of jobs, newest first.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobPage {
+    /// The jobs of the page, newest first.
     pub jobs: Vec<JobView>,
     /// The cursor of the next page; `None` on the last page.
     pub next_cursor: Option<JobId>,
@@ -265,6 +263,7 @@ fn id_floor(t: DateTime<Utc>) -> uuid::Uuid {
 /// One job with its events.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobDetail {
+    /// The job as it is now.
     pub job: JobView,
     /// Retries, rescues, releases, cancellation, oldest first.
     pub events: Vec<JobEvent>,
@@ -291,30 +290,43 @@ fn queue_error(e: queue::QueueError) -> sqlx::Error {
 /// One message of a conversation.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Turn {
+    /// Position in the conversation, from 1.
     pub seq: i32,
-    pub role: String,
+    /// Who wrote it.
+    pub role: crate::llm::Role,
+    /// The text.
     pub content: String,
     /// The job whose completion appended it.
     pub job_id: Option<JobId>,
+    /// Tokens the provider reported for it.
     pub tokens: Option<i32>,
+    /// When it was appended.
     pub created_at: DateTime<Utc>,
 }
 
 /// A conversation's header row.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ConversationHead {
+    /// The conversation's id.
     pub id: ConversationId,
+    /// Its tenant.
     pub tenant_id: TenantId,
+    /// The application's user it belongs to.
     pub user_id: String,
+    /// True for the user's default conversation.
     pub is_default: bool,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 /// A conversation: its turns in order and its jobs in submission order.
 #[derive(Clone, Debug, Serialize)]
 pub struct Conversation {
+    /// Its header row.
     pub conversation: ConversationHead,
+    /// Its turns, in order.
     pub turns: Vec<Turn>,
+    /// Its jobs, in submission order.
     pub jobs: Vec<JobView>,
 }
 
@@ -349,15 +361,20 @@ pub async fn conversation(pool: &PgPool, id: ConversationId) -> sqlx::Result<Opt
 /// Jobs finished in one minute, by outcome.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Minute {
+    /// The minute's start (UTC).
     pub minute: DateTime<Utc>,
+    /// Jobs completed in it.
     pub completed: i64,
+    /// Jobs failed in it.
     pub failed: i64,
+    /// Jobs cancelled in it.
     pub cancelled: i64,
 }
 
 /// A worker alive: holding leases or waiting for work.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct WorkerRow {
+    /// The worker's id.
     pub worker: String,
     /// Jobs it is processing.
     pub in_flight: i64,
@@ -399,14 +416,23 @@ pub async fn workers(pool: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
 /// A provider budget's row (sql/admin/budgets.sql).
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct BudgetRow {
+    /// The endpoint's URL without credentials, and its position.
     pub endpoint: String,
+    /// The model the budget is for.
     pub model: String,
+    /// Last reservation (or creation).
     pub updated_at: DateTime<Utc>,
+    /// Requests per minute recorded by the workers, if limited.
     pub rpm: Option<i64>,
+    /// Tokens per minute recorded by the workers, if limited.
     pub tpm: Option<i64>,
+    /// Requests that may go at once.
     pub request_burst: Option<i64>,
+    /// Tokens that may go at once.
     pub token_burst: Option<i64>,
+    /// How far ahead of now the request budget is booked, in seconds.
     pub requests_ahead_s: f64,
+    /// How far ahead of now the token budget is booked, in seconds.
     pub tokens_ahead_s: f64,
 }
 

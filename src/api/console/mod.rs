@@ -141,7 +141,8 @@ fn seconds(s: f64) -> String {
     }
 }
 
-pub fn router() -> Router<AppState> {
+/// The `/console` routes.
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/console", observed("/console", get(overview_page)))
         .route(
