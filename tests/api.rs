@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use skipjack::api::group_commit::{GroupCommit, GroupCommitConfig};
 use skipjack::api::long_poll::LongPollConfig;
 use skipjack::api::{error::ApiError, Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::ids::{JobId, TenantId};
 use skipjack::llm::simulated::SimulatedProvider;
 use skipjack::queue::{self, Backoff, FinishItem, NewJob, Outcome, TokenUsage};
@@ -1409,7 +1409,7 @@ const ADMIN_KEY: &str = "admin-key-for-tests-0123456789abcdef0123456789";
 fn queue_config(refresh: Duration) -> ApiConfig {
     ApiConfig {
         queue_refresh: refresh,
-        admin_key_hash: Some(skipjack::api::queue::admin_key_hash(ADMIN_KEY)),
+        admin_key_hash: Some(skipjack::api::queue_status::admin_key_hash(ADMIN_KEY)),
         ..ApiConfig::default()
     }
 }

@@ -14,7 +14,7 @@ use common::{count, eventually, TestDb};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use skipjack::api::{Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::chat::{store, ChatPayload, CHAT_KIND};
 use skipjack::ids::{ConversationId, JobId, TenantId};
 use skipjack::llm::{self, LlmConfig, ProviderKind, Secret};

@@ -13,7 +13,7 @@ use common::{count, eventually, TestDb};
 use common_llm::{closed_port_url, MockServer, Recorded, Reply};
 use serde_json::{json, Value};
 use skipjack::chat::cache::{CacheConfig, HistoryCache};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::chat::{store, CHAT_KIND};
 use skipjack::health;
 use skipjack::ids::{ConversationId, JobId};

@@ -56,7 +56,7 @@ impl Console {
         let shutdown = CancellationToken::new();
         let config = ApiConfig {
             queue_refresh: Duration::from_millis(50),
-            admin_key_hash: admin.then(|| skipjack::api::queue::admin_key_hash(ADMIN_KEY)),
+            admin_key_hash: admin.then(|| skipjack::api::queue_status::admin_key_hash(ADMIN_KEY)),
             ..ApiConfig::default()
         };
         let api = Api::start(db.pool.clone(), config, shutdown.clone());

@@ -142,7 +142,7 @@ async fn an_operator_finds_retries_and_cancels_jobs_in_a_browser() {
     let api = Api::start(
         pool.clone(),
         ApiConfig {
-            admin_key_hash: Some(skipjack::api::queue::admin_key_hash(ADMIN_KEY)),
+            admin_key_hash: Some(skipjack::api::queue_status::admin_key_hash(ADMIN_KEY)),
             queue_refresh: Duration::from_millis(200),
             ..ApiConfig::default()
         },

@@ -13,7 +13,7 @@ use common::chat::{chat_job, conversations, enqueue_all};
 use common::{eventually, TestDb};
 use common_llm::{MockServer, Reply};
 use serde_json::json;
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::ids::JobId;
 use skipjack::llm::budget::{Budget, Reserve};
 use skipjack::llm::pool::Pool;

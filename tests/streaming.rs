@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use skipjack::api::{Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::llm::{
     self, ChatRequest, ChatResponse, ErrorClass, LlmConfig, LlmError, OnDelta, Provider,
     ProviderKind, Secret, Usage,

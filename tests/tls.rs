@@ -20,7 +20,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use skipjack::chat::cache::{CacheConfig, CacheError, HistoryCache};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::chat::{store, ChatPayload, CHAT_KIND};
 use skipjack::db::{self, DbConfig};
 use skipjack::ids::{ConversationId, TenantId};

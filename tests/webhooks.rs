@@ -16,7 +16,7 @@ use common::{count, TestDb};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use skipjack::api::{Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::chat::{store as chat_store, ChatPayload, CHAT_KIND};
 use skipjack::ids::{JobId, TenantId};
 use skipjack::llm::{self, LlmConfig};

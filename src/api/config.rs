@@ -256,7 +256,7 @@ impl ApiArgs {
             admin_key_hash: self
                 .admin_key
                 .as_ref()
-                .map(|key| super::queue::admin_key_hash(&key.0)),
+                .map(|key| super::queue_status::admin_key_hash(&key.0)),
             metrics_addr: self.metrics_addr,
             stream_max: Duration::from_secs(self.stream_max_seconds),
             stream_hub: HubConfig {

@@ -13,9 +13,9 @@
 //! - `POST /v1/conversations`, `GET /v1/conversations/{id}/messages`.
 //! - `POST /v1/webhooks`, `GET /v1/webhooks`, `DELETE /v1/webhooks/{id}`
 //!   ([`webhooks`]): endpoints told when the tenant's jobs finish.
-//! - `GET /v1/queue` ([`queue`]): the caller's queue (the whole queue for
+//! - `GET /v1/queue` ([`queue_status`]): the caller's queue (the whole queue for
 //!   the admin key), from a snapshot refreshed every second.
-//! - `/v1/admin/…` ([`admin`]) and `/console` ([`crate::console`]): the
+//! - `/v1/admin/…` ([`admin`]) and `/console` ([`console`]): the
 //!   operator console and its JSON, for the admin key only.
 //! - `GET /health`, `/ready`, `/metrics` ([`crate::health`]) and
 //!   `GET /openapi.json` ([`openapi`]). With `SKIPJACK_METRICS_ADDR` set,
@@ -52,7 +52,7 @@ pub mod group_commit;
 pub mod long_poll;
 pub mod observe;
 pub mod openapi;
-pub mod queue;
+pub mod queue_status;
 mod sql;
 pub mod stream;
 pub mod validate;
@@ -91,7 +91,7 @@ pub struct AppState {
     /// Waits for jobs to finish (`?wait=`).
     pub long_poll: Arc<LongPoll>,
     /// The queue snapshot behind `GET /v1/queue`.
-    pub queue: Arc<queue::QueueView>,
+    pub queue: Arc<queue_status::QueueView>,
     /// Reads streamed pieces for the event streams this process serves.
     pub stream_hub: Arc<crate::stream::Hub>,
     /// Cancelled at shutdown: long-polls answer at once.
@@ -164,7 +164,7 @@ impl Api {
                 background.clone(),
             ));
         }
-        let (queue_view, refresher) = queue::spawn_refresher(
+        let (queue_view, refresher) = queue_status::spawn_refresher(
             pool.clone(),
             config.queue_refresh,
             config.admin_key_hash,
@@ -283,7 +283,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(stream::router())
         .merge(conversations::router())
-        .merge(queue::router())
+        .merge(queue_status::router())
         .merge(webhooks::router())
         .merge(admin::router())
         .merge(console::router())

@@ -7,7 +7,7 @@ use super::conversations::{
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::observe::observed;
-use super::queue::{QueueResponse, QueueScope};
+use super::queue_status::{QueueResponse, QueueScope};
 use super::webhooks::{CreatedWebhookResponse, NewWebhookRequest, WebhookList, WebhookResponse};
 use super::AppState;
 use axum::http::header;
@@ -36,7 +36,7 @@ conversations. Errors are `{\"error\": {\"code\", \"message\"}}`."
         super::chat::retry,
         super::conversations::create,
         super::conversations::messages,
-        super::queue::stats,
+        super::queue_status::stats,
         super::webhooks::create,
         super::webhooks::list,
         super::webhooks::remove,

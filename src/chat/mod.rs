@@ -3,7 +3,7 @@
 //! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
 //! - [`conversations`]: which conversation a message goes to
 //!   ([`conversations::Resolver`], caching what never changes).
-//! - [`handler`]: [`handler::ChatHandler`], the worker's handler for chat jobs.
+//! - [`turn`]: [`turn::ChatHandler`], the worker's handler for chat jobs.
 //! - [`cache`]: the optional Redis cache-aside for histories.
 //! - [`loader`]: reads the histories of jobs that start together in one query.
 //! - [`budget`]: how much of a long conversation the LLM is sent.
@@ -20,10 +20,10 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod conversations;
-pub mod handler;
 pub mod loader;
 pub mod setup;
 pub mod store;
+pub mod turn;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 
 use super::cache::{CacheError, HistoryCache};
 use super::config::{CacheArgs, HistoryArgs};
-use super::handler::ChatHandler;
+use super::turn::ChatHandler;
 use crate::db::Schema;
 use crate::llm::{self, ConfigError, LlmConfig};
 use sqlx::PgPool;

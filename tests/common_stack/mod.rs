@@ -10,7 +10,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use skipjack::api::{Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::llm::{self, LlmConfig};
 use skipjack::queue::Backoff;
 use skipjack::tenants;

@@ -18,7 +18,7 @@
 
 use crate::{sql, Scratch};
 use serde::Serialize;
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::chat::{store, ChatPayload, CHAT_KIND};
 use skipjack::llm::{self, LlmConfig};
 use skipjack::queue::{self, NewJob};

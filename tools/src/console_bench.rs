@@ -192,7 +192,7 @@ async fn measure(scratch: &Scratch, args: &ConsoleBenchArgs) -> anyhow::Result<C
     fill(scratch, args).await?;
     let fill_seconds = started.elapsed().as_secs_f64();
     let shutdown = CancellationToken::new();
-    let hash = skipjack::api::queue::admin_key_hash(KEY);
+    let hash = skipjack::api::queue_status::admin_key_hash(KEY);
     let api = Api::start(
         pool.clone(),
         ApiConfig {

@@ -9,7 +9,7 @@ use common::TestDb;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use skipjack::api::{Api, ApiConfig};
-use skipjack::chat::handler::ChatHandler;
+use skipjack::chat::turn::ChatHandler;
 use skipjack::llm::config::Secret;
 use skipjack::llm::simulated::SimulatedProvider;
 use skipjack::llm::{ChatRequest, ChatResponse, LlmError, Provider};
