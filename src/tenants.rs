@@ -26,7 +26,6 @@ mod sql {
         FIND_KEYS => "find_keys.sql",
         REVOKE_KEY => "revoke_key.sql",
         AUTHENTICATE => "authenticate.sql",
-        QUEUED_BY_TENANT => "queued_by_tenant.sql",
         SET_SCHEDULING => "set_scheduling.sql",
         SET_SCHEDULING_DEFAULTS => "set_scheduling_defaults.sql",
     });
@@ -360,15 +359,6 @@ pub async fn authenticate_hash<'e>(
         bool::from(stored.as_slice().ct_eq(&hash[..]))
             .then_some(Authenticated { tenant, max_queued })
     }))
-}
-
-/// Queued jobs per tenant (`None`: jobs of no tenant), for admission control.
-pub async fn queued_by_tenant<'e>(
-    executor: impl PgExecutor<'e>,
-) -> sqlx::Result<Vec<(Option<TenantId>, i64)>> {
-    sqlx::query_as(sql::QUEUED_BY_TENANT)
-        .fetch_all(executor)
-        .await
 }
 
 #[cfg(test)]

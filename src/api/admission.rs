@@ -5,7 +5,7 @@
 //! # Limits
 //! No request counts anything in the database. A background task re-reads
 //! the queued jobs per tenant every `depth_refresh` (250 ms) with one
-//! grouped query (`sql/tenants/queued_by_tenant.sql`), and between two reads
+//! grouped query (`sql/queue/queued_by_tenant.sql`), and between two reads
 //! the process adds its own work. The estimate for a scope (global or one
 //! tenant) is
 //!
@@ -96,7 +96,6 @@ use super::error::ApiError;
 use crate::ids::{JobId, TenantId};
 use crate::metrics::metrics;
 use crate::queue::Priority;
-use crate::tenants;
 use sqlx::PgPool;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
@@ -645,7 +644,7 @@ impl Admission {
             .iter()
             .map(|(tenant, count)| (*tenant, count.inserted))
             .collect();
-        let rows = tenants::queued_by_tenant(pool).await?;
+        let rows = crate::queue::read::queued_by_tenant(pool).await?;
         let total: i64 = rows.iter().map(|(_, n)| n).sum();
         let depths: HashMap<TenantId, i64> = rows
             .into_iter()

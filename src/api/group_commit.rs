@@ -24,10 +24,9 @@
 //! that retries a 503 with its idempotency key then finds its job either way.
 
 use super::error::ApiError;
-use super::sql;
 use crate::ids::JobId;
 use crate::metrics::metrics;
-use crate::queue::{self, is_transient, Enqueued, NewJob, QueueError};
+use crate::queue::{self, is_transient, BatchError, Enqueued, NewJob, QueueError};
 use chrono::{DateTime, Utc};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -343,10 +342,7 @@ async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<JobId>> {
         // lost the commit.
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
             let mut conn = options.connect().await?;
-            let found: Vec<JobId> = sqlx::query_scalar(sql::JOBS_STORED)
-                .bind(ids)
-                .fetch_all(&mut conn)
-                .await?;
+            let found = queue::read::stored(&mut conn, ids).await?;
             let _ = conn.close().await;
             Ok::<_, sqlx::Error>(found)
         })
@@ -409,22 +405,18 @@ async fn try_insert(
     pool: &PgPool,
     jobs: &[NewJob],
 ) -> Result<(DateTime<Utc>, Vec<Enqueued>), InsertError> {
-    let failed = |e: QueueError| InsertError::Failed(e);
-    let mut tx = pool.begin().await.map_err(|e| failed(e.into()))?;
-    let created_at: DateTime<Utc> = sqlx::query_scalar(sql::TRANSACTION_TIME)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    let enqueued = queue::enqueue_many(&mut tx, jobs).await.map_err(failed)?;
-    match tx.commit().await {
-        Ok(()) => Ok((created_at, enqueued)),
+    match queue::enqueue_batch(pool, jobs).await {
+        Ok(batch) => Ok((batch.created_at, batch.enqueued)),
+        Err(BatchError::Failed(e)) => Err(InsertError::Failed(e)),
         // The connection went away with the COMMIT in flight.
-        Err(error) if ApiError::is_unavailable(&error) => Err(InsertError::Ambiguous {
-            error,
-            created_at,
-            enqueued,
-        }),
+        Err(BatchError::Commit { error, batch }) if ApiError::is_unavailable(&error) => {
+            Err(InsertError::Ambiguous {
+                error,
+                created_at: batch.created_at,
+                enqueued: batch.enqueued,
+            })
+        }
         // The server answered: it did not commit.
-        Err(error) => Err(failed(error.into())),
+        Err(BatchError::Commit { error, .. }) => Err(InsertError::Failed(error.into())),
     }
 }

@@ -53,7 +53,6 @@ pub mod long_poll;
 pub mod observe;
 pub mod openapi;
 pub mod queue_status;
-mod sql;
 pub mod stream;
 pub mod validate;
 pub mod webhooks;

@@ -10,7 +10,7 @@
 //! view over HTTP (`skipjack stats` and the Prometheus gauges remain).
 //!
 //! No request counts anything. [`spawn_refresher`] reads the queue per
-//! tenant and priority with one grouped query (`sql/api/queue_by_tenant.sql`)
+//! tenant and priority with one grouped query (`sql/queue/depth_by_tenant_priority.sql`)
 //! every `queue_refresh` (1 s), and requests answer from that snapshot, so
 //! the answer is at most about one interval old (`as_of` says when it was
 //! taken) and a crowd of pollers costs the database nothing more.
@@ -18,7 +18,6 @@
 use super::auth::{bearer_key, Caller};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::observe::observed;
-use super::sql;
 use super::AppState;
 use crate::ids::TenantId;
 use crate::queue::QueueStats;
@@ -112,14 +111,20 @@ fn add(stats: &mut QueueStats, priority: i16, queued: i64, processing: i64, olde
 impl Snapshot {
     /// Reads the queue (one statement).
     pub async fn read(pool: &PgPool) -> sqlx::Result<Snapshot> {
-        type Row = (Option<TenantId>, i16, i64, i64, Option<f64>);
-        let rows: Vec<Row> = sqlx::query_as(sql::QUEUE_BY_TENANT).fetch_all(pool).await?;
+        let rows = crate::queue::read::depth_by_tenant_priority(pool).await?;
         let mut snapshot = Snapshot {
             tenants: HashMap::new(),
             all: empty(),
             as_of: Utc::now(),
         };
-        for (tenant, priority, queued, processing, oldest) in rows {
+        for row in rows {
+            let (tenant, priority, queued, processing, oldest) = (
+                row.tenant_id,
+                row.priority,
+                row.queued,
+                row.processing,
+                row.oldest_ready_age_seconds,
+            );
             add(&mut snapshot.all, priority, queued, processing, oldest);
             if let Some(tenant) = tenant {
                 let stats = snapshot.tenants.entry(tenant).or_insert_with(empty);

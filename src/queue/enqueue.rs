@@ -9,7 +9,7 @@ use super::{sql, Enqueued, NewJob, QueueError, Result};
 use crate::ids::{ConversationId, JobId, TenantId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 /// A row of enqueue.sql: (ord, job id, inserted, the key's stored
 /// fingerprint).
@@ -181,4 +181,54 @@ fn validate(job: &NewJob) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A batch written by [`enqueue_batch`].
+#[derive(Debug)]
+pub struct Batch {
+    /// The transaction's time: every inserted job's `created_at`.
+    pub created_at: DateTime<Utc>,
+    /// Each job's entry, in input order (see [`enqueue_many`]).
+    pub enqueued: Vec<Enqueued>,
+}
+
+/// Why [`enqueue_batch`] has no committed batch.
+#[derive(Debug)]
+pub enum BatchError {
+    /// The statement or the transaction failed before the COMMIT: nothing
+    /// was written.
+    Failed(QueueError),
+    /// The COMMIT failed. If the server's answer was lost on the way (the
+    /// connection went away), the batch may be stored all the same: its
+    /// entries hold exactly if [`super::read::stored`] finds the jobs.
+    Commit {
+        /// What the COMMIT returned.
+        error: sqlx::Error,
+        /// What the batch would be, had it committed.
+        batch: Batch,
+    },
+}
+
+/// Enqueues `jobs` in one transaction of its own on `pool` (one statement,
+/// whose insert wakes idle workers at the commit) and returns the jobs'
+/// creation time with their entries.
+pub async fn enqueue_batch(
+    pool: &PgPool,
+    jobs: &[NewJob],
+) -> std::result::Result<Batch, BatchError> {
+    let failed = |e: QueueError| BatchError::Failed(e);
+    let mut tx = pool.begin().await.map_err(|e| failed(e.into()))?;
+    let created_at: DateTime<Utc> = sqlx::query_scalar(sql::TRANSACTION_TIME)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let enqueued = enqueue_many(&mut tx, jobs).await.map_err(failed)?;
+    let batch = Batch {
+        created_at,
+        enqueued,
+    };
+    match tx.commit().await {
+        Ok(()) => Ok(batch),
+        Err(error) => Err(BatchError::Commit { error, batch }),
+    }
 }

@@ -41,7 +41,7 @@ mod sql;
 pub mod types;
 
 pub use claim::{claim, claim_at, FAIR_VERSION};
-pub use enqueue::{enqueue, enqueue_many};
+pub use enqueue::{enqueue, enqueue_batch, enqueue_many, Batch, BatchError};
 pub(crate) use finish::count_finished;
 pub use finish::{cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};

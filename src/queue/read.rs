@@ -115,3 +115,46 @@ pub async fn list<'e>(executor: impl PgExecutor<'e>, filter: &JobFilter) -> Resu
         .fetch_all(executor)
         .await?)
 }
+
+/// Queued jobs per tenant (`None`: jobs of no tenant), webhook deliveries
+/// left out: the counts the API's admission control holds tenants to.
+pub async fn queued_by_tenant<'e>(
+    executor: impl PgExecutor<'e>,
+) -> sqlx::Result<Vec<(Option<TenantId>, i64)>> {
+    sqlx::query_as(sql::QUEUED_BY_TENANT)
+        .fetch_all(executor)
+        .await
+}
+
+/// One row of [`depth_by_tenant_priority`].
+#[derive(Clone, Copy, Debug, sqlx::FromRow)]
+pub struct TenantPriorityDepth {
+    /// The tenant; `None` for jobs of no tenant.
+    pub tenant_id: Option<TenantId>,
+    /// The priority.
+    pub priority: i16,
+    /// Jobs queued (ready, delayed or blocked).
+    pub queued: i64,
+    /// Jobs being processed.
+    pub processing: i64,
+    /// Age in seconds of the oldest job ready to run now; `None` when none is.
+    pub oldest_ready_age_seconds: Option<f64>,
+}
+
+/// The live queue per tenant and priority, in one grouped statement.
+pub async fn depth_by_tenant_priority<'e>(
+    executor: impl PgExecutor<'e>,
+) -> sqlx::Result<Vec<TenantPriorityDepth>> {
+    sqlx::query_as(sql::DEPTH_BY_TENANT_PRIORITY)
+        .fetch_all(executor)
+        .await
+}
+
+/// Which of `ids` exist, live or finished: after a COMMIT whose answer was
+/// lost, the jobs it inserted exist exactly if it committed.
+pub async fn stored<'e>(executor: impl PgExecutor<'e>, ids: &[JobId]) -> sqlx::Result<Vec<JobId>> {
+    sqlx::query_scalar(sql::STORED)
+        .bind(ids)
+        .fetch_all(executor)
+        .await
+}

@@ -3,6 +3,10 @@
 crate::sql::sql_files!("queue" {
     ENQUEUE => "enqueue.sql",
     ENQUEUE_SIMPLE => "enqueue_simple.sql",
+    TRANSACTION_TIME => "transaction_time.sql",
+    STORED => "stored.sql",
+    DEPTH_BY_TENANT_PRIORITY => "depth_by_tenant_priority.sql",
+    QUEUED_BY_TENANT => "queued_by_tenant.sql",
     IDEMPOTENCY_LOOKUP => "idempotency_lookup.sql",
     CLAIM => "claim.sql",
     CLAIM_STRICT => "claim_strict.sql",

@@ -1,4 +1,4 @@
--- jobs_stored: which of the jobs $1 (uuid[]) exist, live or finished. Asked
+-- stored: which of the jobs $1 (uuid[]) exist, live or finished. Asked
 -- after a COMMIT whose answer was lost: the jobs it inserted exist exactly if
 -- it committed. The history is probed by its id index, once per id.
 SELECT id FROM jobs WHERE id = ANY($1::uuid[])

@@ -1,4 +1,5 @@
--- queue_by_tenant: the live queue per tenant and priority, for GET /v1/queue.
+-- depth_by_tenant_priority: the live queue per tenant and priority, for
+-- GET /v1/queue (queue::read::depth_by_tenant_priority).
 -- Run by each API process every second or so (never per request): each
 -- request reads the snapshot it makes. One row per (tenant, priority) with
 -- queued jobs (ready, delayed or blocked), jobs being processed, and the age
