@@ -26,6 +26,8 @@ psql "$SKIPJACK_TEST_DATABASE_URL" -tAc \
 cargo fmt --all -- --check
 # The whole workspace: the product and tools/ (load generator, benchmarks).
 cargo clippy --workspace --all-targets -- -D warnings
+# The library's documentation: every link resolves.
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps -p skipjack
 
 # --- Operations files -------------------------------------------------------
 
@@ -117,6 +119,9 @@ fi
 # tests/pgbouncer.rs: PgBouncer >= 1.21 (built from source where Debian's is
 # older); tests/tls.rs uses Postgres's initdb/pg_ctl and redis-server.
 export SKIPJACK_PGBOUNCER="${SKIPJACK_PGBOUNCER:-$(bash scripts/pgbouncer.sh)}"
+# Everything above is installed: a test that would skip for a missing tool
+# fails instead.
+export SKIPJACK_TEST_REQUIRE_ALL=1
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci

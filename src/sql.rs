@@ -14,7 +14,10 @@
 /// ```
 ///
 /// `tests/sql_files.rs` checks every file under `sql/` against a migrated
-/// database.
+/// database. Exported (hidden) for the workspace's tools, which load
+/// `tools/sql/` the same way.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! sql_files {
     ($dir:literal { $($name:ident => $file:literal),* $(,)? }) => {
         $(
@@ -25,4 +28,4 @@ macro_rules! sql_files {
     };
 }
 
-pub(crate) use sql_files;
+pub(crate) use crate::sql_files;

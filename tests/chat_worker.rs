@@ -1196,7 +1196,7 @@ async fn expected_window(
             content: m.content,
         })
         .collect();
-    skipjack::chat::budget::trim(&all, budget)
+    skipjack::chat::history_budget::trim(&all, budget)
         .into_iter()
         .map(|m| (m.role.to_string(), m.content))
         .collect()

@@ -340,10 +340,12 @@ const TPM: u64 = 60_000;
 /// Four worker processes share one budget of 600 requests and 60,000
 /// tokens per minute in front of a mock upstream that could take far more.
 /// Over ~67 s, no 60-second window of arrivals at the mock holds more than
-/// 600 requests or 60,000 reported tokens, and the rate achieved is at
-/// least 90 % of the request limit. Each call reserves ~205 tokens
-/// (estimate + max_tokens 200) and uses 75: without the correction the
-/// token budget would cap the run near 280 requests a minute.
+/// 600 requests or 60,000 reported tokens, and the queue never runs dry (the
+/// budget is the only limit). The rate achieved is printed, not asserted: a
+/// wall-clock figure (BENCHMARKS.md, "Provider budget"). Each call reserves
+/// ~205 tokens (estimate + max_tokens 200) and uses 75; the correction that
+/// makes the difference is tested without a clock by
+/// `settling_gives_back_and_charges_the_difference`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_worker_processes_share_the_provider_budget() {
     let db = TestDb::new().await;
@@ -435,10 +437,6 @@ async fn four_worker_processes_share_the_provider_budget() {
     );
     assert!(max_requests <= RPM, "{max_requests} requests in 60 s");
     assert!(max_tokens <= TPM, "{max_tokens} tokens in 60 s");
-    assert!(
-        achieved >= 0.9 * RPM as f64,
-        "achieved {achieved:.1} requests a minute"
-    );
     assert!(
         unfinished > 0,
         "the queue ran dry: the run did not saturate"

@@ -16,7 +16,7 @@ use common::{admin_url, count, TestDb};
 use serde_json::Value;
 use skipjack::db::{self, DbError, Schema};
 use skipjack::health::SchemaWatch;
-use skipjack::llm::config::Secret;
+use skipjack::llm::settings::Secret;
 use skipjack::tenants;
 use skipjack_tools::loadgen::check::{
     check_transcript, expected_reply, turn_message, StoredMessage,

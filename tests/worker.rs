@@ -544,7 +544,8 @@ async fn run_once_maps_every_outcome_and_survives_a_panicking_handler() {
     );
 }
 
-/// Writes a row per completed job inside the completing transaction.
+/// Writes a row per completed job inside the completing transaction, with
+/// what its attempt handed over.
 struct Hooked {
     pool: PgPool,
 }
@@ -567,6 +568,10 @@ impl Handler for Hooked {
             .unwrap();
             queue::rescue(&self.pool, 10).await.unwrap();
         }
+        ctx.keep(format!(
+            "worked out by attempt {} of {}",
+            ctx.job.attempt, ctx.job.id
+        ));
         completed()
     }
 
@@ -576,10 +581,14 @@ impl Handler for Hooked {
         jobs: &'a [&'a FinishedJob],
     ) -> Result<(), sqlx::Error> {
         let ids: Vec<JobId> = jobs.iter().map(|f| f.job.id).collect();
-        sqlx::query("INSERT INTO hook_log (job_id) SELECT unnest($1::uuid[])")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        let kept: Vec<Option<String>> = jobs.iter().map(|f| f.kept::<String>().cloned()).collect();
+        sqlx::query(
+            "INSERT INTO hook_log (job_id, kept) SELECT * FROM unnest($1::uuid[], $2::text[])",
+        )
+        .bind(&ids)
+        .bind(&kept)
+        .execute(&mut *tx)
+        .await?;
         Ok(())
     }
 }
@@ -587,7 +596,7 @@ impl Handler for Hooked {
 #[tokio::test]
 async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
     let db = TestDb::new().await;
-    sqlx::query("CREATE TABLE hook_log (job_id uuid NOT NULL)")
+    sqlx::query("CREATE TABLE hook_log (job_id uuid NOT NULL, kept text)")
         .execute(&db.pool)
         .await
         .unwrap();
@@ -602,14 +611,14 @@ async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
         .unwrap();
     let report = worker.run_once(10).await.unwrap();
     assert_eq!((report.completed, report.lease_lost), (1, 1));
-    let logged: Vec<JobId> = sqlx::query_scalar("SELECT job_id FROM hook_log")
+    let logged: Vec<(JobId, Option<String>)> = sqlx::query_as("SELECT job_id, kept FROM hook_log")
         .fetch_all(&db.pool)
         .await
         .unwrap();
     assert_eq!(
         logged,
-        vec![fine],
-        "the fenced-off completion wrote nothing"
+        vec![(fine, Some(format!("worked out by attempt 1 of {fine}")))],
+        "the fenced-off completion wrote nothing; the other got what its attempt kept"
     );
     let view = queue::get(&db.pool, stalled, None).await.unwrap().unwrap();
     assert_eq!((view.state, view.attempts), (JobState::Queued, 1));

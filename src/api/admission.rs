@@ -707,7 +707,7 @@ impl Admission {
 const MAX_DUTY_CYCLE: f64 = 0.1;
 
 /// Refreshes `admission` every `every` (or less often while the query is
-/// slow, see [`MAX_DUTY_CYCLE`]) until `stop`.
+/// slow, see `MAX_DUTY_CYCLE`) until `stop`.
 pub fn spawn_refresher(
     admission: Arc<Admission>,
     pool: PgPool,

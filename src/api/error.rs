@@ -6,7 +6,7 @@
 //! pool's acquire timeout, a dropped connection, a server shutting down) is
 //! a 503, so clients retry instead of giving up.
 
-use crate::chat::conversations::ResolveError;
+use crate::chat::resolver::ResolveError;
 use crate::queue::QueueError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -2,7 +2,7 @@
 //!
 //! # Routes
 //! - `POST /v1/chat` ([`chat`]): validate, admit ([`admission`]), pick the
-//!   conversation ([`crate::chat::conversations::Resolver`]), enqueue through
+//!   conversation ([`crate::chat::resolver::Resolver`]), enqueue through
 //!   [`group_commit`]; `202` with the job id and a `Location`.
 //! - `GET /v1/chat/{job_id}?wait=N`: the job, long-polled through
 //!   [`long_poll`] (one LISTEN connection per process).
@@ -82,7 +82,7 @@ pub struct AppState {
     /// API keys to tenants, cached.
     pub auth: Arc<auth::Authenticator>,
     /// Resolves the conversation a submission goes to.
-    pub conversations: Arc<crate::chat::conversations::Resolver>,
+    pub conversations: Arc<crate::chat::resolver::Resolver>,
     /// Backpressure: who may submit while the queue is full.
     pub admission: Arc<admission::Admission>,
     /// Batches submissions into shared transactions.
@@ -177,7 +177,7 @@ impl Api {
                 pool.clone(),
                 config.auth_cache_ttl,
             )),
-            conversations: Arc::new(crate::chat::conversations::Resolver::new(pool.clone())),
+            conversations: Arc::new(crate::chat::resolver::Resolver::new(pool.clone())),
             admission,
             group_commit: Arc::new(group_commit),
             long_poll,

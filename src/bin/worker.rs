@@ -3,10 +3,11 @@
 
 use anyhow::Context;
 use clap::Parser;
-use skipjack::chat::config::{CacheArgs, HistoryArgs, StreamArgs};
 use skipjack::chat::setup::chat_handler;
+use skipjack::chat::{CacheArgs, HistoryArgs};
 use skipjack::db::DatabaseArgs;
 use skipjack::llm::LlmConfig;
+use skipjack::stream::StreamArgs;
 use skipjack::webhooks::{WebhookArgs, WebhookHandler};
 use skipjack::worker::WorkerArgs;
 use skipjack::worker::{Handler, NoopHandler, Worker};

@@ -11,7 +11,7 @@
 //! Otherwise it reads the history from Postgres and writes it back.
 //!
 //! What is cached is the history window the LLM is sent under the history
-//! budget ([`super::budget`]), never more; an entry records the budget it
+//! budget ([`super::history_budget`]), never more; an entry records the budget it
 //! was cut for, and a reader with another budget takes it as a miss.
 //!
 //! Why not trust the cache blindly, as the classic cache-aside does? Jobs of
@@ -525,5 +525,76 @@ impl Drop for Discard {
         if let Some(conn) = self.0.take() {
             drop(Connection::take(conn));
         }
+    }
+}
+
+/// The history cache settings, flattened into the worker's arguments.
+#[derive(clap::Args, Clone)]
+pub struct CacheArgs {
+    /// Redis URL of the conversation history cache, e.g.
+    /// redis://127.0.0.1:6379/0, or rediss://… for TLS. Unset: history is
+    /// read from Postgres only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (for a
+    /// rediss:// URL). Unset: the built-in public roots.
+    #[arg(long, env = "SKIPJACK_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// How long a cached history lives without being read or written.
+    #[arg(long, env = "SKIPJACK_CACHE_TTL_SECONDS", default_value_t = 3600)]
+    pub cache_ttl_seconds: u64,
+    /// Longest a Redis operation may take before the worker gives up on it
+    /// and uses Postgres: a dead Redis must never stall jobs.
+    #[arg(long, env = "SKIPJACK_CACHE_TIMEOUT_MS", default_value_t = 100)]
+    pub cache_timeout_ms: u64,
+    /// After a Redis failure, how long to go straight to Postgres before
+    /// trying Redis again.
+    #[arg(long, env = "SKIPJACK_CACHE_RETRY_MS", default_value_t = 1000)]
+    pub cache_retry_ms: u64,
+    /// Redis connections in this process's pool (each is multiplexed).
+    #[arg(long, env = "SKIPJACK_CACHE_POOL_SIZE", default_value_t = 8)]
+    pub cache_pool_size: usize,
+    /// Prefix of the cache keys (one key per conversation), so several
+    /// deployments can share one Redis.
+    #[arg(
+        long,
+        env = "SKIPJACK_CACHE_KEY_PREFIX",
+        default_value = "skipjack:history:"
+    )]
+    pub cache_key_prefix: String,
+}
+
+impl std::fmt::Debug for CacheArgs {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheArgs")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "***"))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("cache_ttl_seconds", &self.cache_ttl_seconds)
+            .field("cache_timeout_ms", &self.cache_timeout_ms)
+            .field("cache_retry_ms", &self.cache_retry_ms)
+            .field("cache_pool_size", &self.cache_pool_size)
+            .field("cache_key_prefix", &self.cache_key_prefix)
+            .finish()
+    }
+}
+
+impl CacheArgs {
+    /// The cache configuration, or `None` when `REDIS_URL` is unset or empty.
+    pub fn cache_config(&self) -> Option<CacheConfig> {
+        let url = self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())?;
+        Some(CacheConfig {
+            url: url.to_owned(),
+            ca_file: self.redis_ca_file.clone(),
+            ttl: Duration::from_secs(self.cache_ttl_seconds.max(1)),
+            op_timeout: Duration::from_millis(self.cache_timeout_ms.max(1)),
+            retry_after: Duration::from_millis(self.cache_retry_ms),
+            pool_size: self.cache_pool_size.max(1),
+            key_prefix: self.cache_key_prefix.clone(),
+        })
     }
 }

@@ -9,14 +9,14 @@
 //! `conversation_id = ANY(…)` query, and answers each. A lone request is
 //! read at once, alone, so an idle worker pays no delay; under a burst the
 //! requests that arrive while a query runs form the next one. At most
-//! [`MAX_QUERIES`] queries run at a time, so the loader never holds more
+//! `MAX_QUERIES` queries run at a time, so the loader never holds more
 //! than that many connections.
 //!
-//! Each history is read under the process's budget ([`super::budget`]):
+//! Each history is read under the process's budget ([`super::history_budget`]):
 //! the query reads only the messages the LLM will be sent, so a job holds
 //! at most that much history however long its conversation is.
 
-use super::budget::DEFAULT_HISTORY_MAX_TOKENS;
+use super::history_budget::DEFAULT_HISTORY_MAX_TOKENS;
 use super::store::{self, HistoryMessage};
 use crate::ids::ConversationId;
 use sqlx::PgPool;

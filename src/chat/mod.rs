@@ -1,14 +1,14 @@
 //! Chat: conversations, their messages, and the chat job's payload.
 //!
 //! - [`store`]: conversations and messages in Postgres (all SQL in `sql/chat/`).
-//! - [`conversations`]: which conversation a message goes to
-//!   ([`conversations::Resolver`], caching what never changes).
+//! - [`resolver`]: which conversation a message goes to
+//!   ([`resolver::Resolver`], caching what never changes).
 //! - [`turn`]: [`turn::ChatHandler`], the worker's handler for chat jobs.
-//! - [`cache`]: the optional Redis cache-aside for histories.
+//! - [`cache`]: the optional Redis cache-aside for histories, and its
+//!   settings (`REDIS_URL`, `SKIPJACK_CACHE_*`).
 //! - [`loader`]: reads the histories of jobs that start together in one query.
-//! - [`budget`]: how much of a long conversation the LLM is sent.
-//! - [`config`]: the history settings (`SKIPJACK_HISTORY_MAX_TOKENS`) and
-//!   the cache's (`REDIS_URL`, `SKIPJACK_CACHE_*`).
+//! - [`history_budget`]: how much of a long conversation the LLM is sent
+//!   (`SKIPJACK_HISTORY_MAX_TOKENS`).
 //! - [`setup`]: the chat handler built from the worker process's settings.
 //!
 //! A chat job (kind [`CHAT_KIND`]) carries the user's message in its payload;
@@ -16,15 +16,16 @@
 //! and on completion appends the user turn and the assistant turn together,
 //! in the transaction that completes the job.
 
-pub mod budget;
 pub mod cache;
-pub mod config;
-pub mod conversations;
+pub mod history_budget;
 pub mod loader;
+pub mod resolver;
 pub mod setup;
 pub mod store;
 pub mod turn;
 
+pub use cache::CacheArgs;
+pub use history_budget::HistoryArgs;
 use serde::{Deserialize, Serialize};
 
 /// The job kind of chat turns.

@@ -4,8 +4,8 @@
 //! password.
 
 use super::cache::{CacheError, HistoryCache};
-use super::config::{CacheArgs, HistoryArgs};
 use super::turn::ChatHandler;
+use super::{CacheArgs, HistoryArgs};
 use crate::db::Schema;
 use crate::llm::{self, ConfigError, LlmConfig};
 use sqlx::PgPool;

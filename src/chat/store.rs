@@ -148,7 +148,7 @@ pub async fn conversation_user<'e>(
 }
 
 /// What the LLM is sent of a conversation's history under the budget (see
-/// [`super::budget`]), and the version of the history it was taken from.
+/// [`super::history_budget`]), and the version of the history it was taken from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryWindow {
     /// Oldest first, cut to the token budget.

@@ -5,7 +5,7 @@
 //! which reads the histories of jobs that start together in one query),
 //! send history + the user's message to the LLM, and turn the answer or the
 //! error into an [`Outcome`]. The history is bounded by the history budget
-//! (`SKIPJACK_HISTORY_MAX_TOKENS`, see [`super::budget`]): the system
+//! (`SKIPJACK_HISTORY_MAX_TOKENS`, see [`super::history_budget`]): the system
 //! prompt and the newest turns that fit, read as such from Postgres or the
 //! cache, so neither the provider's context nor the worker's memory grows
 //! with the conversation. No transaction is open while the LLM works:
@@ -34,8 +34,8 @@
 //! sent: the job is snoozed ([`Outcome::Snooze`]) until budget frees, its
 //! attempt not counted.
 
-use super::budget::{self, DEFAULT_HISTORY_MAX_TOKENS};
 use super::cache::{CacheWrite, HistoryCache};
+use super::history_budget::{self, DEFAULT_HISTORY_MAX_TOKENS};
 use super::loader::HistoryLoader;
 use super::store::{self, HistoryMessage, HistoryVersion, Turn};
 use super::{ChatPayload, ChatResult, CHAT_KIND};
@@ -46,18 +46,29 @@ use crate::llm::{self, ChatMessage, ChatRequest, LlmError, Provider, Role};
 use crate::metrics::metrics;
 use crate::queue::{Outcome, TokenUsage};
 use crate::stream::Publisher;
+use crate::text::without_nul;
 use crate::worker::{FinishedJob, Handler, JobContext};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Histories remembered for a completion that never came (lease lost, write
-/// failed) are dropped after this long.
-const STASH_MAX_AGE: Duration = Duration::from_secs(600);
-/// Look for such leftovers every this many remembered histories.
-const STASH_PRUNE_EVERY: u64 = 1024;
+/// What an answered attempt hands to its completion (through
+/// [`JobContext::keep`]), so the turn is written without parsing the payload
+/// or the result again.
+struct Answered {
+    /// The user's message.
+    message: String,
+    /// The reply.
+    reply: String,
+    /// The model that wrote it.
+    model: String,
+    /// With a cache: the history the attempt was answered with, so the
+    /// completion can write history + turn to the cache without reading the
+    /// history again.
+    history: Option<(HistoryVersion, Arc<Vec<HistoryMessage>>)>,
+}
 
 /// Runs chat jobs.
 pub struct ChatHandler {
@@ -74,28 +85,12 @@ pub struct ChatHandler {
     history_max_tokens: u32,
     /// Counts tokens and estimated spend by provider and model.
     meter: TokenMeter,
-    /// With a cache: the history each successful attempt used, so the
-    /// completion can write history + turn to the cache without reading the
-    /// history again.
-    stash: Mutex<Stash>,
     /// The schema the process runs at: decides whether the model of a
     /// reply is recorded.
     schema: Schema,
     /// Publishes the pieces of replies whose job asked for streaming; none:
     /// every call waits for the whole reply.
     publisher: Option<Publisher>,
-}
-
-#[derive(Default)]
-struct Stash {
-    entries: HashMap<JobId, Stashed>,
-    inserts: u64,
-}
-
-struct Stashed {
-    version: HistoryVersion,
-    messages: Arc<Vec<HistoryMessage>>,
-    at: Instant,
 }
 
 impl ChatHandler {
@@ -111,7 +106,6 @@ impl ChatHandler {
             provider,
             cache: None,
             history_max_tokens: DEFAULT_HISTORY_MAX_TOKENS,
-            stash: Mutex::default(),
             schema: Schema::current(),
             publisher: None,
         }
@@ -131,7 +125,7 @@ impl ChatHandler {
     }
 
     /// Sends at most `max_tokens` estimated tokens of stored history per
-    /// turn (see [`super::budget`]). Call it within a Tokio runtime: it
+    /// turn (see [`super::history_budget`]). Call it within a Tokio runtime: it
     /// starts a history loader for that budget.
     pub fn with_history_budget(mut self, max_tokens: u32) -> Self {
         self.history_max_tokens = max_tokens;
@@ -156,11 +150,6 @@ impl ChatHandler {
         self.cache.as_ref()
     }
 
-    fn lock_stash(&self) -> std::sync::MutexGuard<'_, Stash> {
-        // A map of plain values: usable after a panic elsewhere.
-        self.stash.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn load_history(
         &self,
         conversation: ConversationId,
@@ -176,22 +165,6 @@ impl ChatHandler {
             }
             None => Ok((Arc::new(self.loader.history(conversation).await?), None)),
         }
-    }
-
-    fn remember(&self, job: JobId, version: HistoryVersion, messages: Arc<Vec<HistoryMessage>>) {
-        let mut stash = self.lock_stash();
-        stash.inserts += 1;
-        if stash.inserts.is_multiple_of(STASH_PRUNE_EVERY) {
-            stash.entries.retain(|_, s| s.at.elapsed() < STASH_MAX_AGE);
-        }
-        stash.entries.insert(
-            job,
-            Stashed {
-                version,
-                messages,
-                at: Instant::now(),
-            },
-        );
     }
 }
 
@@ -298,21 +271,27 @@ impl Handler for ChatHandler {
         };
 
         self.meter.record(&response.usage);
-        if let Some(version) = version {
-            self.remember(job.id, version, history);
-        }
+        // What Postgres text cannot hold (NUL) goes now: the turn is written
+        // from this, not from the stored result.
         let result = ChatResult {
-            response: response.content,
-            model: response.model,
+            response: without_nul(&response.content).into_owned(),
+            model: without_nul(&response.model).into_owned(),
         };
-        Outcome::Completed {
+        let outcome = Outcome::Completed {
             // A struct of two strings always serializes.
             result: serde_json::to_value(&result).unwrap_or_default(),
             usage: Some(TokenUsage {
                 input_tokens: to_i32(response.usage.input_tokens),
                 output_tokens: to_i32(response.usage.output_tokens),
             }),
-        }
+        };
+        ctx.keep(Answered {
+            message: payload.message,
+            reply: result.response,
+            model: result.model,
+            history: version.map(|v| (v, history)),
+        });
+        outcome
     }
 
     async fn on_completed<'a>(
@@ -320,56 +299,42 @@ impl Handler for ChatHandler {
         tx: &'a mut PgConnection,
         jobs: &'a [&'a FinishedJob],
     ) -> Result<(), sqlx::Error> {
-        struct Done {
-            job: JobId,
-            conversation: ConversationId,
-            user: String,
-            reply: String,
-            user_tokens: i32,
-            reply_tokens: Option<i32>,
-            model: String,
-        }
-        let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
+        let mut done: Vec<(JobId, ConversationId, &Answered, Option<i32>)> =
+            Vec::with_capacity(jobs.len());
         for f in jobs {
-            let Outcome::Completed { result, usage } = &f.outcome else {
+            let Outcome::Completed { usage, .. } = &f.outcome else {
                 continue;
             };
             let Some(conversation) = f.job.conversation_id else {
                 continue;
             };
-            // Both parsed in handle() before it could complete the job.
-            let (Ok(payload), Some(result)) = (
-                ChatPayload::deserialize(&f.job.payload),
-                ChatResult::read(result),
-            ) else {
-                tracing::error!(job_id = %f.job.id, "completed chat job without a readable payload or result: no turn appended");
+            // handle() keeps an Answered with every completion it returns.
+            let Some(answered) = f.kept::<Answered>() else {
+                tracing::error!(job_id = %f.job.id, "completed chat job without its answer: no turn appended");
                 continue;
             };
-            done.push(Done {
-                job: f.job.id,
+            done.push((
+                f.job.id,
                 conversation,
-                user_tokens: to_i32(llm::estimate_tokens(&payload.message)),
-                user: payload.message,
-                reply: result.response,
-                reply_tokens: usage.map(|u| u.output_tokens),
-                model: result.model,
-            });
+                answered,
+                usage.map(|u| u.output_tokens),
+            ));
         }
         let turns: Vec<Turn<'_>> = done
             .iter()
-            .map(|d| Turn {
-                conversation: d.conversation,
-                job: d.job,
-                user_message: &d.user,
-                assistant_message: &d.reply,
-                user_tokens: Some(d.user_tokens),
-                assistant_tokens: d.reply_tokens,
+            .map(|&(job, conversation, a, reply_tokens)| Turn {
+                conversation,
+                job,
+                user_message: &a.message,
+                assistant_message: &a.reply,
+                user_tokens: Some(to_i32(llm::estimate_tokens(&a.message))),
+                assistant_tokens: reply_tokens,
             })
             .collect();
         let models: Option<Vec<&str>> = self
             .schema
             .has(store::MODEL_VERSION)
-            .then(|| done.iter().map(|d| d.model.as_str()).collect());
+            .then(|| done.iter().map(|(_, _, a, _)| a.model.as_str()).collect());
         let appended = store::append_turns_with_models(tx, &turns, models.as_deref()).await?;
 
         let Some(cache) = &self.cache else {
@@ -386,33 +351,29 @@ impl Handler for ChatHandler {
             .collect();
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
-        {
-            let mut stash = self.lock_stash();
-            for d in &done {
-                let used = stash.entries.remove(&d.job);
-                match (used, after.get(&d.conversation)) {
-                    (Some(used), Some((before, after))) if used.version == *before => {
-                        // The window the turn was answered with, plus the
-                        // turn, cut again: what the database would read now.
-                        let mut messages = Vec::with_capacity(used.messages.len() + 2);
-                        messages.extend(used.messages.iter().cloned());
-                        messages.push(HistoryMessage {
-                            role: Role::User,
-                            content: d.user.clone(),
-                        });
-                        messages.push(HistoryMessage {
-                            role: Role::Assistant,
-                            content: d.reply.clone(),
-                        });
-                        puts.push(CacheWrite {
-                            conversation: d.conversation,
-                            version: *after,
-                            messages: Arc::new(budget::trim(&messages, self.history_max_tokens)),
-                            max_tokens: self.history_max_tokens,
-                        });
-                    }
-                    _ => deletes.push(d.conversation),
+        for &(_, conversation, a, _) in &done {
+            match (&a.history, after.get(&conversation)) {
+                (Some((used, messages)), Some((before, after))) if used == before => {
+                    // The window the turn was answered with, plus the
+                    // turn, cut again: what the database would read now.
+                    let mut window = Vec::with_capacity(messages.len() + 2);
+                    window.extend(messages.iter().cloned());
+                    window.push(HistoryMessage {
+                        role: Role::User,
+                        content: a.message.clone(),
+                    });
+                    window.push(HistoryMessage {
+                        role: Role::Assistant,
+                        content: a.reply.clone(),
+                    });
+                    puts.push(CacheWrite {
+                        conversation,
+                        version: *after,
+                        messages: Arc::new(history_budget::trim(&window, self.history_max_tokens)),
+                        max_tokens: self.history_max_tokens,
+                    });
                 }
+                _ => deletes.push(conversation),
             }
         }
         cache.write_and_delete(puts, deletes);

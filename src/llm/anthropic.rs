@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::config::{ModelSettings, Secret};
 use super::http::{post_json, secret_header};
+use super::settings::{ModelSettings, Secret};
 use super::sse::{self, Flow};
 use super::ConfigError;
 use super::{

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::config::BudgetLimits;
+use super::settings::BudgetLimits;
 use super::LlmError;
 use crate::metrics::metrics;
 

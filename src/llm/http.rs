@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::config::MAX_CONNECT_TIMEOUT;
+use super::settings::MAX_CONNECT_TIMEOUT;
 use super::ConfigError;
 use super::{ErrorClass, LlmError};
 

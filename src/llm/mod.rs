@@ -27,13 +27,13 @@
 
 pub mod anthropic;
 pub mod budget;
-pub mod config;
 pub mod cost;
 mod error;
 pub mod http;
 pub mod limit;
 pub mod openai;
 pub mod pool;
+pub mod settings;
 pub mod simulated;
 mod sse;
 
@@ -44,13 +44,13 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-pub use config::{
+pub use error::ConfigError;
+pub use pool::EndpointStats;
+pub use settings::{
     BudgetLimits, EndpointSpec, LlmConfig, ModelSettings, ProviderKind, Secret, Strategy,
     DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_BASE_URL,
     DEFAULT_OPENAI_MODEL,
 };
-pub use error::ConfigError;
-pub use pool::EndpointStats;
 
 /// Who wrote a message: the one type for a role everywhere (the model's
 /// context, the `messages.role` column, the history cache, the API).

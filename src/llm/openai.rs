@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
 
-use super::config::{ModelSettings, Secret};
 use super::http::{post_json, secret_header};
+use super::settings::{ModelSettings, Secret};
 use super::sse::{self, Flow};
 use super::ConfigError;
 use super::{

@@ -54,9 +54,9 @@ use tokio::time::Instant;
 
 use super::anthropic::AnthropicProvider;
 use super::budget::{self, Budget, Reservation, Reserve};
-use super::config::{redact_url, LlmConfig, ModelSettings, ProviderKind, Strategy};
 use super::http::build_client;
 use super::openai::OpenAiProvider;
+use super::settings::{redact_url, LlmConfig, ModelSettings, ProviderKind, Strategy};
 use super::ConfigError;
 use super::{ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider};
 use crate::metrics::metrics;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use rand::Rng;
 
-use super::config::LlmConfig;
+use super::settings::LlmConfig;
 use super::{
     estimate_usage, ChatRequest, ChatResponse, ErrorClass, LlmError, OnDelta, Provider, Role,
 };
@@ -62,7 +62,7 @@ impl SimulatedProvider {
             jitter,
             failure_rate,
             default_system: None,
-            chunks: super::config::DEFAULT_SIMULATED_CHUNKS,
+            chunks: super::settings::DEFAULT_SIMULATED_CHUNKS,
         }
     }
 

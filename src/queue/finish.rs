@@ -113,7 +113,7 @@ pub async fn finish(
 /// attempts left or a snooze, `Completed` or `Failed` for a job that moved to history,
 /// and `None` for a job this worker's lease no longer covers (nothing about
 /// it was changed). The caller counts the finished ones with
-/// [`count_finished`] once `tx` committed.
+/// `count_finished` once `tx` committed.
 pub async fn finish_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     owner: &str,

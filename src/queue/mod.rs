@@ -2,11 +2,11 @@
 //!
 //! # Layout
 //! - [`types`]: states, priorities, new and claimed jobs, outcomes, leases.
-//! - [`enqueue`]: single and batch inserts, idempotency keys, delays.
-//! - [`claim`]: hands ready jobs to a worker under a lease.
-//! - [`finish`]: complete, retry, fail (batched and fenced), cancel.
+//! - [`mod@enqueue`]: single and batch inserts, idempotency keys, delays.
+//! - [`mod@claim`]: hands ready jobs to a worker under a lease.
+//! - [`mod@finish`]: complete, retry, fail (batched and fenced), cancel.
 //! - [`lease`]: heartbeats, the rescuer, releases at shutdown.
-//! - [`retry`]: a failed or cancelled job back in the queue, by hand.
+//! - [`mod@retry`]: a failed or cancelled job back in the queue, by hand.
 //! - [`read`]: a job live or finished, its events, queue statistics, lists.
 //! - [`notify`]: LISTEN/NOTIFY wake-ups and waiter registration.
 //! - [`gauges`]: the queue depth gauges for Prometheus, refreshed by one

@@ -39,7 +39,7 @@ impl JobState {
     }
 
     /// True for the states of finished jobs (in `job_history`). Only a
-    /// retry by hand ([`crate::queue::retry`]) takes a failed or cancelled
+    /// retry by hand (`queue::retry`) takes a failed or cancelled
     /// job back to the queue.
     pub fn is_final(self) -> bool {
         matches!(

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 pub use hub::{Hub, HubConfig, Subscription};
-pub use publish::{Publisher, PublisherConfig, StreamWriter};
+pub use publish::{Publisher, PublisherConfig, StreamArgs, StreamWriter};
 
 /// The channel the publishers notify after each write.
 pub const STREAM_CHANNEL: &str = "skipjack_stream";

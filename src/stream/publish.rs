@@ -292,3 +292,31 @@ async fn prune_old(inner: &Inner) {
         Err(error) => tracing::debug!(%error, "cannot prune streamed pieces"),
     }
 }
+
+/// How a worker publishes streamed replies, flattened into the worker's
+/// arguments .
+#[derive(clap::Args, Clone, Debug)]
+pub struct StreamArgs {
+    /// Pieces of streamed replies are collected this long, then written for
+    /// all jobs in one statement: lower is smoother for readers, higher is
+    /// fewer statements.
+    #[arg(long, env = "SKIPJACK_STREAM_FLUSH_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub stream_flush_ms: u64,
+    /// Pieces of streamed replies are kept this long for clients that
+    /// reconnect; set it above the longest LLM call.
+    #[arg(long, env = "SKIPJACK_STREAM_RETENTION_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub stream_retention_seconds: u64,
+}
+
+impl StreamArgs {
+    /// The publisher's settings.
+    pub fn publisher_config(&self) -> PublisherConfig {
+        PublisherConfig {
+            flush_interval: Duration::from_millis(self.stream_flush_ms),
+            retention: Duration::from_secs(self.stream_retention_seconds),
+            ..Default::default()
+        }
+    }
+}

@@ -5,8 +5,8 @@
 //!   delete, the delivery target). Its SQL lives in `sql/webhooks/`.
 //! - [`signature`]: the `Skipjack-Signature` header (HMAC-SHA256 over the
 //!   timestamp and the body), made and checked.
-//! - [`handler`]: the `webhook` job kind's handler, which POSTs one event.
-//! - [`config`]: the worker's delivery settings (timeout, attempts).
+//! - [`delivery`]: the `webhook` job kind's handler, which POSTs one event,
+//!   and the worker's delivery settings (timeout, attempts).
 //!
 //! # Enqueueing
 //! Deliveries are jobs of kind [`WEBHOOK_KIND`] in the ordinary queue, one
@@ -16,13 +16,11 @@
 //! deliveries commit with it or not at all. Deliveries never produce events
 //! themselves. See docs/webhooks.md.
 
-pub mod config;
-pub mod handler;
+pub mod delivery;
 pub mod signature;
 pub mod store;
 
-pub use config::{WebhookArgs, WebhookConfig};
-pub use handler::WebhookHandler;
+pub use delivery::{WebhookArgs, WebhookConfig, WebhookHandler};
 
 /// The job kind of a delivery.
 pub const WEBHOOK_KIND: &str = "webhook";

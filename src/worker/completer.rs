@@ -139,13 +139,13 @@ pub(super) fn write_outcomes<'a>(
                 executor::job_span(&shared.config.id, &f.job).in_scope(
                     || tracing::error!(%error, "outcome rejected by the database; failing the job"),
                 );
-                let failed = FinishedJob {
-                    job: f.job.clone(),
-                    outcome: Outcome::Failed {
+                let failed = FinishedJob::new(
+                    f.job.clone(),
+                    Outcome::Failed {
                         error: format!("the outcome could not be stored: {error}"),
                     }
                     .without_nul(),
-                };
+                );
                 write_retrying(shared, std::slice::from_ref(&failed)).await
             }
             other => other,

@@ -36,7 +36,7 @@ pub struct WorkerConfig {
     /// Rescue and housekeeping in this process; `None` leaves them to others.
     pub maintenance: Option<MaintenanceConfig>,
     /// Take part in refreshing the queue gauges (one process leads, see
-    /// [`queue::gauges`]); `None` leaves them to others.
+    /// `queue::gauges`); `None` leaves them to others.
     pub queue_gauges: Option<GaugesConfig>,
     /// The schema the process runs at ([`crate::db::check_schema`] at
     /// start-up): decides the claim, the gauges' statement and aging.

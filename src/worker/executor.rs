@@ -113,18 +113,16 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
         }
     }
     let started = chrono::Utc::now();
+    let mut kept = None;
     let outcome = match shared.handlers.get(&job.kind) {
         // The claim only takes kinds that have a handler.
         None => Some(Outcome::Failed {
             error: format!("no handler for kind {:?}", job.kind),
         }),
         Some(handler) => {
-            let ctx = JobContext {
-                job: job.clone(),
-                cancel: cancel.clone(),
-            };
-            let run = AssertUnwindSafe(handler.handle_boxed(ctx)).catch_unwind();
-            tokio::select! {
+            let ctx = JobContext::new(job.clone(), cancel.clone());
+            let run = AssertUnwindSafe(handler.handle_boxed(ctx.clone())).catch_unwind();
+            let outcome = tokio::select! {
                 biased;
                 // Job cancelled, lease lost or grace period over: drop the
                 // handler's future (and with it any call it was making).
@@ -133,7 +131,9 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
                     error: format!("handler panicked: {}", panic_message(&panic)),
                     retry_after: None,
                 })),
-            }
+            };
+            kept = ctx.take_kept();
+            outcome
         }
     };
     observe_since(
@@ -157,6 +157,7 @@ async fn attempt_in_span(shared: &Shared, job: ClaimedJob) -> Attempt {
         Some(outcome) => Attempt::Finished(FinishedJob {
             job,
             outcome: outcome.without_nul(),
+            kept,
         }),
         // The job's row is gone: nothing to release or write.
         None if cancelled.load(Ordering::SeqCst) => {

@@ -1,12 +1,12 @@
 //! The worker runtime: claims jobs, runs their handlers, writes outcomes.
 //!
 //! Roles, one task each (after River's producer / executor / completer):
-//! - [`producer`]: the claim loop. Never claims more jobs than the worker has
+//! - `producer`: the claim loop. Never claims more jobs than the worker has
 //!   free slots; sleeps until a NOTIFY, a freed slot or the jittered poll.
-//! - [`executor`]: runs one attempt of one job under a slot.
-//! - [`completer`]: writes outcomes, batching whatever has piled up while
+//! - `executor`: runs one attempt of one job under a slot.
+//! - `completer`: writes outcomes, batching whatever has piled up while
 //!   the previous batch was being written into one transaction.
-//! - [`heartbeat`]: extends all running leases in one statement every
+//! - `heartbeat`: extends all running leases in one statement every
 //!   lease/3, and cancels the jobs whose lease was lost.
 //! - the listener ([`crate::queue::notify`]): a NOTIFY on `skipjack_jobs`
 //!   wakes the producer; one on `skipjack_cancel` (the job was cancelled

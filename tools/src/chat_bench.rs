@@ -13,7 +13,7 @@
 //! Reported: jobs/s over the run (wall clock from the worker's start to an
 //! empty queue); the bound is `min(concurrency, conversations) / latency`;
 //! the per-job overhead and per-turn handoff as defined in
-//! `tools/sql/chat_report.sql`; this process's peak RSS (`VmHWM`, which
+//! `tools/sql/bench/chat_report.sql`; this process's peak RSS (`VmHWM`, which
 //! includes the set-up phase) and CPU time.
 
 use crate::{sql, Scratch};

@@ -53,6 +53,17 @@ pub struct QueueBenchArgs {
     /// Worker runtimes draining the queue.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Drain with this many separate worker processes (each
+    /// `skipjack-bench drain-worker` with one runtime of `--concurrency`
+    /// slots) instead of `--workers` runtimes in this process; 0: in this
+    /// process.
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// SQL run in the scratch database after it is migrated: to measure a
+    /// change of the tables (an index dropped, a trigger replaced) before
+    /// writing its migration.
+    #[arg(long)]
+    pub after_migrate: Option<std::path::PathBuf>,
     /// Slots per draining worker.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
@@ -80,6 +91,7 @@ pub struct QueueBenchReport {
     pub single_jobs: usize,
     pub producers: usize,
     pub workers: usize,
+    pub processes: usize,
     pub concurrency: usize,
     pub enqueue_bulk_jobs_per_s: f64,
     pub enqueue_single_jobs_per_s: f64,
@@ -98,7 +110,8 @@ pub struct DrainWork {
     /// CPU of every process named `postgres` on this machine, in µs;
     /// `None` when the server is not local (no such process in /proc).
     pub postgres_cpu_us: Option<f64>,
-    /// CPU of this process (the workers), in µs.
+    /// CPU of the workers (this process, and the worker processes of
+    /// `--processes`), in µs.
     pub worker_cpu_us: Option<f64>,
     /// WAL written, in bytes.
     pub wal_bytes: f64,
@@ -119,13 +132,17 @@ impl QueueBenchReport {
     /// The human table.
     pub fn table(&self) -> String {
         format!(
-            "skipjack-bench queue ({} bulk jobs, {} single jobs by {} producers, {} worker(s) x {} slots)\n\
+            "skipjack-bench queue ({} bulk jobs, {} single jobs by {} producers, {} x {} slots)\n\
              {:<34}{:>12.0} jobs/s\n{:<34}{:>12.0} jobs/s\n{:<34}{:>12.0} jobs/s\n\
              {:<34}{:>12.3} ms\n{:<34}{:>12.3} ms\n{:<34}{:>12.3} ms\n{:<34}{:>12.3} ms",
             self.jobs,
             self.single_jobs,
             self.producers,
-            self.workers,
+            if self.processes > 0 {
+                format!("{} worker process(es)", self.processes)
+            } else {
+                format!("{} worker runtime(s)", self.workers)
+            },
             self.concurrency,
             "enqueue, bulk",
             self.enqueue_bulk_jobs_per_s,
@@ -174,7 +191,8 @@ impl DrainWork {
 /// The CPU and WAL counters behind [`DrainWork`], read at once.
 struct Counters {
     postgres_cpu: Option<Duration>,
-    own_cpu: Option<Duration>,
+    /// This process's CPU and that of the worker processes.
+    worker_cpu: Option<Duration>,
     wal_lsn: String,
 }
 
@@ -207,13 +225,20 @@ fn postgres_cpu() -> Option<Duration> {
     found.then_some(total)
 }
 
-async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
+/// The counters now; `children` are the worker processes.
+async fn counters(pool: &PgPool, children: &[u32]) -> anyhow::Result<Counters> {
     let postgres_cpu = postgres_cpu();
-    let own_cpu = process_cpu_time();
+    let mut worker_cpu = process_cpu_time();
+    for pid in children {
+        let child = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| cpu_time_of_stat(&stat));
+        worker_cpu = Some(worker_cpu.unwrap_or_default() + child.unwrap_or_default());
+    }
     let wal_lsn = sqlx::query_scalar(sql::WAL_LSN).fetch_one(pool).await?;
     Ok(Counters {
         postgres_cpu,
-        own_cpu,
+        worker_cpu,
         wal_lsn,
     })
 }
@@ -253,7 +278,7 @@ async fn drain_work(
         .await?;
     let mut work = DrainWork {
         postgres_cpu_us: cpu(before.0.postgres_cpu, after.0.postgres_cpu),
-        worker_cpu_us: cpu(before.0.own_cpu, after.0.own_cpu),
+        worker_cpu_us: cpu(before.0.worker_cpu, after.0.worker_cpu),
         wal_bytes: per_job(wal),
         ..DrainWork::default()
     };
@@ -274,12 +299,17 @@ async fn drain_work(
 pub async fn run(database_url: &str, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
     let pool_size = (args.producers + 2 * args.workers + 4) as u32;
     let scratch = Scratch::create(database_url, &args.bench_database, pool_size).await?;
-    let result = phases(&scratch.pool, args).await;
+    if let Some(path) = &args.after_migrate {
+        let script = std::fs::read_to_string(path)?;
+        sqlx::raw_sql(&script).execute(&scratch.pool).await?;
+    }
+    let result = phases(&scratch, args).await;
     scratch.drop().await?;
     result
 }
 
-async fn phases(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
+async fn phases(scratch: &Scratch, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
+    let pool = &scratch.pool;
     let bulk = enqueue_bulk(pool, args.jobs, args.batch).await?;
     eprintln!("bulk enqueue: {bulk:.0} jobs/s");
     let (single, single_enqueued) = enqueue_single(pool, args.single_jobs, args.producers).await?;
@@ -287,8 +317,7 @@ async fn phases(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<QueueBen
     queue::maintenance::vacuum_jobs(pool).await?;
     let drained = args.jobs + single_enqueued;
     let stats_before = table_stats(pool).await?;
-    let before = counters(pool).await?;
-    let (drain, after) = drain(pool, drained, args).await?;
+    let (drain, before, after) = drain(scratch, drained, args).await?;
     let stats_after = table_stats(pool).await?;
     let drain_work = drain_work(
         pool,
@@ -310,6 +339,7 @@ async fn phases(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<QueueBen
         single_jobs: args.single_jobs,
         producers: args.producers,
         workers: args.workers,
+        processes: args.processes,
         concurrency: args.concurrency,
         enqueue_bulk_jobs_per_s: bulk,
         enqueue_single_jobs_per_s: single,
@@ -368,30 +398,59 @@ async fn enqueue_single(
 }
 
 /// Runs the workers until the queue is empty: the rate, and the work
-/// counters read then, before the workers stop (their connections, and the
-/// CPU the server spent on them, go with them).
+/// counters read before the workers start and once the queue is empty,
+/// before the workers stop (their connections, and the CPU the server spent
+/// on them, go with them).
 async fn drain(
-    pool: &PgPool,
+    scratch: &Scratch,
     expected: usize,
     args: &QueueBenchArgs,
-) -> anyhow::Result<(f64, Counters)> {
+) -> anyhow::Result<(f64, Counters, Counters)> {
+    let pool = &scratch.pool;
     let shutdown = CancellationToken::new();
+    let mut runtimes = Vec::new();
+    let mut children = Vec::new();
+    let before = counters(pool, &[]).await?;
     let start = Instant::now();
-    let runtimes = spawn_drainers(
-        pool,
-        args.workers,
-        (args.concurrency, args.max_claim),
-        || NoopHandler,
-        &shutdown,
-    )?;
+    if args.processes > 0 {
+        for _ in 0..args.processes {
+            children.push(
+                tokio::process::Command::new(std::env::current_exe()?)
+                    .arg("drain-worker")
+                    .args(["--concurrency", &args.concurrency.to_string()])
+                    .args(["--max-claim", &args.max_claim.to_string()])
+                    .env("DATABASE_URL", &scratch.url)
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+        }
+    } else {
+        runtimes = spawn_drainers(
+            pool,
+            args.workers,
+            (args.concurrency, args.max_claim),
+            || NoopHandler,
+            &shutdown,
+        )?;
+    }
     while queue::read::has_live_jobs(pool, None).await? {
+        for child in &mut children {
+            anyhow::ensure!(
+                child.try_wait()?.is_none(),
+                "a worker process ended before the queue was empty"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
-    let counters = counters(pool).await?;
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let after = counters(pool, &pids).await?;
     shutdown.cancel();
     for runtime in runtimes {
         runtime.await??;
+    }
+    for mut child in children {
+        child.kill().await?;
     }
     let finished: i64 = sqlx::query_scalar(sql::FINISHED_JOBS)
         .fetch_one(pool)
@@ -400,7 +459,34 @@ async fn drain(
         finished as usize == expected,
         "drained {finished} jobs, expected {expected}"
     );
-    Ok((expected as f64 / elapsed.as_secs_f64(), counters))
+    Ok((expected as f64 / elapsed.as_secs_f64(), before, after))
+}
+
+/// `skipjack-bench drain-worker`: one worker process of `--processes`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DrainWorkerArgs {
+    /// Slots.
+    #[arg(long, default_value_t = 1_000)]
+    pub concurrency: usize,
+    /// Jobs per claim statement.
+    #[arg(long, default_value_t = 500)]
+    pub max_claim: usize,
+}
+
+/// Runs no-op jobs of the database at `database_url` until killed.
+pub async fn drain_worker(database_url: &str, args: &DrainWorkerArgs) -> anyhow::Result<()> {
+    let pool = crate::scratch::connect(database_url, 8, "skipjack-bench-drain-worker").await?;
+    let never = CancellationToken::new();
+    for runtime in spawn_drainers(
+        &pool,
+        1,
+        (args.concurrency, args.max_claim),
+        || NoopHandler,
+        &never,
+    )? {
+        runtime.await??;
+    }
+    Ok(())
 }
 
 /// Starts `workers` (at least one) worker runtimes in this process, each

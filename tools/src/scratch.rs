@@ -62,7 +62,11 @@ impl Scratch {
     }
 }
 
-async fn connect(url: &str, pool_size: u32, application_name: &str) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(
+    url: &str,
+    pool_size: u32,
+    application_name: &str,
+) -> anyhow::Result<PgPool> {
     Ok(db::connect(&DbConfig {
         url: url.to_owned(),
         pool_size,

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use skipjack::api::{Api, ApiConfig};
 use skipjack::chat::turn::ChatHandler;
-use skipjack::llm::config::Secret;
+use skipjack::llm::settings::Secret;
 use skipjack::llm::simulated::SimulatedProvider;
 use skipjack::llm::{ChatRequest, ChatResponse, LlmError, Provider};
 use skipjack::tenants;

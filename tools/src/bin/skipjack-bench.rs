@@ -31,6 +31,10 @@ enum Command {
     /// Measure the console's jobs list and job page over a million
     /// finished jobs.
     Console(console_bench::ConsoleBenchArgs),
+    /// One worker process of `queue --processes N` (runs no-op jobs until
+    /// killed).
+    #[command(hide = true)]
+    DrainWorker(queue_bench::DrainWorkerArgs),
 }
 
 /// Prints `report` as JSON or as its table.
@@ -69,5 +73,6 @@ async fn main() -> anyhow::Result<()> {
             let report = console_bench::run(url, &args).await?;
             print(&report, args.json, |r| r.table())
         }
+        Command::DrainWorker(args) => queue_bench::drain_worker(url, &args).await,
     }
 }

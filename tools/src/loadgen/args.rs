@@ -4,7 +4,7 @@
 use super::profile::{parse_duration, Profile};
 use super::{new_run_id, ProgressMode, RunConfig};
 use clap::{Parser, Subcommand};
-use skipjack::llm::config::Secret;
+use skipjack::llm::settings::Secret;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
-use skipjack::llm::config::Secret;
+use skipjack::llm::settings::Secret;
 use std::time::Duration;
 
 /// Longest a POST may take before it counts as an error.

@@ -34,7 +34,7 @@ pub use profile::Profile;
 pub use report::Report;
 pub use runner::run;
 
-use skipjack::llm::config::Secret;
+use skipjack::llm::settings::Secret;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,6 @@
 //! at once as skipped. Neither the URL (it may carry a token) nor the
 //! secret is ever logged or written to an error.
 
-use super::config::WebhookConfig;
 use super::{signature, store, ATTEMPT_HEADER, ID_HEADER, SIGNATURE_HEADER, WEBHOOK_KIND};
 use crate::metrics::metrics;
 use crate::queue::Outcome;
@@ -228,5 +227,50 @@ fn describe(err: &reqwest::Error) -> String {
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text,
+    }
+}
+
+/// Delivery settings, flattened into the worker's arguments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Longest a webhook delivery may take (connect, send, answer) before
+    /// it counts as failed and is retried.
+    #[arg(long, env = "SKIPJACK_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_timeout_ms: u64,
+    /// Attempts of a delivery before it gives up and ends `failed` in
+    /// job_history (a dead delivery). Retries wait the queue's backoff
+    /// (SKIPJACK_RETRY_BASE_MS, SKIPJACK_RETRY_MAX_SECONDS), or longer when
+    /// the receiver answers with Retry-After.
+    #[arg(long, env = "SKIPJACK_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub webhook_max_attempts: i32,
+}
+
+impl WebhookArgs {
+    /// The webhook settings these arguments describe.
+    pub fn webhook_config(&self) -> WebhookConfig {
+        WebhookConfig {
+            timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+            max_attempts: self.webhook_max_attempts.clamp(1, 100),
+        }
+    }
+}
+
+/// How deliveries are made.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Longest one delivery attempt may take.
+    pub timeout: Duration,
+    /// Attempts before a delivery is dead (1..=100).
+    pub max_attempts: i32,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            timeout: Duration::from_secs(10),
+            max_attempts: 8,
+        }
     }
 }

@@ -140,3 +140,16 @@ mod tests {
         }
     }
 }
+
+/// How much history a chat turn sends, flattened into the worker's arguments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HistoryArgs {
+    /// Most estimated tokens (a token per 4 characters) of stored history
+    /// sent to the LLM per turn: the conversation's leading system messages,
+    /// then its newest turns that fit. The new user message is sent on top.
+    /// Set it below the model's context window minus the longest reply and
+    /// the longest user message.
+    #[arg(long, env = "SKIPJACK_HISTORY_MAX_TOKENS", default_value_t = DEFAULT_HISTORY_MAX_TOKENS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub history_max_tokens: u32,
+}
