@@ -17,6 +17,7 @@ pub mod cancel_bench;
 pub mod chat_bench;
 pub mod console_bench;
 pub mod fair_bench;
+pub mod horizon_bench;
 pub mod loadgen;
 pub mod queue_bench;
 pub mod scratch;

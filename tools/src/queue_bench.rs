@@ -126,6 +126,9 @@ pub struct DrainWork {
     /// Index entries written: every insert and every non-HOT update adds
     /// one to each index of its table.
     pub index_entries: f64,
+    /// Transactions (a statement outside a transaction block is one),
+    /// of the workers and of this process's polling.
+    pub transactions: f64,
 }
 
 impl QueueBenchReport {
@@ -167,7 +170,7 @@ impl DrainWork {
         let us = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
         format!(
             "\ndrain, per job:\n{:<34}{:>12} µs\n{:<34}{:>12} µs\n{:<34}{:>12.0} bytes\n\
-             {:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}",
+             {:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.2}\n{:<34}{:>12.4}",
             "  Postgres CPU",
             us(self.postgres_cpu_us),
             "  worker process CPU",
@@ -184,20 +187,27 @@ impl DrainWork {
             self.heap_deleted,
             "  index entries written",
             self.index_entries,
+            "  transactions",
+            self.transactions,
         )
     }
 }
 
 /// The CPU and WAL counters behind [`DrainWork`], read at once.
-struct Counters {
+pub(crate) struct Counters {
     postgres_cpu: Option<Duration>,
     /// This process's CPU and that of the worker processes.
     worker_cpu: Option<Duration>,
     wal_lsn: String,
 }
 
-/// Per table: inserted, updated, HOT-updated, deleted, and its indexes.
-type TableStats = HashMap<String, [i64; 5]>;
+/// The database's statistics counters.
+struct TableStats {
+    /// Per table: inserted, updated, HOT-updated, deleted, and its indexes.
+    tables: HashMap<String, [i64; 5]>,
+    /// Transactions ended in the database.
+    transactions: i64,
+}
 
 /// How long an idle backend may keep its statistics before it reports
 /// them (Postgres's PGSTAT_IDLE_INTERVAL, 10 s), plus a margin.
@@ -255,10 +265,16 @@ async fn table_stats(pool: &PgPool) -> anyhow::Result<TableStats> {
     let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(sql::TABLE_STATS)
         .fetch_all(&mut *conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(name, ins, upd, hot, del, idx)| (name, [ins, upd, hot, del, idx]))
-        .collect())
+    let transactions = sqlx::query_scalar(sql::TRANSACTIONS)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(TableStats {
+        tables: rows
+            .into_iter()
+            .map(|(name, ins, upd, hot, del, idx)| (name, [ins, upd, hot, del, idx]))
+            .collect(),
+        transactions,
+    })
 }
 
 async fn drain_work(
@@ -282,8 +298,9 @@ async fn drain_work(
         wal_bytes: per_job(wal),
         ..DrainWork::default()
     };
-    for (table, a) in after.1 {
-        let b = before.1.get(table).copied().unwrap_or_default();
+    work.transactions = per_job((after.1.transactions - before.1.transactions) as f64);
+    for (table, a) in &after.1.tables {
+        let b = before.1.tables.get(table).copied().unwrap_or_default();
         let d = |k: usize| (a[k] - b[k]) as f64;
         let (ins, upd, hot, del, indexes) = (d(0), d(1), d(2), d(3), a[4] as f64);
         work.heap_inserted += per_job(ins);
@@ -356,7 +373,7 @@ fn noop_job(i: usize) -> NewJob {
     NewJob::new(NoopHandler::KIND, serde_json::json!({ "n": i }))
 }
 
-async fn enqueue_bulk(pool: &PgPool, jobs: usize, batch: usize) -> anyhow::Result<f64> {
+pub(crate) async fn enqueue_bulk(pool: &PgPool, jobs: usize, batch: usize) -> anyhow::Result<f64> {
     let mut conn = pool.acquire().await?;
     let start = Instant::now();
     let mut done = 0;
@@ -401,7 +418,7 @@ async fn enqueue_single(
 /// counters read before the workers start and once the queue is empty,
 /// before the workers stop (their connections, and the CPU the server spent
 /// on them, go with them).
-async fn drain(
+pub(crate) async fn drain(
     scratch: &Scratch,
     expected: usize,
     args: &QueueBenchArgs,
@@ -548,7 +565,7 @@ impl Handler for PickupHandler {
     }
 }
 
-async fn pickup(pool: &PgPool, samples: usize, interval_ms: u64) -> anyhow::Result<Vec<f64>> {
+pub(crate) async fn pickup(pool: &PgPool, samples: usize, interval_ms: u64) -> anyhow::Result<Vec<f64>> {
     let started: Arc<Mutex<HashMap<JobId, oneshot::Sender<Instant>>>> = Arc::default();
     let worker = Worker::builder(pool.clone())
         .register(PickupHandler {

@@ -12,6 +12,8 @@ skipjack::sql_files!("bench" {
     WAL_DIFF => "wal_diff.sql",
     CLEAR_STATS_SNAPSHOT => "clear_stats_snapshot.sql",
     TABLE_STATS => "table_stats.sql",
+    TRANSACTIONS => "transactions.sql",
+    DEAD_ROWS => "dead_rows.sql",
 });
 
 skipjack::sql_files!("console" {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use skipjack::db::DEFAULT_DATABASE_URL;
 use skipjack::telemetry;
-use skipjack_tools::{cancel_bench, console_bench, fair_bench, queue_bench};
+use skipjack_tools::{cancel_bench, console_bench, fair_bench, horizon_bench, queue_bench};
 
 #[derive(Parser)]
 #[command(name = "skipjack-bench", version, about = "skipjack benchmarks")]
@@ -31,6 +31,9 @@ enum Command {
     /// Measure the console's jobs list and job page over a million
     /// finished jobs.
     Console(console_bench::ConsoleBenchArgs),
+    /// Measure pickup and drain while an idle transaction holds the xmin
+    /// horizon.
+    Horizon(horizon_bench::HorizonBenchArgs),
     /// One worker process of `queue --processes N` (runs no-op jobs until
     /// killed).
     #[command(hide = true)]
@@ -71,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Console(args) => {
             let report = console_bench::run(url, &args).await?;
+            print(&report, args.json, |r| r.table())
+        }
+        Command::Horizon(args) => {
+            let report = horizon_bench::run(url, &args).await?;
             print(&report, args.json, |r| r.table())
         }
         Command::DrainWorker(args) => queue_bench::drain_worker(url, &args).await,
