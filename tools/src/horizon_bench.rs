@@ -96,7 +96,10 @@ impl HorizonBenchReport {
 }
 
 /// Creates the scratch database, runs every phase, drops the database.
-pub async fn run(database_url: &str, args: &HorizonBenchArgs) -> anyhow::Result<HorizonBenchReport> {
+pub async fn run(
+    database_url: &str,
+    args: &HorizonBenchArgs,
+) -> anyhow::Result<HorizonBenchReport> {
     let scratch = Scratch::create(database_url, &args.bench_database, 8).await?;
     let result = phases(&scratch, args).await;
     scratch.drop().await?;
@@ -112,6 +115,7 @@ async fn drain(scratch: &Scratch, jobs: usize) -> anyhow::Result<f64> {
         workers: 1,
         processes: 0,
         after_migrate: None,
+        raw_ceiling: false,
         concurrency: 1_000,
         max_claim: 500,
         pickup_samples: 0,

@@ -59,6 +59,12 @@ pub struct QueueBenchArgs {
     /// process.
     #[arg(long, default_value_t = 0)]
     pub processes: usize,
+    /// After the benchmark, run `bench/raw_drain.sh` (pgbench, the least SQL
+    /// a queue with history can run) on as many jobs as were drained, with
+    /// one client per worker process, and report skipjack's drain as a share
+    /// of that ceiling.
+    #[arg(long)]
+    pub raw_ceiling: bool,
     /// SQL run in the scratch database after it is migrated: to measure a
     /// change of the tables (an index dropped, a trigger replaced) before
     /// writing its migration.
@@ -102,6 +108,55 @@ pub struct QueueBenchReport {
     pub pickup_max_ms: f64,
     /// What the drain cost per job.
     pub drain_work: DrainWork,
+    /// The raw ceiling measured right after (`--raw-ceiling`).
+    pub raw: Option<RawCeiling>,
+}
+
+/// What `bench/raw_drain.sh` printed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RawCeiling {
+    pub jobs_per_s: f64,
+    pub postgres_cpu_us: f64,
+    pub wal_bytes: f64,
+}
+
+/// Runs `bench/raw_drain.sh` with `jobs` jobs and `clients` clients.
+fn raw_ceiling(database_url: &str, jobs: usize, clients: usize) -> anyhow::Result<RawCeiling> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/raw_drain.sh");
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .env("JOBS", jobs.to_string())
+        .env("CLIENTS", clients.to_string())
+        .env("SKIPJACK_BENCH_ADMIN_URL", database_url)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "bench/raw_drain.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "raw drain (N jobs, C client(s)): X jobs/s", "  Postgres CPU per job
+    // X µs", "  WAL per job X bytes".
+    let number = |line: &str, before: &str| -> Option<f64> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == before)?;
+        words.get(i.checked_sub(1)?)?.parse().ok()
+    };
+    let mut raw = RawCeiling::default();
+    for line in text.lines() {
+        if line.starts_with("raw drain") {
+            raw.jobs_per_s = number(line, "jobs/s").unwrap_or_default();
+        } else if line.contains("Postgres CPU per job") {
+            raw.postgres_cpu_us = number(line, "µs").unwrap_or_default();
+        } else if line.contains("WAL per job") {
+            raw.wal_bytes = number(line, "bytes").unwrap_or_default();
+        }
+    }
+    anyhow::ensure!(
+        raw.jobs_per_s > 0.0,
+        "unexpected output of bench/raw_drain.sh: {text}"
+    );
+    Ok(raw)
 }
 
 /// The work of the drain, per drained job.
@@ -162,6 +217,19 @@ impl QueueBenchReport {
             "pickup max",
             self.pickup_max_ms,
         ) + &self.drain_work.table()
+            + &self.raw.as_ref().map_or(String::new(), |raw| {
+                format!(
+                    "\nraw ceiling (bench/raw_drain.sh, same jobs):\n{:<34}{:>12.0} jobs/s ({:.0} % of it drained by skipjack)\n\
+                     {:<34}{:>12.1} µs\n{:<34}{:>12.0} bytes",
+                    "  raw drain",
+                    raw.jobs_per_s,
+                    100.0 * self.drain_jobs_per_s / raw.jobs_per_s,
+                    "  raw Postgres CPU per job",
+                    raw.postgres_cpu_us,
+                    "  raw WAL per job",
+                    raw.wal_bytes,
+                )
+            })
     }
 }
 
@@ -322,7 +390,13 @@ pub async fn run(database_url: &str, args: &QueueBenchArgs) -> anyhow::Result<Qu
     }
     let result = phases(&scratch, args).await;
     scratch.drop().await?;
-    result
+    let mut report = result?;
+    if args.raw_ceiling {
+        let drained =
+            report.jobs + report.single_jobs / args.producers.max(1) * args.producers.max(1);
+        report.raw = Some(raw_ceiling(database_url, drained, args.processes.max(1))?);
+    }
+    Ok(report)
 }
 
 async fn phases(scratch: &Scratch, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
@@ -366,6 +440,7 @@ async fn phases(scratch: &Scratch, args: &QueueBenchArgs) -> anyhow::Result<Queu
         pickup_p99_ms: percentile(&pickup, 0.99),
         pickup_max_ms: pickup.last().copied().unwrap_or(0.0),
         drain_work,
+        raw: None,
     })
 }
 
@@ -565,7 +640,11 @@ impl Handler for PickupHandler {
     }
 }
 
-pub(crate) async fn pickup(pool: &PgPool, samples: usize, interval_ms: u64) -> anyhow::Result<Vec<f64>> {
+pub(crate) async fn pickup(
+    pool: &PgPool,
+    samples: usize,
+    interval_ms: u64,
+) -> anyhow::Result<Vec<f64>> {
     let started: Arc<Mutex<HashMap<JobId, oneshot::Sender<Instant>>>> = Arc::default();
     let worker = Worker::builder(pool.clone())
         .register(PickupHandler {
