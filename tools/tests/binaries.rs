@@ -11,6 +11,7 @@ fn binaries_default_to_the_database_run_sh_uses() {
         (env!("CARGO_BIN_EXE_skipjack-bench"), vec!["fair"]),
         (env!("CARGO_BIN_EXE_skipjack-bench"), vec!["cancel"]),
         (env!("CARGO_BIN_EXE_skipjack-bench"), vec!["console"]),
+        (env!("CARGO_BIN_EXE_skipjack-bench"), vec!["horizon"]),
     ] {
         let out = std::process::Command::new(exe)
             .args(&args)
