@@ -36,6 +36,12 @@ pub const JOBS_RESCUED_TOTAL: &str = "skipjack_jobs_rescued_total";
 pub const JOBS_LEASE_LOST_TOTAL: &str = "skipjack_jobs_lease_lost_total";
 /// Name of [`Metrics::worker_jobs_cancelled`].
 pub const WORKER_JOBS_CANCELLED_TOTAL: &str = "skipjack_worker_jobs_cancelled_total";
+/// Name of [`Metrics::submit_stage`].
+pub const SUBMIT_STAGE_SECONDS: &str = "skipjack_submit_stage_seconds";
+/// The stages of a chat submission that [`Metrics::submit_stage`] times:
+/// finding the conversation, waiting for a group-commit batch to start
+/// writing, and that batch's insert and commit.
+pub const SUBMIT_STAGES: [&str; 3] = ["resolve", "enqueue_wait", "enqueue_flush"];
 /// Name of [`Metrics::job_wait`].
 pub const JOB_WAIT_SECONDS: &str = "skipjack_job_wait_seconds";
 /// Name of [`Metrics::job_run`].
@@ -134,6 +140,9 @@ pub struct Metrics {
     /// Running attempts this worker stopped because their job was
     /// cancelled (nothing written for them).
     pub worker_jobs_cancelled: IntCounter,
+    /// Time of one stage of a chat submission in the API, by stage
+    /// ([`SUBMIT_STAGES`]).
+    pub submit_stage: HistogramVec,
     /// Submit to first start, by priority.
     pub job_wait: HistogramVec,
     /// One attempt's run time, by kind.
@@ -333,6 +342,11 @@ impl Metrics {
                 WORKER_JOBS_CANCELLED_TOTAL,
                 "Running attempts stopped because their job was cancelled.",
             ),
+            submit_stage: histogram_vec(
+                SUBMIT_STAGE_SECONDS,
+                "Time of one stage of a chat submission in the API: resolve (the conversation), enqueue_wait (until its group-commit batch starts writing), enqueue_flush (that batch's insert and commit).",
+                &["stage"],
+            ),
             job_wait: histogram_vec(
                 JOB_WAIT_SECONDS,
                 "Time from submission to the first start of a job.",
@@ -500,6 +514,7 @@ impl Metrics {
         r.add(&m.stream_deltas_written, K::Counter);
         r.add(&m.streams_open, K::Gauge);
         r.add(&m.worker_jobs_cancelled, K::Counter);
+        r.add(&m.submit_stage, K::Histogram);
         r.add(&m.job_wait, K::Histogram);
         r.add(&m.job_run, K::Histogram);
         r.add(&m.worker_slots_busy, K::Gauge);
@@ -616,6 +631,9 @@ pub fn init_api<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, &'a str)
         m.jobs_enqueued.with_label_values(&[&priority]);
     }
     m.jobs_finished.with_label_values(&["cancelled"]);
+    for stage in SUBMIT_STAGES {
+        m.submit_stage.with_label_values(&[stage]);
+    }
     for scope in BACKPRESSURE_SCOPES {
         m.backpressure_rejections.with_label_values(&[scope]);
     }

@@ -268,6 +268,18 @@ async fn submit_poll_queue_and_complete() {
         "skipjack_http_requests_total{method=\"POST\",route=\"/v1/chat\",status=\"202\"}"
     ));
     assert!(text.contains("route=\"/v1/chat/{job_id}\""));
+    // The submission's stages were timed: the conversation found, the
+    // group commit waited for and flushed.
+    for stage in ["resolve", "enqueue_wait", "enqueue_flush"] {
+        let series = format!("skipjack_submit_stage_seconds_count{{stage=\"{stage}\"}} ");
+        let count: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in /metrics"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1.0, "{series}{count}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use super::observe::observed;
 use super::{validate, AppState, MAX_WAIT_SECONDS};
 use crate::chat::{ChatPayload, ChatResult, CHAT_KIND};
 use crate::ids::{ConversationId, JobId};
+use crate::metrics::metrics;
 use crate::queue::{self, JobState, JobView, NewJob};
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -215,6 +216,7 @@ pub async fn submit(
         state
             .admission
             .try_admit(caller.tenant, caller.max_queued, priority, Some(client))?;
+    let resolving = tokio::time::Instant::now();
     let conversation = state
         .conversations
         .resolve(
@@ -223,6 +225,10 @@ pub async fn submit(
             req.conversation_id.map(ConversationId),
         )
         .await?;
+    metrics()
+        .submit_stage
+        .with_label_values(&["resolve"])
+        .observe(resolving.elapsed().as_secs_f64());
     let payload = ChatPayload {
         user_id: req.user_id,
         message: req.message,

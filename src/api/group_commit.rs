@@ -100,6 +100,8 @@ struct Stats {
 struct Pending {
     job: NewJob,
     reply: oneshot::Sender<Result<Submitted, ApiError>>,
+    /// When the request handed its job over.
+    since: Instant,
 }
 
 /// The handle requests submit through.
@@ -126,7 +128,11 @@ impl GroupCommit {
     pub async fn submit(&self, job: NewJob) -> Result<Submitted, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Pending { job, reply })
+            .send(Pending {
+                job,
+                reply,
+                since: Instant::now(),
+            })
             .await
             .map_err(|_| ApiError::Unavailable("shutting down"))?;
         // The flush answers every job it took; a dropped sender means the
@@ -240,9 +246,22 @@ async fn flush(
     stats: Arc<Stats>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let started = Instant::now();
+    let stage = |name: &str| metrics().submit_stage.with_label_values(&[name]);
+    let waited = stage("enqueue_wait");
+    for p in &batch {
+        waited.observe(started.duration_since(p.since).as_secs_f64());
+    }
     let (jobs, replies): (Vec<NewJob>, Vec<_>) =
         batch.into_iter().map(|p| (p.job, p.reply)).unzip();
-    match insert(&pool, &jobs, &stats).await {
+    let inserted = insert(&pool, &jobs, &stats).await;
+    // Every request of the batch waited for its insert and commit.
+    let flushed = stage("enqueue_flush");
+    let took = started.elapsed().as_secs_f64();
+    for _ in &jobs {
+        flushed.observe(took);
+    }
+    match inserted {
         Ok((created_at, results)) => {
             for ((job, reply), enqueued) in jobs.iter().zip(replies).zip(results) {
                 let _ = reply.send(Ok(answer(job, enqueued, created_at)));
