@@ -714,7 +714,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(exported().len(), 40);
+        assert_eq!(exported().len(), 41);
     }
 
     #[test]
