@@ -15,7 +15,7 @@
 //! 4. **held drain**: `--drain-jobs` jobs again, drained with the horizon
 //!    still held.
 
-use crate::queue_bench::{self, QueueBenchArgs};
+use crate::queue_bench::{self, Drainers};
 use crate::{percentile, Scratch};
 use serde::Serialize;
 use sqlx::Connection;
@@ -107,27 +107,18 @@ pub async fn run(
 }
 
 async fn drain(scratch: &Scratch, jobs: usize) -> anyhow::Result<f64> {
-    let args = QueueBenchArgs {
-        jobs,
-        batch: 5_000,
-        single_jobs: 0,
-        producers: 1,
-        workers: 1,
-        processes: 0,
-        after_migrate: None,
-        raw_ceiling: false,
-        concurrency: 1_000,
-        max_claim: 500,
-        pickup_samples: 0,
-        pickup_interval_ms: 0,
-        json: false,
-        bench_database: String::new(),
-    };
-    queue_bench::enqueue_bulk(&scratch.pool, jobs, args.batch).await?;
+    queue_bench::enqueue_bulk(&scratch.pool, jobs, 5_000).await?;
     let already: i64 = sqlx::query_scalar(crate::sql::FINISHED_JOBS)
         .fetch_one(&scratch.pool)
         .await?;
-    let (rate, _, _) = queue_bench::drain(scratch, already as usize + jobs, &args).await?;
+    // The queue bench's default drainer: one runtime of 1,000 slots.
+    let drainers = Drainers {
+        workers: 1,
+        processes: 0,
+        concurrency: 1_000,
+        max_claim: 500,
+    };
+    let (rate, _, _) = queue_bench::drain(scratch, already as usize + jobs, drainers).await?;
     Ok(rate)
 }
 

@@ -90,11 +90,38 @@ pub struct QueueBenchArgs {
     pub bench_database: String,
 }
 
+/// Who drains the queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Drainers {
+    /// Worker runtimes in this process (when `processes` is 0).
+    pub workers: usize,
+    /// Separate worker processes; 0: runtimes in this process.
+    pub processes: usize,
+    /// Slots per worker.
+    pub concurrency: usize,
+    /// Jobs per claim statement.
+    pub max_claim: usize,
+}
+
+impl QueueBenchArgs {
+    fn drainers(&self) -> Drainers {
+        Drainers {
+            workers: self.workers,
+            processes: self.processes,
+            concurrency: self.concurrency,
+            max_claim: self.max_claim,
+        }
+    }
+}
+
 /// The numbers `skipjack-bench queue --json` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct QueueBenchReport {
     pub jobs: usize,
     pub single_jobs: usize,
+    /// Jobs the drain ran: the bulk ones and the single ones enqueued
+    /// (rounded down to a multiple of the producers).
+    pub drained_jobs: usize,
     pub producers: usize,
     pub workers: usize,
     pub processes: usize,
@@ -392,9 +419,11 @@ pub async fn run(database_url: &str, args: &QueueBenchArgs) -> anyhow::Result<Qu
     scratch.drop().await?;
     let mut report = result?;
     if args.raw_ceiling {
-        let drained =
-            report.jobs + report.single_jobs / args.producers.max(1) * args.producers.max(1);
-        report.raw = Some(raw_ceiling(database_url, drained, args.processes.max(1))?);
+        report.raw = Some(raw_ceiling(
+            database_url,
+            report.drained_jobs,
+            args.processes.max(1),
+        )?);
     }
     Ok(report)
 }
@@ -408,7 +437,7 @@ async fn phases(scratch: &Scratch, args: &QueueBenchArgs) -> anyhow::Result<Queu
     queue::maintenance::vacuum_jobs(pool).await?;
     let drained = args.jobs + single_enqueued;
     let stats_before = table_stats(pool).await?;
-    let (drain, before, after) = drain(scratch, drained, args).await?;
+    let (drain, before, after) = drain(scratch, drained, args.drainers()).await?;
     let stats_after = table_stats(pool).await?;
     let drain_work = drain_work(
         pool,
@@ -428,6 +457,7 @@ async fn phases(scratch: &Scratch, args: &QueueBenchArgs) -> anyhow::Result<Queu
     Ok(QueueBenchReport {
         jobs: args.jobs,
         single_jobs: args.single_jobs,
+        drained_jobs: drained,
         producers: args.producers,
         workers: args.workers,
         processes: args.processes,
@@ -496,7 +526,7 @@ async fn enqueue_single(
 pub(crate) async fn drain(
     scratch: &Scratch,
     expected: usize,
-    args: &QueueBenchArgs,
+    args: Drainers,
 ) -> anyhow::Result<(f64, Counters, Counters)> {
     let pool = &scratch.pool;
     let shutdown = CancellationToken::new();

@@ -70,6 +70,7 @@ fn the_queue_bench_drains_with_worker_processes_and_measures_the_raw_ceiling() {
         &db,
     ]);
     assert_eq!(r["processes"], 2);
+    assert_eq!(r["drained_jobs"], 3064, "{r}");
     assert!(r["drain_jobs_per_s"].as_f64().unwrap() > 0.0, "{r}");
     let work = &r["drain_work"];
     // Every drained job was deleted from `jobs` once and inserted into
