@@ -15,6 +15,7 @@
 # Stock server settings, as for every benchmark here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 ADMIN_URL=${SKIPJACK_BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 JOBS=${JOBS:-120000}
@@ -48,17 +49,6 @@ CREATE INDEX raw_history_finished ON raw_history (finished_at);
 INSERT INTO raw_jobs (id, payload) SELECT n, jsonb_build_object('n', n) FROM generate_series(1, $JOBS) n;
 VACUUM ANALYZE raw_jobs;
 SQL
-
-# utime + stime of every process named postgres, in clock ticks.
-pg_ticks() {
-  local d total=0 stat
-  for d in /proc/[0-9]*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" = postgres ] || continue
-    stat=$(cat "$d/stat" 2>/dev/null) || continue
-    total=$((total + $(awk '{print $12 + $13}' <<<"${stat##*)}")))
-  done
-  echo "$total"
-}
 
 # Every client runs until the queue is empty: enough transactions that the
 # last ones find nothing, as each claims up to 500.

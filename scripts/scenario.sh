@@ -16,6 +16,9 @@
 # down (also on failure or Ctrl-C): processes stopped, database dropped.
 # The report (summary.txt, report.json, chart.svg, plus db.json, the
 # processes' logs, machine.txt and top.txt) stays in the report directory.
+# summary.txt ends with the CPU per finished turn of the API, the workers,
+# every postgres process on this machine and loadgen; db.json has the rows
+# each table's sequential scans read.
 # Exits with loadgen's status: 0 passed, 1 problems found, 2 could not run.
 #
 # Options (each also an environment variable, shown in brackets):
@@ -261,6 +264,13 @@ if [ -n "${VACUUM_EVERY:-}" ]; then
   pids+=($!)
 fi
 
+# The servers' CPU over the run (a work figure the machine's noise moves
+# less than latency): the API and worker processes, and every postgres
+# process on this machine (the server must be local for that figure).
+server_pids=("${pids[@]}")
+api_ticks0=$(pid_ticks "${server_pids[0]}")
+worker_ticks0=$(pid_ticks "${server_pids[@]:1:$WORKERS}")
+pg_ticks0=$(pg_ticks)
 set +e
 SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario "$scenario" \
   --report-dir "$dir" --expected-latency-ms "$LATENCY_MS" --think "$THINK" --think-jitter "$THINK_JITTER" \
@@ -268,6 +278,23 @@ SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario
 status=$?
 set -e
 unset key
+api_ticks1=$(pid_ticks "${server_pids[0]}")
+worker_ticks1=$(pid_ticks "${server_pids[@]:1:$WORKERS}")
+pg_ticks1=$(pg_ticks)
+# CPU per finished turn, next to the load generator's own (report.json).
+python3 - "$dir/report.json" "$(getconf CLK_TCK)" \
+  "$((api_ticks1 - api_ticks0))" "$((worker_ticks1 - worker_ticks0))" "$((pg_ticks1 - pg_ticks0))" <<'PY' \
+  | tee -a "$dir/summary.txt" || true
+import json, sys
+report, tick = json.load(open(sys.argv[1])), int(sys.argv[2])
+api, worker, pg = (int(t) / tick for t in sys.argv[3:6])
+cpu = report.get("client_cpu") or {}
+turns = cpu.get("turns") or report["counts"]["completed"]
+if turns:
+    ms = lambda s: s * 1000 / turns
+    print(f"CPU per turn ({turns} turns): api {ms(api):.2f} ms, worker(s) {ms(worker):.2f} ms, "
+          f"postgres {ms(pg):.2f} ms, loadgen {ms(cpu.get('cpu_s', 0)):.2f} ms")
+PY
 
 # The servers' own view of where the time went: job wait (submit → start)
 # and run time (history load + LLM call) from the workers' metrics.
@@ -292,7 +319,9 @@ psql "$DATABASE_URL" -Atc "
     'messages_bytes', pg_total_relation_size('messages'),
     'messages_rows', (SELECT count(*) FROM messages),
     'jobs_dead_tuples', (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'jobs'),
-    'jobs_autovacuum_count', (SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'jobs'))" \
+    'jobs_autovacuum_count', (SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'jobs'),
+    'seq_tup_read', (SELECT json_object_agg(relname, seq_tup_read) FROM pg_stat_user_tables
+                     WHERE seq_tup_read > 0))" \
   >"$dir/db.json" 2>>"$dir/setup.log" || true
 [ -s "$dir/db.json" ] && {
   echo "database at the end: $(psql "$DATABASE_URL" -Atc "SELECT 'jobs ' || pg_size_pretty(pg_total_relation_size('jobs')) || ' (' || (SELECT count(*) FROM jobs) || ' rows), messages ' || pg_size_pretty(pg_total_relation_size('messages'))")"

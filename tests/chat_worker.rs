@@ -1202,6 +1202,50 @@ async fn expected_window(
         .collect()
 }
 
+/// The history query (`sql/chat/histories.sql`) keeps what
+/// `history_budget::trim` keeps, for every shape of conversation: no system
+/// prompt, a prompt of one to three messages, prompts alone, short and long
+/// tails, messages of different lengths; under budgets from below one
+/// message to above the whole history; all read in one query, as the loader
+/// reads a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_query_keeps_what_the_budget_trim_keeps() {
+    let db = TestDb::new().await;
+    // (system messages, other messages)
+    let shapes = [(0, 0), (0, 1), (0, 7), (1, 0), (1, 1), (1, 12), (2, 5), (3, 40), (2, 0)];
+    let convs = conversations(&db.pool, shapes.len()).await;
+    for (conv, (system, rest)) in convs.iter().zip(shapes) {
+        sqlx::query(
+            "INSERT INTO messages (conversation_id, seq, role, content)
+             SELECT $1, g,
+                    CASE WHEN g <= $2 THEN 'system'
+                         WHEN (g - $2) % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                    format('m%s ', g) || repeat('y', (g * 7) % 23)
+             FROM generate_series(1, $2 + $3) AS g",
+        )
+        .bind(conv)
+        .bind(system)
+        .bind(rest)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    for budget in [1, 3, 8, 20, 45, 100, 1_000, 32_000] {
+        let windows = store::histories(&db.pool, &convs, budget).await.unwrap();
+        for (conv, shape) in convs.iter().zip(shapes) {
+            let got: Vec<(String, String)> = windows
+                .get(conv)
+                .map(|w| w.messages.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| (m.role.to_string(), m.content))
+                .collect();
+            let expected = expected_window(&db.pool, *conv, budget).await;
+            assert_eq!(got, expected, "shape {shape:?}, budget {budget}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_conversation_sends_a_bounded_context_with_the_newest_turns() {
     const BUDGET: u32 = 200;

@@ -231,3 +231,89 @@ fn the_special_cases_name_existing_files() {
         assert!(is_psql_script(&text), "{file} is not a psql script");
     }
 }
+
+// ------------------------------------------------------- plans of the hot path
+
+/// The statements every chat turn runs, from its submission to its answer.
+const TURN_STATEMENTS: &[&str] = &[
+    "sql/chat/default_conversation.sql",
+    "sql/chat/conversation_user.sql",
+    "sql/queue/enqueue.sql",
+    "sql/queue/claim.sql",
+    "sql/chat/histories.sql",
+    "sql/queue/heartbeat.sql",
+    "sql/chat/append_turns.sql",
+    "sql/chat/append_turns_with_model.sql",
+    "sql/queue/finish.sql",
+    "sql/queue/unblock.sql",
+    "sql/queue/get.sql",
+];
+
+/// Tables that grow with every turn and are never emptied by the queue
+/// itself: a sequential scan of one costs more with every turn served.
+/// `job_history` is matched with its partitions.
+const GROWING_TABLES: &[&str] = &[
+    "messages",
+    "conversations",
+    "idempotency_keys",
+    "job_history",
+    "job_events",
+];
+
+/// The sequential scans of growing tables in a plan (EXPLAIN's JSON).
+fn growing_scans(plan: &serde_json::Value, found: &mut Vec<String>) {
+    if plan["Node Type"] == "Seq Scan" {
+        let relation = plan["Relation Name"].as_str().unwrap_or_default();
+        if GROWING_TABLES.iter().any(|t| relation.starts_with(t)) {
+            found.push(relation.to_owned());
+        }
+    }
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        growing_scans(child, found);
+    }
+}
+
+/// A prepared statement keeps its generic plan, and one made while the
+/// tables were empty or never analyzed (a new deployment, a server without
+/// autovacuum) is kept as they grow. A sequential scan in that plan makes
+/// every turn slower than the last: the turn's statements must reach growing
+/// tables through their indexes whatever the statistics say.
+#[tokio::test]
+async fn the_turn_statements_plan_no_scan_of_a_growing_table_on_an_unanalyzed_database() {
+    let db = TestDb::with_pool_size(1).await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let mut failures = Vec::new();
+    for file in TURN_STATEMENTS {
+        let text = std::fs::read_to_string(root().join(file)).expect("read the statement");
+        let statement = text.trim_end().trim_end_matches(';');
+        conn.execute(sqlx::query(&format!("PREPARE planned AS {statement}")).persistent(false))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let params: i32 = sqlx::query_scalar(
+            "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = 'planned'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let nulls = vec!["NULL"; params as usize].join(", ");
+        let explain = if params == 0 {
+            "EXPLAIN (FORMAT JSON) EXECUTE planned".to_owned()
+        } else {
+            format!("EXPLAIN (FORMAT JSON) EXECUTE planned({nulls})")
+        };
+        let plan: serde_json::Value = sqlx::query_scalar(&explain)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        conn.execute("DEALLOCATE planned").await.unwrap();
+        let mut scans = Vec::new();
+        growing_scans(&plan[0]["Plan"], &mut scans);
+        if !scans.is_empty() {
+            failures.push(format!("{file}: sequential scan of {}", scans.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

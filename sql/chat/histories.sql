@@ -15,6 +15,12 @@
 -- until the budget is spent, so a long conversation costs the database and
 -- the worker no more than a short one.
 --
+-- Every read of messages is a LATERAL subquery with a LIMIT, which the
+-- planner cannot turn into a join: it stays a primary-key probe per
+-- conversation, even in a plan made while the table was small or never
+-- analyzed (a hash join over a sequential scan of messages would be chosen
+-- then, and kept by the prepared statement as the table grows).
+--
 -- One row per kept message, in order, each with its conversation's version
 -- (seq and created_at of the newest message, kept or not). A conversation
 -- with messages but none kept gets one row with a NULL role; one without
@@ -24,17 +30,21 @@ input AS (
     SELECT DISTINCT conversation_id FROM unnest($1::uuid[]) AS i (conversation_id)
 ),
 head AS (
-    SELECT m.conversation_id, m.seq, m.role, m.content,
+    SELECT i.conversation_id, m.seq, m.role, m.content,
            greatest(1, (char_length(m.content) + 3) / 4) AS cost
     FROM input i
-    JOIN messages m ON m.conversation_id = i.conversation_id AND m.seq = 1
-    WHERE m.role = 'system'
+    CROSS JOIN LATERAL (SELECT m.seq, m.role, m.content FROM messages m
+                        WHERE m.conversation_id = i.conversation_id AND m.seq = 1
+                          AND m.role = 'system'
+                        LIMIT 1) AS m
     UNION ALL
-    SELECT m.conversation_id, m.seq, m.role, m.content,
+    SELECT h.conversation_id, m.seq, m.role, m.content,
            greatest(1, (char_length(m.content) + 3) / 4)
     FROM head h
-    JOIN messages m ON m.conversation_id = h.conversation_id AND m.seq = h.seq + 1
-    WHERE m.role = 'system'
+    CROSS JOIN LATERAL (SELECT m.seq, m.role, m.content FROM messages m
+                        WHERE m.conversation_id = h.conversation_id AND m.seq = h.seq + 1
+                          AND m.role = 'system'
+                        LIMIT 1) AS m
 ),
 latest AS (
     SELECT i.conversation_id, l.seq, l.created_at,
@@ -54,7 +64,8 @@ tail AS (
     CROSS JOIN LATERAL (SELECT m.seq, m.role, m.content,
                                greatest(1, (char_length(m.content) + 3) / 4) AS cost
                         FROM messages m
-                        WHERE m.conversation_id = l.conversation_id AND m.seq = l.seq) AS m
+                        WHERE m.conversation_id = l.conversation_id AND m.seq = l.seq
+                        LIMIT 1) AS m
     WHERE m.seq > l.head_end AND m.cost <= l.allowance
     UNION ALL
     SELECT t.conversation_id, m.seq, m.role, m.content, t.used + m.cost, t.head_end, t.allowance

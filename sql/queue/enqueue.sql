@@ -16,7 +16,9 @@
 -- conversation_queues locks each conversation's row and counts
 -- its live jobs; a job whose conversation already had live work starts out
 -- blocked. Wake-up: one pg_notify for the whole statement, and only when a
--- worker is waiting and something became claimable now.
+-- worker is waiting and something became claimable now. A replayed key is
+-- looked up by a LATERAL probe of its primary key, which no plan can turn
+-- into a scan of the whole table (see sql/chat/histories.sql).
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::smallint[],
@@ -76,9 +78,11 @@ SELECT i.ord, coalesce(n.id, k.job_id) AS job_id, n.id IS NOT NULL AS inserted,
        k.fingerprint
 FROM input i
 LEFT JOIN inserted n ON n.id = i.id
-LEFT JOIN idempotency_keys k
-       ON n.id IS NULL
-      AND k.tenant_id = coalesce(i.tenant_id, '00000000-0000-0000-0000-000000000000')
-      AND k.key = i.idempotency_key
+LEFT JOIN LATERAL (SELECT k.job_id, k.fingerprint
+                   FROM idempotency_keys k
+                   WHERE n.id IS NULL
+                     AND k.tenant_id = coalesce(i.tenant_id, '00000000-0000-0000-0000-000000000000')
+                     AND k.key = i.idempotency_key
+                   LIMIT 1) AS k ON true
 CROSS JOIN (SELECT count(*) FROM wake) AS notified
 ORDER BY i.ord
