@@ -62,11 +62,13 @@ done
 mkdir -p "$REPORT_DIR"
 
 # A free port for the API, and the next one for the worker's health server.
+# Below Linux's ephemeral range (32768 and up), where the processes' own
+# outgoing connections could already hold the port when it is bound.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=$((20000 + RANDOM % 20000))
+PORT=$((20000 + RANDOM % 12000))
 for _ in $(seq 50); do
   port_free "$PORT" && port_free $((PORT + 1)) && break
-  PORT=$((20000 + RANDOM % 20000))
+  PORT=$((20000 + RANDOM % 12000))
 done
 
 PIDS=()

@@ -150,13 +150,15 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # A free port for the API, and the next W for the workers' health servers.
+# Below Linux's ephemeral range (32768 and up), where the processes' own
+# outgoing connections could already hold the port when it is bound.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 12000))
 for _ in $(seq 50); do
   ok=1
   for p in $(seq "$port" $((port + WORKERS))); do port_free "$p" || ok=0; done
   [ "$ok" = 1 ] && break
-  port=$((20000 + RANDOM % 20000))
+  port=$((20000 + RANDOM % 12000))
 done
 
 pids=()
