@@ -1212,7 +1212,17 @@ async fn expected_window(
 async fn the_history_query_keeps_what_the_budget_trim_keeps() {
     let db = TestDb::new().await;
     // (system messages, other messages)
-    let shapes = [(0, 0), (0, 1), (0, 7), (1, 0), (1, 1), (1, 12), (2, 5), (3, 40), (2, 0)];
+    let shapes = [
+        (0, 0),
+        (0, 1),
+        (0, 7),
+        (1, 0),
+        (1, 1),
+        (1, 12),
+        (2, 5),
+        (3, 40),
+        (2, 0),
+    ];
     let convs = conversations(&db.pool, shapes.len()).await;
     for (conv, (system, rest)) in convs.iter().zip(shapes) {
         sqlx::query(
