@@ -97,19 +97,8 @@ ensure_database() {
   fi
 }
 
-# utime + stime of every process named postgres on this machine, in clock
-# ticks (getconf CLK_TCK a second).
-pg_ticks() {
-  local d total=0 stat
-  for d in /proc/[0-9]*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" = postgres ] || continue
-    stat=$(cat "$d/stat" 2>/dev/null) || continue
-    total=$((total + $(awk '{print $12 + $13}' <<<"${stat##*)}")))
-  done
-  echo "$total"
-}
-
-# utime + stime of the given processes, in clock ticks.
+# utime + stime of the given processes, in clock ticks (getconf CLK_TCK a
+# second).
 pid_ticks() {
   local pid total=0 stat
   for pid in "$@"; do
@@ -117,4 +106,14 @@ pid_ticks() {
     total=$((total + $(awk '{print $12 + $13}' <<<"${stat##*)}")))
   done
   echo "$total"
+}
+
+# utime + stime of every process named postgres on this machine, in clock
+# ticks.
+pg_ticks() {
+  local d pids=()
+  for d in /proc/[0-9]*; do
+    [ "$(cat "$d/comm" 2>/dev/null)" = postgres ] && pids+=("${d#/proc/}")
+  done
+  pid_ticks "${pids[@]}"
 }

@@ -269,9 +269,8 @@ fi
 # The servers' CPU over the run (a work figure the machine's noise moves
 # less than latency): the API and worker processes, and every postgres
 # process on this machine (the server must be local for that figure).
-server_pids=("${pids[@]}")
-api_ticks0=$(pid_ticks "${server_pids[0]}")
-worker_ticks0=$(pid_ticks "${server_pids[@]:1:$WORKERS}")
+api_ticks0=$(pid_ticks "${pids[0]}")
+worker_ticks0=$(pid_ticks "${pids[@]:1:$WORKERS}")
 pg_ticks0=$(pg_ticks)
 set +e
 SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario "$scenario" \
@@ -280,8 +279,8 @@ SKIPJACK_API_KEY="$key" "$bin/loadgen" --url "http://127.0.0.1:$port" --scenario
 status=$?
 set -e
 unset key
-api_ticks1=$(pid_ticks "${server_pids[0]}")
-worker_ticks1=$(pid_ticks "${server_pids[@]:1:$WORKERS}")
+api_ticks1=$(pid_ticks "${pids[0]}")
+worker_ticks1=$(pid_ticks "${pids[@]:1:$WORKERS}")
 pg_ticks1=$(pg_ticks)
 # CPU per finished turn, next to the load generator's own (report.json).
 python3 - "$dir/report.json" "$(getconf CLK_TCK)" \
