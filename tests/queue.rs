@@ -271,18 +271,22 @@ async fn conversation_fifo_holds_under_16_concurrent_claimers() {
         (CONVERSATIONS * TURNS) as i64
     );
     // From the database's own clock: each turn started after the previous
-    // turn of its conversation finished (a claim cannot see a job unblocked
-    // by a finish that had not committed when the claim began).
-    let overlaps = count(
-        &db.pool,
-        "SELECT count(*) FROM (
-             SELECT started_at, lag(finished_at) OVER (PARTITION BY conversation_id
-                                                      ORDER BY (payload->>'turn')::int) AS prev_finished
-             FROM job_history) t
+    // turn of its conversation finished. A claim sees a job unblocked only
+    // by a finish that committed before the claim's snapshot, and the claim
+    // reads the clock after it (the statement's now() can be earlier still).
+    let overlaps: Vec<(String,)> = sqlx::query_as(
+        "SELECT format('%s turn %s started %s, turn before finished %s', conversation_id, turn,
+                       started_at, prev_finished)
+         FROM (SELECT conversation_id, payload->>'turn' AS turn, started_at,
+                      lag(finished_at) OVER (PARTITION BY conversation_id
+                                             ORDER BY (payload->>'turn')::int) AS prev_finished
+               FROM job_history) t
          WHERE started_at < prev_finished",
     )
-    .await;
-    assert_eq!(overlaps, 0);
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(overlaps.is_empty(), "{overlaps:?}");
     assert_eq!(
         count(
             &db.pool,
@@ -290,6 +294,52 @@ async fn conversation_fifo_holds_under_16_concurrent_claimers() {
         )
         .await,
         0
+    );
+}
+
+#[tokio::test]
+async fn a_turn_starts_after_the_previous_one_finished_even_when_claimed_in_an_older_transaction() {
+    let db = TestDb::new().await;
+    let conversation = ConversationId::new();
+    let mut conn = db.pool.acquire().await.unwrap();
+    for turn in 0..2 {
+        let job = NewJob::new("test", json!({ "turn": turn })).with_conversation(conversation);
+        queue::enqueue(&mut conn, &job).await.unwrap();
+    }
+    drop(conn);
+    let first = queue::claim(&db.pool, "a", 1, LEASE, &kinds())
+        .await
+        .unwrap()
+        .remove(0);
+    // A transaction that began before the first turn finished: its now()
+    // is earlier than the finish, though its claim sees the finish.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    let outcome = done();
+    let item = FinishItem {
+        job: first.id,
+        attempt: first.attempt,
+        outcome: &outcome,
+    };
+    queue::finish(&db.pool, "a", &[item], &Backoff::default())
+        .await
+        .unwrap();
+    let second = queue::claim(&mut *tx, "b", 1, LEASE, &kinds())
+        .await
+        .unwrap()
+        .remove(0);
+    tx.commit().await.unwrap();
+    assert_eq!(second.payload["turn"], 1);
+    let first_finished: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT finished_at FROM job_history WHERE id = $1")
+            .bind(first.id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let second_started = second.started_at.expect("a claimed job has started");
+    assert!(
+        second_started >= first_finished,
+        "turn 1 started at {second_started}, turn 0 finished at {first_finished}"
     );
 }
 

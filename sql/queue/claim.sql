@@ -69,7 +69,11 @@ SET state = 'processing',
     attempt = j.attempt + 1,
     lease_owner = $1,
     lease_expires_at = now() + make_interval(secs => $3),
-    started_at = coalesce(j.started_at, now())
+    -- The clock, not now(): the statement's start can precede the commit of
+    -- the finish that let this job be claimed (or of its enqueue) when the
+    -- backend waited or was descheduled in between, and a turn would then
+    -- seem to start before the previous one finished.
+    started_at = coalesce(j.started_at, clock_timestamp())
 -- An array of ids: always primary-key probes (a join to the CTE can be
 -- planned as a hash join over a scan of all of `jobs`).
 WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))

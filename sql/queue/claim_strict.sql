@@ -21,7 +21,11 @@ SET state = 'processing',
     attempt = j.attempt + 1,
     lease_owner = $1,
     lease_expires_at = now() + make_interval(secs => $3),
-    started_at = coalesce(j.started_at, now())
+    -- The clock, not now(): the statement's start can precede the commit of
+    -- the finish that let this job be claimed (or of its enqueue) when the
+    -- backend waited or was descheduled in between, and a turn would then
+    -- seem to start before the previous one finished.
+    started_at = coalesce(j.started_at, clock_timestamp())
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.tenant_id, j.conversation_id, j.kind, j.priority, j.payload,
