@@ -92,8 +92,8 @@ fn by_tenant(jobs: &[ClaimedJob]) -> HashMap<Option<TenantId>, usize> {
 }
 
 /// What the triggers keep must match what `jobs` holds: every tenant queue
-/// with a queued job is active (claims visit it), and each tenant's running
-/// count is exact.
+/// with a queued job is active (claims visit it), and the running count of
+/// each tenant with a cap is exact (0 for one without).
 async fn assert_counts_exact(pool: &PgPool) {
     let inactive_with_jobs = count(
         pool,
@@ -110,7 +110,8 @@ async fn assert_counts_exact(pool: &PgPool) {
         "SELECT count(*) FROM tenants t
          LEFT JOIN (SELECT tenant_id, count(*) AS n FROM jobs
                     WHERE state = 'processing' GROUP BY 1) j ON j.tenant_id = t.id
-         WHERE t.running <> coalesce(j.n, 0)",
+         WHERE t.running <> CASE WHEN fair_cap(t.max_running) IS NULL THEN 0
+                                 ELSE coalesce(j.n, 0) END",
     )
     .await;
     assert_eq!(running_off, 0, "tenants.running differs from jobs");
@@ -278,6 +279,164 @@ async fn the_default_cap_applies_to_tenants_without_their_own() {
     assert_eq!(by_tenant(&more).get(&Some(a)), Some(&2));
 }
 
+async fn tenant_row_version(pool: &PgPool, tenant: TenantId) -> String {
+    sqlx::query_scalar("SELECT xmin::text FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn claims_and_finishes_of_an_uncapped_tenant_write_no_tenant_row() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    enqueue(&db.pool, Some(a), 1, 20).await;
+    let before = tenant_row_version(&db.pool, a).await;
+    let claimed = claim(&db.pool, "w", 20).await;
+    assert_eq!(claimed.len(), 20);
+    complete_all(&db.pool, "w", &claimed[..10]).await;
+    for job in &claimed[10..] {
+        complete(&db.pool, "w", job).await;
+    }
+    assert_eq!(tenant_row_version(&db.pool, a).await, before);
+    assert_counts_exact(&db.pool).await;
+}
+
+/// The count of running jobs a cap reads, when the cap is set while the
+/// tenant's jobs run, dropped, and set again through the default.
+#[tokio::test]
+async fn a_cap_set_while_jobs_run_counts_them() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    enqueue(&db.pool, Some(a), 1, 30).await;
+    let running = claim(&db.pool, "w", 10).await;
+    let capped = |max_running| SchedulingChange {
+        max_running: Some(max_running),
+        ..Default::default()
+    };
+    let settings = tenants::set_scheduling(&db.pool, a, capped(12))
+        .await
+        .unwrap();
+    assert_eq!(settings.running, 10);
+    assert_counts_exact(&db.pool).await;
+    assert_eq!(claim(&db.pool, "w", 10).await.len(), 2);
+    complete_all(&db.pool, "w", &running[..4]).await;
+    assert_counts_exact(&db.pool).await;
+    assert_eq!(claim(&db.pool, "w", 10).await.len(), 4);
+
+    // No cap of its own, none by default: not counted, but still reported.
+    let uncapped = SchedulingChange {
+        default_max_running: true,
+        ..Default::default()
+    };
+    let settings = tenants::set_scheduling(&db.pool, a, uncapped)
+        .await
+        .unwrap();
+    assert_eq!((settings.max_running, settings.running), (None, 12));
+    assert_counts_exact(&db.pool).await;
+    complete_all(&db.pool, "w", &running[4..]).await;
+    assert_eq!(claim(&db.pool, "w", 3).await.len(), 3);
+
+    // The default cap applies: counted afresh, then capped.
+    tenants::set_scheduling_defaults(&db.pool, None, Some(10), false)
+        .await
+        .unwrap();
+    assert_counts_exact(&db.pool).await;
+    assert_eq!(
+        count(&db.pool, "SELECT running::bigint FROM tenants").await,
+        count(
+            &db.pool,
+            "SELECT count(*) FROM jobs WHERE state = 'processing'"
+        )
+        .await
+    );
+    assert_eq!(claim(&db.pool, "w", 10).await.len(), 1);
+    tenants::set_scheduling_defaults(&db.pool, None, None, true)
+        .await
+        .unwrap();
+    assert_counts_exact(&db.pool).await;
+}
+
+/// Caps come and go while claimers and finishers move the tenant's jobs:
+/// whenever a cap applies, its count is exact, and no claim goes past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
+    let db = TestDb::with_pool_size(20).await;
+    let a = tenant(&db.pool, "a").await;
+    enqueue(&db.pool, Some(a), 1, 10_000).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let pool = db.pool.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut held: Vec<ClaimedJob> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                held.extend(claim(&pool, &owner, 4).await);
+                // Finish about half, one by one and in a batch, so that
+                // running jobs pile up across the cap changes.
+                if held.len() >= 6 {
+                    let rest = held.split_off(3);
+                    complete(&pool, &owner, &held[0]).await;
+                    complete_all(&pool, &owner, &held[1..]).await;
+                    held = rest;
+                }
+            }
+            held
+        }));
+    }
+    let own = |max_running| SchedulingChange {
+        max_running: Some(max_running),
+        ..Default::default()
+    };
+    let none = SchedulingChange {
+        default_max_running: true,
+        ..Default::default()
+    };
+    for round in 0..12 {
+        match round % 4 {
+            0 => {
+                tenants::set_scheduling(&db.pool, a, own(2_000))
+                    .await
+                    .unwrap();
+            }
+            1 => {
+                tenants::set_scheduling(&db.pool, a, none).await.unwrap();
+            }
+            2 => {
+                tenants::set_scheduling_defaults(&db.pool, None, Some(2_000), false)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                tenants::set_scheduling_defaults(&db.pool, None, None, true)
+                    .await
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tenants::set_scheduling(&db.pool, a, own(2_000))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut held = 0;
+    for w in workers {
+        held += w.await.unwrap().len();
+    }
+    assert!(held > 0, "the claimers held no job at the end");
+    assert_counts_exact(&db.pool).await;
+    // And the cap binds on that count: room for exactly what is left.
+    let cap = held + 3;
+    tenants::set_scheduling(&db.pool, a, own(cap as i32))
+        .await
+        .unwrap();
+    assert_eq!(claim(&db.pool, "x", 10).await.len(), 3);
+}
+
 /// Moves the aging clock of every queue back by `seconds`, as if they had
 /// waited that much longer.
 async fn wait_longer(pool: &PgPool, seconds: f64) {
@@ -355,6 +514,12 @@ async fn the_counts_stay_exact_on_every_path() {
     let db = TestDb::new().await;
     let a = tenant(&db.pool, "a").await;
     let b = tenant(&db.pool, "b").await;
+    // A cap no path reaches, so that a's count is kept; b has none.
+    let change = SchedulingChange {
+        max_running: Some(1_000),
+        ..Default::default()
+    };
+    tenants::set_scheduling(&db.pool, a, change).await.unwrap();
     enqueue(&db.pool, Some(a), 3, 40).await;
     enqueue(&db.pool, Some(b), 7, 40).await;
     enqueue(&db.pool, None, 5, 40).await;
