@@ -106,10 +106,12 @@ $$;
 -- waits for every transaction that has moved a job to end, and jobs stay
 -- put until it commits. Taken before the statement locks any row of its
 -- own, so no claim or finish can hold `jobs` while waiting for that row.
--- Behind a transaction that holds `jobs` for long, the change gives up
--- after 5 s rather than hold every enqueue back (it can be run again).
+-- While the lock request waits, writes to `jobs` queue behind it. Behind a
+-- transaction that holds `jobs` for long, the change gives up after 1 s
+-- (a worker's transactions last milliseconds), so enqueues wait at most
+-- that long; it can be run again.
 CREATE OR REPLACE FUNCTION fair_lock_jobs() RETURNS trigger
-LANGUAGE plpgsql SET lock_timeout = '5s' AS $$
+LANGUAGE plpgsql SET lock_timeout = '1s' AS $$
 BEGIN
     LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
     RETURN NULL;

@@ -358,6 +358,44 @@ async fn a_cap_set_while_jobs_run_counts_them() {
     assert_counts_exact(&db.pool).await;
 }
 
+/// A cap change waits for every transaction that moved a job: behind one
+/// left open it gives up (lock timeout) instead of holding every enqueue
+/// back, and changes nothing.
+#[tokio::test]
+async fn a_cap_change_behind_an_open_transaction_gives_up_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let a = tenant(&db.pool, "a").await;
+    let mut open = db.pool.begin().await.unwrap();
+    queue::enqueue(&mut *open, &job(Some(a), 1)).await.unwrap();
+    let change = SchedulingChange {
+        max_running: Some(3),
+        ..Default::default()
+    };
+    let err = tenants::set_scheduling(&db.pool, a, change)
+        .await
+        .unwrap_err();
+    let code = match &err {
+        tenants::TenantError::Database(e) => e
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("55P03"), "{err}");
+    open.commit().await.unwrap();
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM tenants WHERE max_running IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    // Once the transaction has ended, the change goes through.
+    tenants::set_scheduling(&db.pool, a, change).await.unwrap();
+    assert_counts_exact(&db.pool).await;
+}
+
 /// Caps come and go while claimers and finishers move the tenant's jobs:
 /// whenever a cap applies, its count is exact, and no claim goes past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
