@@ -366,7 +366,7 @@ async fn a_cap_change_behind_an_open_transaction_gives_up_and_changes_nothing() 
     let db = TestDb::new().await;
     let a = tenant(&db.pool, "a").await;
     let mut open = db.pool.begin().await.unwrap();
-    queue::enqueue(&mut *open, &job(Some(a), 1)).await.unwrap();
+    queue::enqueue(&mut open, &job(Some(a), 1)).await.unwrap();
     let change = SchedulingChange {
         max_running: Some(3),
         ..Default::default()
