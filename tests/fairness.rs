@@ -14,6 +14,8 @@ use skipjack::queue::{
 use skipjack::tenants::{self, SchedulingChange};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -24,6 +26,22 @@ fn kinds() -> Vec<String> {
 
 async fn tenant(pool: &PgPool, name: &str) -> TenantId {
     tenants::create_tenant(pool, name, None).await.unwrap()
+}
+
+/// A tenant's own cap of `max_running` running jobs.
+fn cap(max_running: i32) -> SchedulingChange {
+    SchedulingChange {
+        max_running: Some(max_running),
+        ..Default::default()
+    }
+}
+
+/// No cap of the tenant's own: the default applies, if any.
+fn own_cap_dropped() -> SchedulingChange {
+    SchedulingChange {
+        default_max_running: true,
+        ..Default::default()
+    }
 }
 
 fn job(tenant: Option<TenantId>, priority: i64) -> NewJob {
@@ -311,13 +329,7 @@ async fn a_cap_set_while_jobs_run_counts_them() {
     let a = tenant(&db.pool, "a").await;
     enqueue(&db.pool, Some(a), 1, 30).await;
     let running = claim(&db.pool, "w", 10).await;
-    let capped = |max_running| SchedulingChange {
-        max_running: Some(max_running),
-        ..Default::default()
-    };
-    let settings = tenants::set_scheduling(&db.pool, a, capped(12))
-        .await
-        .unwrap();
+    let settings = tenants::set_scheduling(&db.pool, a, cap(12)).await.unwrap();
     assert_eq!(settings.running, 10);
     assert_counts_exact(&db.pool).await;
     assert_eq!(claim(&db.pool, "w", 10).await.len(), 2);
@@ -367,11 +379,7 @@ async fn a_cap_change_behind_an_open_transaction_gives_up_and_changes_nothing() 
     let a = tenant(&db.pool, "a").await;
     let mut open = db.pool.begin().await.unwrap();
     queue::enqueue(&mut open, &job(Some(a), 1)).await.unwrap();
-    let change = SchedulingChange {
-        max_running: Some(3),
-        ..Default::default()
-    };
-    let err = tenants::set_scheduling(&db.pool, a, change)
+    let err = tenants::set_scheduling(&db.pool, a, cap(3))
         .await
         .unwrap_err();
     let code = match &err {
@@ -392,7 +400,7 @@ async fn a_cap_change_behind_an_open_transaction_gives_up_and_changes_nothing() 
         0
     );
     // Once the transaction has ended, the change goes through.
-    tenants::set_scheduling(&db.pool, a, change).await.unwrap();
+    tenants::set_scheduling(&db.pool, a, cap(3)).await.unwrap();
     assert_counts_exact(&db.pool).await;
 }
 
@@ -403,7 +411,7 @@ async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
     let db = TestDb::with_pool_size(20).await;
     let a = tenant(&db.pool, "a").await;
     enqueue(&db.pool, Some(a), 1, 10_000).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..6 {
         let pool = db.pool.clone();
@@ -411,7 +419,7 @@ async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
         workers.push(tokio::spawn(async move {
             let owner = format!("w{w}");
             let mut held: Vec<ClaimedJob> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 held.extend(claim(&pool, &owner, 4).await);
                 // Finish about half, one by one and in a batch, so that
                 // running jobs pile up across the cap changes.
@@ -425,23 +433,17 @@ async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
             held
         }));
     }
-    let own = |max_running| SchedulingChange {
-        max_running: Some(max_running),
-        ..Default::default()
-    };
-    let none = SchedulingChange {
-        default_max_running: true,
-        ..Default::default()
-    };
     for round in 0..12 {
         match round % 4 {
             0 => {
-                tenants::set_scheduling(&db.pool, a, own(2_000))
+                tenants::set_scheduling(&db.pool, a, cap(2_000))
                     .await
                     .unwrap();
             }
             1 => {
-                tenants::set_scheduling(&db.pool, a, none).await.unwrap();
+                tenants::set_scheduling(&db.pool, a, own_cap_dropped())
+                    .await
+                    .unwrap();
             }
             2 => {
                 tenants::set_scheduling_defaults(&db.pool, None, Some(2_000), false)
@@ -456,11 +458,11 @@ async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tenants::set_scheduling(&db.pool, a, own(2_000))
+    tenants::set_scheduling(&db.pool, a, cap(2_000))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut held = 0;
     for w in workers {
         held += w.await.unwrap().len();
@@ -468,8 +470,8 @@ async fn caps_set_and_dropped_under_load_keep_the_count_exact() {
     assert!(held > 0, "the claimers held no job at the end");
     assert_counts_exact(&db.pool).await;
     // And the cap binds on that count: room for exactly what is left.
-    let cap = held + 3;
-    tenants::set_scheduling(&db.pool, a, own(cap as i32))
+    let limit = held + 3;
+    tenants::set_scheduling(&db.pool, a, cap(limit as i32))
         .await
         .unwrap();
     assert_eq!(claim(&db.pool, "x", 10).await.len(), 3);
@@ -553,11 +555,9 @@ async fn the_counts_stay_exact_on_every_path() {
     let a = tenant(&db.pool, "a").await;
     let b = tenant(&db.pool, "b").await;
     // A cap no path reaches, so that a's count is kept; b has none.
-    let change = SchedulingChange {
-        max_running: Some(1_000),
-        ..Default::default()
-    };
-    tenants::set_scheduling(&db.pool, a, change).await.unwrap();
+    tenants::set_scheduling(&db.pool, a, cap(1_000))
+        .await
+        .unwrap();
     enqueue(&db.pool, Some(a), 3, 40).await;
     enqueue(&db.pool, Some(b), 7, 40).await;
     enqueue(&db.pool, None, 5, 40).await;
