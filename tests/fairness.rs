@@ -321,6 +321,59 @@ async fn claims_and_finishes_of_an_uncapped_tenant_write_no_tenant_row() {
     assert_counts_exact(&db.pool).await;
 }
 
+/// Calls of `fair_apply` counted so far, with those of `tracked`'s one
+/// session (opened with `track_functions = 'pl'`) flushed first.
+async fn fair_apply_calls(db: &TestDb, tracked: &PgPool) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(tracked)
+        .await
+        .unwrap();
+    count(
+        &db.pool,
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions \
+         WHERE funcname = 'fair_apply'",
+    )
+    .await
+}
+
+/// Finishing the jobs of a tenant without a cap leaves the fair-scheduling
+/// bookkeeping out entirely; a capped tenant's finishes still count down.
+#[tokio::test]
+async fn finishes_of_an_uncapped_tenant_run_no_fair_bookkeeping() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET track_functions = 'pl'",
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tracked = db.new_pool(1).await;
+    let a = tenant(&tracked, "a").await;
+    let b = tenant(&tracked, "b").await;
+    tenants::set_scheduling(&tracked, b, cap(100))
+        .await
+        .unwrap();
+    enqueue(&tracked, Some(a), 1, 5).await;
+    let uncapped = claim(&tracked, "w", 5).await;
+    enqueue(&tracked, Some(b), 1, 5).await;
+    let capped = claim(&tracked, "w", 5).await;
+    assert_eq!(by_tenant(&uncapped).get(&Some(a)), Some(&5));
+    assert_eq!(by_tenant(&capped).get(&Some(b)), Some(&5));
+
+    let before = fair_apply_calls(&db, &tracked).await;
+    assert!(before > 0, "the claims were counted: {before}");
+    for job in &uncapped {
+        complete(&tracked, "w", job).await;
+    }
+    assert_eq!(fair_apply_calls(&db, &tracked).await, before);
+    for job in &capped {
+        complete(&tracked, "w", job).await;
+    }
+    assert_eq!(fair_apply_calls(&db, &tracked).await, before + 5);
+    assert_counts_exact(&db.pool).await;
+}
+
 /// The count of running jobs a cap reads, when the cap is set while the
 /// tenant's jobs run, dropped, and set again through the default.
 #[tokio::test]

@@ -567,6 +567,26 @@ async fn long_polls_over_the_caps_get_429_with_retry_after() {
     // Without `wait` it still answers.
     let plain = call(&t.router, "GET", &format!("/v1/chat/{third}"), &acme, None).await;
     assert_eq!(plain.status, StatusCode::OK);
+    // A finished job is answered even with `wait`: only a wait is refused.
+    let cancelled = call(
+        &t.router,
+        "DELETE",
+        &format!("/v1/chat/{third}"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    let finished = call(
+        &t.router,
+        "GET",
+        &format!("/v1/chat/{third}?wait=30"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(finished.status, StatusCode::OK, "{}", finished.body);
+    assert_eq!(finished.body["status"], "cancelled");
 
     // globex may still wait: the process has room for one more.
     let theirs = job_id(

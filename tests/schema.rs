@@ -274,6 +274,40 @@ async fn a_late_partition_takes_over_rows_from_the_default_one() {
 }
 
 #[tokio::test]
+async fn maintenance_analyzes_the_jobs_table_once_it_outgrows_its_statistics() {
+    use skipjack::queue::maintenance::vacuum_if_needed;
+    let db = TestDb::new().await;
+    let pages = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT pg_relation_size('jobs') / current_setting('block_size')::bigint, \
+                    relpages::bigint FROM pg_class WHERE oid = 'jobs'::regclass",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<NewJob> = (0..6000)
+        .map(|i| NewJob::new("test", json!({ "i": i })))
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    drop(conn);
+    let (size, analyzed) = pages().await;
+    assert!(
+        size > 64 && size > 2 * analyzed,
+        "{size} pages, {analyzed} analyzed"
+    );
+    // No dead row at all: the size alone asks for it.
+    assert!(vacuum_if_needed(&db.pool, i64::MAX).await.unwrap());
+    let (size, analyzed) = pages().await;
+    assert_eq!(analyzed, size);
+    assert!(
+        !vacuum_if_needed(&db.pool, i64::MAX).await.unwrap(),
+        "the statistics match the table now"
+    );
+}
+
+#[tokio::test]
 async fn maintenance_vacuums_the_jobs_table_when_dead_rows_pile_up() {
     use skipjack::queue::maintenance::vacuum_if_needed;
     let db = TestDb::new().await;

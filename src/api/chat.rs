@@ -363,16 +363,32 @@ pub async fn get_job(
         }
     };
     let id = JobId(id);
-    let job = queue::get(&state.pool, id, Some(caller.tenant))
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    if job.state.is_final() || wait == 0.0 || state.shutdown.is_cancelled() {
-        return Ok(Json(job.into()));
+    let read = || async {
+        queue::get(&state.pool, id, Some(caller.tenant))
+            .await?
+            .ok_or(ApiError::NotFound("job"))
+    };
+    if wait == 0.0 || state.shutdown.is_cancelled() {
+        return Ok(Json(read().await?.into()));
     }
+    // The wait's own first read answers a finished job at once: one read,
+    // not one here and another in the wait.
+    let admitted = match state.long_poll.try_admit(caller.tenant) {
+        Ok(admitted) => admitted,
+        // Over a cap: a finished job is still answered, only a wait is refused.
+        Err(refused) => {
+            let job = read().await?;
+            return if job.state.is_final() {
+                Ok(Json(job.into()))
+            } else {
+                Err(refused.into_error())
+            };
+        }
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
     let job = state
         .long_poll
-        .wait(id, caller.tenant, deadline, &state.shutdown)
+        .wait_admitted(&admitted, id, deadline, &state.shutdown)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
     Ok(Json(job.into()))

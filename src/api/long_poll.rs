@@ -52,6 +52,27 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 /// `registered` when no registration is believed to exist.
 const UNREGISTERED: u64 = u64::MAX;
 
+/// A wait over one of the caps (`scope`: `process` or `tenant`).
+#[derive(Debug)]
+pub struct Refused {
+    scope: &'static str,
+    retry_after_secs: u64,
+}
+
+impl Refused {
+    /// The 429 to answer with; counted in `skipjack_long_polls_refused_total`.
+    pub fn into_error(self) -> ApiError {
+        metrics()
+            .long_polls_refused
+            .with_label_values(&[self.scope])
+            .inc();
+        ApiError::TooManyWaits {
+            scope: self.scope,
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
+}
+
 /// Settings of the long-poll machinery.
 #[derive(Clone, Debug)]
 pub struct LongPollConfig {
@@ -294,23 +315,25 @@ impl LongPoll {
 
     /// Counts a wait in, or refuses it when a cap is reached.
     pub fn admit(self: &Arc<Self>, tenant: TenantId) -> Result<Admitted, ApiError> {
+        self.try_admit(tenant)
+            .map_err(|refused| refused.into_error())
+    }
+
+    /// Counts a wait in, or says which cap is reached without counting a
+    /// refusal yet: the caller may still answer without waiting (a job
+    /// that is already finished needs no wait).
+    pub fn try_admit(self: &Arc<Self>, tenant: TenantId) -> Result<Admitted, Refused> {
         let mut tenants = self.lock_tenants();
-        let refuse = |scope| {
-            metrics()
-                .long_polls_refused
-                .with_label_values(&[scope])
-                .inc();
-            Err(ApiError::TooManyWaits {
-                scope,
-                retry_after_secs: self.config.retry_after_secs,
-            })
+        let refused = |scope| Refused {
+            scope,
+            retry_after_secs: self.config.retry_after_secs,
         };
         if self.in_flight() >= self.config.max_waits {
-            return refuse("process");
+            return Err(refused("process"));
         }
         let mine = tenants.entry(tenant).or_insert(0);
         if *mine >= self.config.max_tenant_waits {
-            return refuse("tenant");
+            return Err(refused("tenant"));
         }
         *mine += 1;
         self.in_flight.fetch_add(1, Ordering::SeqCst);

@@ -2,8 +2,9 @@
 //!
 //! Each tick rescues jobs whose lease expired, clears the tenant queues left
 //! empty (and activates any that holds a job), and raises the tenant queues
-//! that waited too long for a turn (aging, docs/scheduling.md). Every minute it vacuums
-//! `jobs` if dead row versions piled up (autovacuum off or behind). Less
+//! that waited too long for a turn (aging, docs/scheduling.md). Every ten
+//! seconds it vacuums `jobs` if dead row versions piled up (autovacuum off
+//! or behind) or the table outgrew its statistics. Less
 //! often it does the housekeeping: creates `job_history` partitions ahead of
 //! time, drops the partitions older than the retention, and prunes
 //! idempotency keys, events, stale waiters and the ordering rows of idle
@@ -61,13 +62,14 @@ pub struct MaintenanceConfig {
     /// loses its `conversation_queues` row (its next enqueue creates it
     /// again).
     pub conversation_idle: Duration,
-    /// Vacuum `jobs` when it holds more dead row versions than this (checked
-    /// every `vacuum_check_interval`). Autovacuum normally does it, driven by
-    /// the table's own settings; this covers servers where it is off or
-    /// falls behind, where the claim would otherwise walk past ever more
-    /// dead index entries.
+    /// Vacuum `jobs` when it holds more dead row versions than this, or has
+    /// outgrown its statistics (checked every `vacuum_check_interval`).
+    /// Autovacuum normally does it, driven by the table's own settings;
+    /// this covers servers where it is off or falls behind, where the claim
+    /// would otherwise walk past ever more dead index entries, and plans
+    /// made on a nearly empty table would read all of it.
     pub vacuum_dead_tuples: i64,
-    /// How often the dead row versions of `jobs` are checked.
+    /// How often the dead row versions and the size of `jobs` are checked.
     pub vacuum_check_interval: Duration,
     /// The schema the process runs at: aging needs
     /// [`super::FAIR_VERSION`].
@@ -87,7 +89,7 @@ impl Default for MaintenanceConfig {
             waiter_ttl: Duration::from_secs(120),
             conversation_idle: Duration::from_secs(24 * 3600),
             vacuum_dead_tuples: 50_000,
-            vacuum_check_interval: Duration::from_secs(60),
+            vacuum_check_interval: Duration::from_secs(10),
             schema: crate::db::Schema::current(),
         }
     }
@@ -410,8 +412,13 @@ pub async fn vacuum_jobs(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Vacuums `jobs` when it holds more than `threshold` dead row versions and
-/// no other process is vacuuming it; returns whether it vacuumed.
+/// Vacuums and analyzes `jobs` when it holds more than `threshold` dead row
+/// versions, or has outgrown its statistics (twice the pages it had when
+/// last analyzed), and no other process is vacuuming it; returns whether it
+/// vacuumed. The second keeps the plans on `jobs` in step with the table:
+/// every connection plans again after it, where a generic plan made on the
+/// nearly empty table of a new database would otherwise keep reading all of
+/// it as it grows with dead rows (BENCHMARKS.md).
 ///
 /// The one-at-a-time lock is a session advisory lock (VACUUM cannot run in
 /// a transaction, so a transaction-scoped lock could not cover it), taken on
@@ -421,8 +428,8 @@ pub async fn vacuum_jobs(pool: &PgPool) -> Result<()> {
 /// drop. A lock left on a pooled connection would stop every process from
 /// vacuuming until that connection happened to be closed.
 pub async fn vacuum_if_needed(pool: &PgPool, threshold: i64) -> Result<bool> {
-    let dead: i64 = sqlx::query_scalar(sql::DEAD_TUPLES).fetch_one(pool).await?;
-    if dead <= threshold {
+    let (dead, outgrown): (i64, bool) = sqlx::query_as(sql::DEAD_TUPLES).fetch_one(pool).await?;
+    if dead <= threshold && !outgrown {
         return Ok(false);
     }
     let mut conn = pool.acquire().await?;
@@ -438,7 +445,7 @@ pub async fn vacuum_if_needed(pool: &PgPool, threshold: i64) -> Result<bool> {
     // nothing about that.
     let _ = conn.close().await;
     vacuumed?;
-    tracing::info!(dead_tuples = dead, "vacuumed the jobs table");
+    tracing::info!(dead_tuples = dead, outgrown, "vacuumed the jobs table");
     Ok(true)
 }
 
