@@ -39,6 +39,12 @@ const EXECUTED: &[(&str, Run, &str)] = &[
          run at the start of one, rolled back",
     ),
     (
+        "sql/queue/begin_finish.sql",
+        Run::Begins,
+        "BEGIN cannot be prepared: run alone, and the transaction it begins \
+         rolled back",
+    ),
+    (
         "sql/queue/vacuum_jobs.sql",
         Run::Alone,
         "VACUUM cannot be prepared or run inside a transaction: run alone \
@@ -63,6 +69,8 @@ enum Run {
     FirstInTransaction,
     /// Executed on its own, outside any transaction.
     Alone,
+    /// Executed on its own; it begins a transaction, which is rolled back.
+    Begins,
 }
 
 /// The workspace's root: the library's statements are under `sql/`, the
@@ -156,6 +164,11 @@ async fn check(db: &TestDb, conn: &mut PgConnection, path: &Path) -> Result<(), 
 async fn execute(conn: &mut PgConnection, text: &str, run: Run) -> Result<(), sqlx::Error> {
     match run {
         Run::Alone => conn.execute(sqlx::raw_sql(text)).await.map(drop),
+        Run::Begins => {
+            let result = conn.execute(sqlx::raw_sql(text)).await.map(drop);
+            conn.execute("ROLLBACK").await?;
+            result
+        }
         Run::FirstInTransaction => {
             let mut tx = conn.begin().await?;
             let result = tx.execute(sqlx::raw_sql(text)).await;

@@ -582,8 +582,10 @@ impl Handler for Hooked {
     ) -> Result<(), sqlx::Error> {
         let ids: Vec<JobId> = jobs.iter().map(|f| f.job.id).collect();
         let kept: Vec<Option<String>> = jobs.iter().map(|f| f.kept::<String>().cloned()).collect();
+        // With the plan mode of the transaction (begin_finish.sql).
         sqlx::query(
-            "INSERT INTO hook_log (job_id, kept) SELECT * FROM unnest($1::uuid[], $2::text[])",
+            "INSERT INTO hook_log (job_id, kept, plans) \
+             SELECT *, current_setting('plan_cache_mode') FROM unnest($1::uuid[], $2::text[])",
         )
         .bind(&ids)
         .bind(&kept)
@@ -596,7 +598,7 @@ impl Handler for Hooked {
 #[tokio::test]
 async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
     let db = TestDb::new().await;
-    sqlx::query("CREATE TABLE hook_log (job_id uuid NOT NULL, kept text)")
+    sqlx::query("CREATE TABLE hook_log (job_id uuid NOT NULL, kept text, plans text)")
         .execute(&db.pool)
         .await
         .unwrap();
@@ -620,6 +622,17 @@ async fn completion_hooks_commit_with_the_completion_and_are_fenced() {
         vec![(fine, Some(format!("worked out by attempt 1 of {fine}")))],
         "the fenced-off completion wrote nothing; the other got what its attempt kept"
     );
+    // The completing transaction keeps generic plans, and only it.
+    let plans: Vec<String> = sqlx::query_scalar("SELECT plans FROM hook_log")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(plans, ["force_generic_plan"]);
+    let session: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(session, "auto");
     let view = queue::get(&db.pool, stalled, None).await.unwrap().unwrap();
     assert_eq!((view.state, view.attempts), (JobState::Queued, 1));
 }

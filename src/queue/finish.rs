@@ -85,6 +85,13 @@ pub(crate) fn count_finished(states: impl IntoIterator<Item = JobState>) {
     }
 }
 
+/// Begins the transaction that writes a batch of outcomes: its statements
+/// keep their generic plans (`begin_finish.sql` says why), those of a
+/// handler's [`crate::worker::Handler::on_completed`] too.
+pub async fn begin_finish(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    Ok(pool.begin_with(sql::BEGIN_FINISH).await?)
+}
+
 /// Writes a batch of outcomes of worker `owner` in its own transaction,
 /// retried on deadlock. See [`finish_in_tx`].
 pub async fn finish(
@@ -95,7 +102,7 @@ pub async fn finish(
 ) -> Result<Vec<Option<JobState>>> {
     let mut tries = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_finish(pool).await?;
         match finish_in_tx(&mut tx, owner, items, backoff).await {
             Ok(states) => {
                 tx.commit().await?;

@@ -110,7 +110,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Called inside the transaction that completes a batch of this kind's
     /// jobs, with only the jobs whose completion passed the lease fence:
     /// writes here commit together with the completion, or not at all (a
-    /// worker that lost its lease writes nothing).
+    /// worker that lost its lease writes nothing). The transaction's
+    /// statements use their generic plans (`plan_cache_mode =
+    /// force_generic_plan`, local to it): write them to reach tables by key.
     fn on_completed<'a>(
         &'a self,
         _tx: &'a mut PgConnection,
