@@ -1,6 +1,7 @@
--- skipjack schema, version 15: finishing the jobs of a tenant without a cap
--- runs no fair-scheduling bookkeeping, and no cap is looked up through a
--- function planned once per row.
+-- skipjack schema, version 15: finishing the jobs of a tenant without a cap,
+-- and enqueueing into a queue that is active already, run no fair-scheduling
+-- bookkeeping, and no cap is looked up through a function planned once per
+-- row.
 --
 -- Since V14 only tenants with a cap keep a running count. The trigger on
 -- deletes from `jobs` (finishes, cancels) still called fair_apply for every
@@ -10,6 +11,13 @@
 -- the jobs of capped tenants only, and does not call it when there are none.
 -- Whether a cap applies cannot change while the statement runs: a cap change
 -- first waits for the statement's lock on `jobs` (V14).
+--
+-- Likewise the trigger on inserts: an enqueue into an active queue (every
+-- enqueue of a busy tenant) made fair_apply look and find nothing to do. The
+-- trigger now looks itself, one key probe per job, and calls it only for a
+-- queue to activate (or a job inserted other than queued). A queue the sweep
+-- deactivates meanwhile is found holding the job by the next sweep, as
+-- before: fair_apply read first too.
 --
 -- fair_apply and the trigger spell the cap out instead of calling
 -- fair_cap(): a SQL function with a subquery is not inlined, and Postgres
@@ -113,6 +121,24 @@ BEGIN
        OR (SELECT default_max_running FROM fair_settings) IS NOT NULL;
     IF changes IS NOT NULL THEN
         PERFORM fair_apply(changes);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fair_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows n
+               WHERE n.state <> 'queued'
+                  OR NOT EXISTS (
+                      SELECT 1 FROM fair_queues a
+                      WHERE a.tenant_key = coalesce(n.tenant_id,
+                                                    '00000000-0000-0000-0000-000000000000'::uuid)
+                        AND a.priority = n.priority AND a.active)) THEN
+        PERFORM fair_apply((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'p', priority, 't', tenant_id, 's', state, 'n', n)), '[]')
+                FROM (SELECT priority, tenant_id, state, count(*) AS n
+                      FROM new_rows GROUP BY 1, 2, 3) g));
     END IF;
     RETURN NULL;
 END

@@ -374,6 +374,37 @@ async fn finishes_of_an_uncapped_tenant_run_no_fair_bookkeeping() {
     assert_counts_exact(&db.pool).await;
 }
 
+/// An enqueue into a queue that is active already leaves the bookkeeping
+/// out; one that fills an inactive queue activates it.
+#[tokio::test]
+async fn enqueues_into_an_active_queue_run_no_fair_bookkeeping() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET track_functions = 'pl'",
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tracked = db.new_pool(1).await;
+    let a = tenant(&tracked, "a").await;
+    enqueue(&tracked, Some(a), 1, 2).await;
+    let first = fair_apply_calls(&db, &tracked).await;
+    assert!(first > 0, "the first enqueue activated the queue");
+    enqueue(&tracked, Some(a), 1, 3).await;
+    enqueue(&tracked, Some(a), 1, 1).await;
+    assert_eq!(fair_apply_calls(&db, &tracked).await, first);
+    // Another priority: another queue, activated.
+    enqueue(&tracked, Some(a), 2, 1).await;
+    assert_eq!(fair_apply_calls(&db, &tracked).await, first + 1);
+    assert_eq!(
+        count(&tracked, "SELECT count(*) FROM fair_queues WHERE active").await,
+        2
+    );
+    assert_eq!(claim(&tracked, "w", 10).await.len(), 7);
+    assert_counts_exact(&db.pool).await;
+}
+
 /// The count of running jobs a cap reads, when the cap is set while the
 /// tenant's jobs run, dropped, and set again through the default.
 #[tokio::test]
