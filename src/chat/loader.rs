@@ -132,6 +132,16 @@ async fn run(
             }
         }
         if !waiting.is_empty() && queries.len() < MAX_QUERIES {
+            // The jobs of one claim start together: let those about to ask
+            // run first, so that they share this query.
+            tokio::task::yield_now().await;
+            while open && waiting.len() < MAX_BATCH * MAX_QUERIES {
+                match rx.try_recv() {
+                    Ok(request) => waiting.push(request),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
             let take = waiting.len().min(MAX_BATCH);
             let batch: Vec<(ConversationId, Reply)> = waiting.drain(..take).collect();
             count.fetch_add(1, Ordering::Relaxed);

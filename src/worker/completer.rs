@@ -51,6 +51,19 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
             }
         }
         if !finished.is_empty() && writes.len() < parallelism {
+            // Jobs woken in the same tick (a claim's jobs, started together,
+            // often finish together) may still be about to report: let them
+            // run first, so that their outcomes share this batch's
+            // transaction instead of each paying for one.
+            tokio::task::yield_now().await;
+            while open && finished.len() < max {
+                match rx.try_recv() {
+                    Ok(Done::Finished(f)) => finished.push(f),
+                    Ok(Done::Release(attempt)) => release(&shared, attempt).await,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
             let batch = std::mem::take(&mut finished);
             let shared = shared.clone();
             writes.spawn(async move {
