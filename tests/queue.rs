@@ -1093,3 +1093,105 @@ async fn retry_after_is_a_lower_bound_and_never_longer_than_the_retry_maximum() 
     assert!((299.0..=300.5).contains(&delays[2]), "absurd: {delays:?}");
     assert!((59.0..=60.5).contains(&delays[3]), "honoured: {delays:?}");
 }
+
+/// A read by id opens only the `job_history` partitions the job can be in
+/// (its id's day, two before, and up to tomorrow), and still finds every
+/// job: live, finished, finished long after it was created, and one with a
+/// hand-made id of another UUID version.
+#[tokio::test]
+async fn a_read_by_id_opens_only_the_history_partitions_the_job_can_be_in() {
+    let db = TestDb::new().await;
+    // A month back and a week ahead, as with the default retention.
+    sqlx::query("SELECT skipjack_ensure_history_partitions(current_date - 30, current_date + 7)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    enqueue_all(&db.pool, &[job(1)]).await;
+    let claimed = queue::claim(&db.pool, "w", 1, LEASE, &kinds())
+        .await
+        .unwrap();
+    finish_one(
+        &db.pool,
+        &claimed[0].lease("w"),
+        &done(),
+        &Backoff::default(),
+    )
+    .await
+    .unwrap();
+    let finished = claimed[0].id;
+    // Finished three weeks after it was created (retried, say).
+    let late = enqueue_all(&db.pool, &[job(3)]).await[0];
+    let late_claim = queue::claim(&db.pool, "w", 1, LEASE, &kinds())
+        .await
+        .unwrap();
+    finish_one(
+        &db.pool,
+        &late_claim[0].lease("w"),
+        &done(),
+        &Backoff::default(),
+    )
+    .await
+    .unwrap();
+    // Its id says it was created three weeks ago.
+    let three_weeks_ago = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (chrono::Utc::now() - chrono::Duration::days(21)).timestamp() as u64,
+        0,
+    ));
+    sqlx::query("UPDATE job_history SET id = $2 WHERE id = $1")
+        .bind(late)
+        .bind(three_weeks_ago)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let late = JobId(three_weeks_ago);
+    let live = enqueue_all(&db.pool, &[job(2)]).await[0];
+    // A version-4 id, finished 25 days ago.
+    let hand_made: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO job_history (id, kind, priority, state, payload, attempts, max_attempts,
+                                  created_at, finished_at)
+         VALUES (gen_random_uuid(), 'test', 1, 'completed', '{}', 1, 5,
+                 now() - interval '25 days', now() - interval '25 days')
+         RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    let state = |id: JobId| {
+        let pool = db.pool.clone();
+        async move { queue::get(&pool, id, None).await.unwrap().map(|v| v.state) }
+    };
+    assert_eq!(state(live).await, Some(JobState::Queued));
+    assert_eq!(state(finished).await, Some(JobState::Completed));
+    assert_eq!(state(late).await, Some(JobState::Completed));
+    assert_eq!(state(JobId(hand_made)).await, Some(JobState::Completed));
+
+    // The plan the pooled connections keep: the partitions outside the
+    // bounds are pruned as the statement starts.
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let text = include_str!("../sql/queue/get.sql");
+    sqlx::query(&format!("PREPARE get_job AS {}", text.trim_end()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE get_job('{}', NULL)",
+        finished.0
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let append = &plan[0]["Plan"]["Plans"][0];
+    assert_eq!(append["Node Type"], "Append", "{plan:#}");
+    let opened = append["Plans"].as_array().unwrap().len();
+    let removed = append["Subplans Removed"].as_u64().unwrap();
+    assert!(
+        opened <= 6 && removed >= 33,
+        "{opened} relations opened, {removed} pruned: {plan:#}"
+    );
+}
