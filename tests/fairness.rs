@@ -321,6 +321,18 @@ async fn claims_and_finishes_of_an_uncapped_tenant_write_no_tenant_row() {
     assert_counts_exact(&db.pool).await;
 }
 
+/// One session on `db` that counts the calls of PL/pgSQL functions.
+async fn tracked_pool(db: &TestDb) -> PgPool {
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET track_functions = 'pl'",
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db.new_pool(1).await
+}
+
 /// Calls of `fair_apply` counted so far, with those of `tracked`'s one
 /// session (opened with `track_functions = 'pl'`) flushed first.
 async fn fair_apply_calls(db: &TestDb, tracked: &PgPool) -> i64 {
@@ -341,14 +353,7 @@ async fn fair_apply_calls(db: &TestDb, tracked: &PgPool) -> i64 {
 #[tokio::test]
 async fn finishes_of_an_uncapped_tenant_run_no_fair_bookkeeping() {
     let db = TestDb::new().await;
-    sqlx::query(&format!(
-        "ALTER DATABASE {} SET track_functions = 'pl'",
-        db.name
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let tracked = db.new_pool(1).await;
+    let tracked = tracked_pool(&db).await;
     let a = tenant(&tracked, "a").await;
     let b = tenant(&tracked, "b").await;
     tenants::set_scheduling(&tracked, b, cap(100))
@@ -379,14 +384,7 @@ async fn finishes_of_an_uncapped_tenant_run_no_fair_bookkeeping() {
 #[tokio::test]
 async fn enqueues_into_an_active_queue_run_no_fair_bookkeeping() {
     let db = TestDb::new().await;
-    sqlx::query(&format!(
-        "ALTER DATABASE {} SET track_functions = 'pl'",
-        db.name
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let tracked = db.new_pool(1).await;
+    let tracked = tracked_pool(&db).await;
     let a = tenant(&tracked, "a").await;
     enqueue(&tracked, Some(a), 1, 2).await;
     let first = fair_apply_calls(&db, &tracked).await;

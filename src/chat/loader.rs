@@ -124,24 +124,12 @@ async fn run(
     let mut waiting: Vec<(ConversationId, Reply)> = Vec::new();
     let mut open = true;
     loop {
-        while open && waiting.len() < MAX_BATCH * MAX_QUERIES {
-            match rx.try_recv() {
-                Ok(request) => waiting.push(request),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-            }
-        }
+        take_waiting(&mut rx, &mut waiting, &mut open);
         if !waiting.is_empty() && queries.len() < MAX_QUERIES {
             // The jobs of one claim start together: let those about to ask
             // run first, so that they share this query.
             tokio::task::yield_now().await;
-            while open && waiting.len() < MAX_BATCH * MAX_QUERIES {
-                match rx.try_recv() {
-                    Ok(request) => waiting.push(request),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                }
-            }
+            take_waiting(&mut rx, &mut waiting, &mut open);
             let take = waiting.len().min(MAX_BATCH);
             let batch: Vec<(ConversationId, Reply)> = waiting.drain(..take).collect();
             count.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +147,22 @@ async fn run(
             },
             // A query finished: room for the next one.
             Some(_) = queries.join_next(), if !queries.is_empty() => {}
+        }
+    }
+}
+
+/// Takes the requests already waiting, as many as the loader holds; `open`
+/// turns false once every handle is gone.
+fn take_waiting(
+    rx: &mut mpsc::UnboundedReceiver<(ConversationId, Reply)>,
+    waiting: &mut Vec<(ConversationId, Reply)>,
+    open: &mut bool,
+) {
+    while *open && waiting.len() < MAX_BATCH * MAX_QUERIES {
+        match rx.try_recv() {
+            Ok(request) => waiting.push(request),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => *open = false,
         }
     }
 }

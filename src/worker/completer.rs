@@ -41,29 +41,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
     let mut writes = JoinSet::new();
     let mut open = true;
     loop {
-        // Take whatever is already waiting, up to a batch.
-        while open && finished.len() < max {
-            match rx.try_recv() {
-                Ok(Done::Finished(f)) => finished.push(f),
-                Ok(Done::Release(attempt)) => release(&shared, attempt).await,
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-            }
-        }
+        take_waiting(&shared, &mut rx, &mut finished, max, &mut open).await;
         if !finished.is_empty() && writes.len() < parallelism {
             // Jobs woken in the same tick (a claim's jobs, started together,
             // often finish together) may still be about to report: let them
             // run first, so that their outcomes share this batch's
             // transaction instead of each paying for one.
             tokio::task::yield_now().await;
-            while open && finished.len() < max {
-                match rx.try_recv() {
-                    Ok(Done::Finished(f)) => finished.push(f),
-                    Ok(Done::Release(attempt)) => release(&shared, attempt).await,
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                }
-            }
+            take_waiting(&shared, &mut rx, &mut finished, max, &mut open).await;
             let batch = std::mem::take(&mut finished);
             let shared = shared.clone();
             writes.spawn(async move {
@@ -86,6 +71,25 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
             },
             // A write finished: room for the next batch.
             Some(_) = writes.join_next(), if !writes.is_empty() => {}
+        }
+    }
+}
+
+/// Takes whatever outcomes are already waiting, up to a batch of `max`;
+/// `open` turns false once every sender is gone.
+async fn take_waiting(
+    shared: &Shared,
+    rx: &mut mpsc::UnboundedReceiver<Done>,
+    finished: &mut Vec<FinishedJob>,
+    max: usize,
+    open: &mut bool,
+) {
+    while *open && finished.len() < max {
+        match rx.try_recv() {
+            Ok(Done::Finished(f)) => finished.push(f),
+            Ok(Done::Release(attempt)) => release(shared, attempt).await,
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => *open = false,
         }
     }
 }
