@@ -744,3 +744,34 @@ async fn a_commit_whose_answer_is_lost_is_answered_from_the_database() {
     assert_eq!(retry.headers["idempotent-replayed"], "true");
     assert_eq!(count(&setup, "SELECT count(*) FROM jobs").await, 1);
 }
+
+/// A long-poll for a job that is already finished is answered at once,
+/// even while no listener listens (a process starting, or reconnecting
+/// after a database restart): only a wait needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_answered_while_no_listener_listens() {
+    let db = TestDb::new().await;
+    let tenant = tenants::create_tenant(&db.pool, "acme", None)
+        .await
+        .unwrap();
+    let mut job = NewJob::new("chat", json!({}));
+    job.tenant_id = Some(tenant);
+    let mut conn = db.pool.acquire().await.unwrap();
+    let id = queue::enqueue(&mut conn, &job).await.unwrap().id;
+    drop(conn);
+    assert_eq!(complete_all(&db.pool).await, 1);
+    // Never spawned: its listener never listens.
+    let long_poll =
+        skipjack::api::long_poll::LongPoll::new(db.pool.clone(), LongPollConfig::default());
+    assert!(!long_poll.is_listening());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let view = tokio::time::timeout(
+        NO_HANG,
+        long_poll.wait(id, tenant, deadline, &CancellationToken::new()),
+    )
+    .await
+    .expect("answered without waiting for a listener")
+    .unwrap()
+    .expect("the job");
+    assert_eq!(view.state, queue::JobState::Completed);
+}

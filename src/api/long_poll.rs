@@ -261,6 +261,16 @@ impl LongPoll {
     ) -> Result<Option<JobView>, ApiError> {
         let tenant = admitted.tenant;
         let mut listening = self.listening.subscribe();
+        if !*listening.borrow_and_update() {
+            // No listener yet (starting, or reconnecting after a database
+            // restart): a job already finished is answered without waiting
+            // for one.
+            if let Ok(found) = queue::get(&self.pool, job, Some(tenant)).await {
+                if found.as_ref().is_none_or(|view| view.state.is_final()) {
+                    return Ok(found);
+                }
+            }
+        }
         tokio::select! {
             // Normally at once: the listener connected long ago.
             _ = listening.wait_for(|l| *l) => {}
