@@ -12,7 +12,8 @@
 //!   (stale rows are pruned after 120 s), and unregisters after a quiet
 //!   interval and at shutdown.
 //! - The listener must really be listening: waits hold their first read
-//!   until the listener reports that its LISTEN is in effect.
+//!   until the listener reports that its LISTEN is in effect. (A job found
+//!   finished meanwhile is answered at once: it needs no wake-up.)
 //! - A lost listener connection (found by its end of stream or by the
 //!   listener's self-probe) is replaced; once the new one listens, the
 //!   registration is taken as gone (after a crash, the unlogged
