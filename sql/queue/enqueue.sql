@@ -5,7 +5,7 @@
 -- $7 idempotency keys text[], $8 max attempts integer[], $9 run_at timestamptz[]
 -- (a NULL run_at means now), $10 request fingerprints bytea[] (stored with
 -- new keys). One row per input, in input order: (ord, job_id, inserted,
--- fingerprint). `inserted` is false when the idempotency key already named a
+-- fingerprint, now). `inserted` is false when the idempotency key already named a
 -- job; job_id is then that job and fingerprint the one stored with the key
 -- (the caller compares it with its own), or job_id is NULL when the key was
 -- taken by a transaction this statement's snapshot cannot see yet (the
@@ -75,7 +75,9 @@ wake AS (
        AND EXISTS (SELECT 1 FROM queue_waiters WHERE channel = 'skipjack_jobs')
 )
 SELECT i.ord, coalesce(n.id, k.job_id) AS job_id, n.id IS NOT NULL AS inserted,
-       k.fingerprint
+       k.fingerprint,
+       -- The transaction's time: every inserted job's created_at.
+       now() AS created_at
 FROM input i
 LEFT JOIN inserted n ON n.id = i.id
 LEFT JOIN LATERAL (SELECT k.job_id, k.fingerprint

@@ -5,7 +5,8 @@
 -- machinery, which roughly halves the cost of a single-row enqueue. $1 ids
 -- uuid[], $2 tenant ids uuid[], $3 kinds text[], $4 priorities smallint[],
 -- $5 payloads jsonb[], $6 max attempts integer[], $7 run_at timestamptz[]
--- (NULL: now). Returns the inserted ids in input order. Wake-up as in
+-- (NULL: now). Returns the inserted ids in input order, each with now(),
+-- the transaction's time and so every inserted job's created_at. Wake-up as in
 -- enqueue.sql: one pg_notify, only while a worker waits.
 WITH inserted AS (
     INSERT INTO jobs (id, tenant_id, kind, priority, payload, max_attempts, run_at)
@@ -22,7 +23,7 @@ wake AS (
     HAVING count(*) > 0
        AND EXISTS (SELECT 1 FROM queue_waiters WHERE channel = 'skipjack_jobs')
 )
-SELECT i.id
+SELECT i.id, now() AS created_at
 FROM unnest($1::uuid[]) WITH ORDINALITY AS i (id, ord)
 JOIN inserted USING (id)
 CROSS JOIN (SELECT count(*) FROM wake) AS notified

@@ -12,8 +12,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 /// A row of enqueue.sql: (ord, job id, inserted, the key's stored
-/// fingerprint).
-type EnqueueRow = (i64, Option<JobId>, bool, Option<Vec<u8>>);
+/// fingerprint, the transaction's time).
+type EnqueueRow = (i64, Option<JobId>, bool, Option<Vec<u8>>, DateTime<Utc>);
 
 /// Enqueues one job.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued> {
@@ -28,8 +28,17 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued> 
 /// `key_reused: true` if that job was enqueued for a request with another
 /// fingerprint.
 pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+    Ok(enqueue_timed(conn, jobs).await?.0)
+}
+
+/// [`enqueue_many`], with the transaction's time: every inserted job's
+/// `created_at` (none for no jobs).
+async fn enqueue_timed(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<(Vec<Enqueued>, Option<DateTime<Utc>>)> {
     if jobs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     for job in jobs {
         validate(job)?;
@@ -68,11 +77,12 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
         .bind(&fingerprints)
         .fetch_all(&mut *conn)
         .await?;
+    let created_at = rows.first().map(|row| row.4);
 
     let mut out: Vec<Option<Enqueued>> = rows
         .into_iter()
         .zip(jobs)
-        .map(|((_, id, inserted, stored), job)| {
+        .map(|((_, id, inserted, stored, _), job)| {
             id.map(|id| Enqueued {
                 id,
                 inserted,
@@ -105,7 +115,8 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
             });
         }
     }
-    out.into_iter()
+    let enqueued = out
+        .into_iter()
         .enumerate()
         .map(|(i, e)| {
             e.ok_or_else(|| {
@@ -117,7 +128,8 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
                 ))
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((enqueued, created_at))
 }
 
 /// Jobs with neither idempotency key nor conversation: a leaner statement.
@@ -125,14 +137,14 @@ async fn enqueue_simple(
     conn: &mut PgConnection,
     jobs: &[NewJob],
     ids: Vec<JobId>,
-) -> Result<Vec<Enqueued>> {
+) -> Result<(Vec<Enqueued>, Option<DateTime<Utc>>)> {
     let tenants: Vec<Option<TenantId>> = jobs.iter().map(|j| j.tenant_id).collect();
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let priorities: Vec<i16> = jobs.iter().map(|j| j.priority.get()).collect();
     let payloads: Vec<&Value> = jobs.iter().map(|j| &j.payload).collect();
     let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
     let run_at: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
-    let inserted: Vec<JobId> = sqlx::query_scalar(sql::ENQUEUE_SIMPLE)
+    let rows: Vec<(JobId, DateTime<Utc>)> = sqlx::query_as(sql::ENQUEUE_SIMPLE)
         .bind(&ids)
         .bind(&tenants)
         .bind(&kinds)
@@ -142,15 +154,17 @@ async fn enqueue_simple(
         .bind(&run_at)
         .fetch_all(conn)
         .await?;
-    debug_assert_eq!(inserted, ids);
-    Ok(inserted
+    let created_at = rows.first().map(|row| row.1);
+    let enqueued: Vec<Enqueued> = rows
         .into_iter()
-        .map(|id| Enqueued {
+        .map(|(id, _)| Enqueued {
             id,
             inserted: true,
             key_reused: false,
         })
-        .collect())
+        .collect();
+    debug_assert!(enqueued.iter().map(|e| e.id).eq(ids.iter().copied()));
+    Ok((enqueued, created_at))
 }
 
 /// True when `job`'s key is held for a different request: both the stored
@@ -218,13 +232,10 @@ pub async fn enqueue_batch(
 ) -> std::result::Result<Batch, BatchError> {
     let failed = |e: QueueError| BatchError::Failed(e);
     let mut tx = pool.begin().await.map_err(|e| failed(e.into()))?;
-    let created_at: DateTime<Utc> = sqlx::query_scalar(sql::TRANSACTION_TIME)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    let enqueued = enqueue_many(&mut tx, jobs).await.map_err(failed)?;
+    let (enqueued, created_at) = enqueue_timed(&mut tx, jobs).await.map_err(failed)?;
     let batch = Batch {
-        created_at,
+        // No jobs, no creation time to tell: any will do.
+        created_at: created_at.unwrap_or_else(Utc::now),
         enqueued,
     };
     match tx.commit().await {

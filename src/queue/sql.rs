@@ -3,7 +3,6 @@
 crate::sql::sql_files!("queue" {
     ENQUEUE => "enqueue.sql",
     ENQUEUE_SIMPLE => "enqueue_simple.sql",
-    TRANSACTION_TIME => "transaction_time.sql",
     STORED => "stored.sql",
     DEPTH_BY_TENANT_PRIORITY => "depth_by_tenant_priority.sql",
     QUEUED_BY_TENANT => "queued_by_tenant.sql",
