@@ -1195,3 +1195,27 @@ async fn a_read_by_id_opens_only_the_history_partitions_the_job_can_be_in() {
         "{opened} relations opened, {removed} pruned: {plan:#}"
     );
 }
+
+/// The transactions that write outcomes and read histories keep generic
+/// plans, and the setting ends with them.
+#[tokio::test]
+async fn a_generic_plans_transaction_sets_the_mode_for_itself_only() {
+    let db = TestDb::with_pool_size(1).await;
+    let mode = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
+    let mut tx = queue::begin_generic_plans(&db.pool).await.unwrap();
+    assert_eq!(
+        mode("SHOW plan_cache_mode")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap(),
+        "force_generic_plan"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        mode("SHOW plan_cache_mode")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        "auto"
+    );
+}

@@ -39,7 +39,7 @@ const EXECUTED: &[(&str, Run, &str)] = &[
          run at the start of one, rolled back",
     ),
     (
-        "sql/queue/begin_finish.sql",
+        "sql/queue/begin_generic_plans.sql",
         Run::Begins,
         "BEGIN cannot be prepared: run alone, and the transaction it begins \
          rolled back",

@@ -582,7 +582,7 @@ impl Handler for Hooked {
     ) -> Result<(), sqlx::Error> {
         let ids: Vec<JobId> = jobs.iter().map(|f| f.job.id).collect();
         let kept: Vec<Option<String>> = jobs.iter().map(|f| f.kept::<String>().cloned()).collect();
-        // With the plan mode of the transaction (begin_finish.sql).
+        // With the plan mode of the transaction (begin_generic_plans.sql).
         sqlx::query(
             "INSERT INTO hook_log (job_id, kept, plans) \
              SELECT *, current_setting('plan_cache_mode') FROM unnest($1::uuid[], $2::text[])",

@@ -19,12 +19,10 @@
 use super::history_budget::DEFAULT_HISTORY_MAX_TOKENS;
 use super::store::{self, HistoryMessage};
 use crate::ids::ConversationId;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -41,8 +39,6 @@ pub struct HistoryLoader {
     requests: mpsc::UnboundedSender<(ConversationId, Reply)>,
     /// Queries run so far, to see the coalescing at work.
     queries: Arc<AtomicU64>,
-    /// The loader's own sessions.
-    pool: PgPool,
 }
 
 impl HistoryLoader {
@@ -57,23 +53,13 @@ impl HistoryLoader {
     pub fn spawn_with_budget(pool: PgPool, max_tokens: u32) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let queries = Arc::new(AtomicU64::new(0));
-        let pool = generic_plan_pool(&pool);
-        tokio::spawn(run(pool.clone(), max_tokens, rx, queries.clone()));
-        HistoryLoader {
-            requests,
-            queries,
-            pool,
-        }
+        tokio::spawn(run(pool, max_tokens, rx, queries.clone()));
+        HistoryLoader { requests, queries }
     }
 
     /// Queries run so far.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
-    }
-
-    /// The loader's own sessions (at most four), which keep generic plans.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// The conversation's messages the LLM is sent (under the budget), in
@@ -91,27 +77,6 @@ impl HistoryLoader {
             .await
             .map_err(|_| "history loader stopped".to_owned())?
     }
-}
-
-/// The loader's own sessions, at most [`MAX_QUERIES`], opened like `pool`'s
-/// but keeping one generic plan of the history query. Postgres would
-/// otherwise plan it afresh for every batch (a custom plan looks cheaper
-/// for an array of ids whose length only it knows), and making that plan
-/// costs more than running it: about 0.5 ms of the server's CPU a batch
-/// (BENCHMARKS.md). The generic plan probes by key whatever the
-/// statistics say: tests/sql_files.rs checks it on a fresh database.
-/// Through PgBouncer, which drops the `options` startup parameter, the
-/// plans stay custom.
-fn generic_plan_pool(pool: &PgPool) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
-    PgPoolOptions::new()
-        .max_connections(MAX_QUERIES as u32)
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .idle_timeout(Duration::from_secs(60))
-        .test_before_acquire(false)
-        .connect_lazy_with(options)
 }
 
 async fn run(
@@ -167,12 +132,30 @@ fn take_waiting(
     }
 }
 
+/// The histories of `conversations`, read with the query's generic plan.
+/// Postgres would otherwise plan it afresh for every batch (a custom plan
+/// looks cheaper for an array of ids whose length only it knows), and
+/// making that plan costs more than running it: about 0.5 ms of the
+/// server's CPU a batch (BENCHMARKS.md). The generic plan probes by key
+/// whatever the statistics say: tests/sql_files.rs checks it on a fresh
+/// database.
+async fn read(
+    pool: &PgPool,
+    conversations: &[ConversationId],
+    max_tokens: u32,
+) -> Result<HashMap<ConversationId, store::HistoryWindow>, crate::queue::QueueError> {
+    let mut tx = crate::queue::begin_generic_plans(pool).await?;
+    let found = store::histories(&mut *tx, conversations, max_tokens).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
 /// One query for the whole batch; each request gets its own history.
 async fn load(pool: PgPool, max_tokens: u32, batch: Vec<(ConversationId, Reply)>) {
     let mut conversations: Vec<ConversationId> = batch.iter().map(|(c, _)| *c).collect();
     conversations.sort_unstable();
     conversations.dedup();
-    match store::histories(&pool, &conversations, max_tokens).await {
+    match read(&pool, &conversations, max_tokens).await {
         Ok(mut found) => {
             // A conversation has one job running at a time, so a batch names
             // each at most once; a repeat (a test calling directly) gets a

@@ -85,11 +85,12 @@ pub(crate) fn count_finished(states: impl IntoIterator<Item = JobState>) {
     }
 }
 
-/// Begins the transaction that writes a batch of outcomes: its statements
-/// keep their generic plans (`begin_finish.sql` says why), those of a
-/// handler's [`crate::worker::Handler::on_completed`] too.
-pub async fn begin_finish(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    Ok(pool.begin_with(sql::BEGIN_FINISH).await?)
+/// Begins a transaction whose statements keep their generic plans
+/// (`begin_generic_plans.sql` says why): the one that writes a batch of
+/// outcomes, with a handler's [`crate::worker::Handler::on_completed`], and
+/// the history loader's reads.
+pub async fn begin_generic_plans(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    Ok(pool.begin_with(sql::BEGIN_GENERIC_PLANS).await?)
 }
 
 /// Writes a batch of outcomes of worker `owner` in its own transaction,
@@ -102,7 +103,7 @@ pub async fn finish(
 ) -> Result<Vec<Option<JobState>>> {
     let mut tries = 0;
     loop {
-        let mut tx = begin_finish(pool).await?;
+        let mut tx = begin_generic_plans(pool).await?;
         match finish_in_tx(&mut tx, owner, items, backoff).await {
             Ok(states) => {
                 tx.commit().await?;

@@ -43,7 +43,7 @@ pub mod types;
 pub use claim::{claim, claim_at, FAIR_VERSION};
 pub use enqueue::{enqueue, enqueue_batch, enqueue_many, Batch, BatchError};
 pub(crate) use finish::count_finished;
-pub use finish::{begin_finish, cancel, finish, finish_in_tx, Backoff, FinishItem};
+pub use finish::{begin_generic_plans, cancel, finish, finish_in_tx, Backoff, FinishItem};
 pub use lease::{heartbeat, release, rescue, RescueReport};
 pub use read::{events, get, list, stats, JobFilter};
 pub use retry::retry;

@@ -12,7 +12,7 @@ crate::sql::sql_files!("queue" {
     AGE => "age.sql",
     SWEEP_QUEUES => "sweep_queues.sql",
     FINISH => "finish.sql",
-    BEGIN_FINISH => "begin_finish.sql",
+    BEGIN_GENERIC_PLANS => "begin_generic_plans.sql",
     UNBLOCK => "unblock.sql",
     LOCK_LANE => "lock_lane.sql",
     CANCEL => "cancel.sql",

@@ -211,7 +211,7 @@ pub(super) async fn write(
         .collect();
     let mut tries = 0;
     let states = loop {
-        let mut tx = queue::begin_finish(&shared.pool).await?;
+        let mut tx = queue::begin_generic_plans(&shared.pool).await?;
         let result = async {
             let states =
                 queue::finish_in_tx(&mut tx, &shared.config.id, &items, &shared.config.backoff)

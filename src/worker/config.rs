@@ -140,12 +140,12 @@ impl WorkerArgs {
 /// given the configured pool size (`SKIPJACK_DB_POOL_SIZE`).
 ///
 /// Four long-lived users (the claim loop, the completer, the heartbeat and
-/// maintenance) plus the chat handler's history reads through the Redis
-/// cache: short statements at the start of a job that then waits seconds
-/// for the LLM, one primary-key probe each. (Without a cache the history
-/// loader reads through at most four sessions of its own.) One connection
-/// per 50 slots leaves a wide margin: 1,000 slots get 24 connections, not
-/// 1,000.
+/// maintenance) plus the chat handler's history reads. Those are short
+/// statements at the start of a job that then waits seconds for the LLM:
+/// without a cache the history loader runs at most four at a time whatever
+/// the burst; with the Redis cache each job runs one primary-key probe. One
+/// connection per 50 slots leaves a wide margin either way: 1,000 slots get
+/// 24 connections, not 1,000.
 pub fn pool_size(configured: u32, concurrency: usize) -> u32 {
     let needed = 4 + u32::try_from(concurrency.div_ceil(50)).unwrap_or(u32::MAX);
     configured.max(needed.min(64))
