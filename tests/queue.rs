@@ -1106,32 +1106,22 @@ async fn a_read_by_id_opens_only_the_history_partitions_the_job_can_be_in() {
         .execute(&db.pool)
         .await
         .unwrap();
-    enqueue_all(&db.pool, &[job(1)]).await;
-    let claimed = queue::claim(&db.pool, "w", 1, LEASE, &kinds())
-        .await
-        .unwrap();
-    finish_one(
-        &db.pool,
-        &claimed[0].lease("w"),
-        &done(),
-        &Backoff::default(),
-    )
-    .await
-    .unwrap();
-    let finished = claimed[0].id;
+    // Enqueues a job, runs it to completion; its id.
+    let completed = |n: usize| {
+        let pool = db.pool.clone();
+        async move {
+            let id = enqueue_all(&pool, &[job(n)]).await[0];
+            let claimed = queue::claim(&pool, "w", 1, LEASE, &kinds()).await.unwrap();
+            assert_eq!(claimed[0].id, id);
+            finish_one(&pool, &claimed[0].lease("w"), &done(), &Backoff::default())
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let finished = completed(1).await;
     // Finished three weeks after it was created (retried, say).
-    let late = enqueue_all(&db.pool, &[job(3)]).await[0];
-    let late_claim = queue::claim(&db.pool, "w", 1, LEASE, &kinds())
-        .await
-        .unwrap();
-    finish_one(
-        &db.pool,
-        &late_claim[0].lease("w"),
-        &done(),
-        &Backoff::default(),
-    )
-    .await
-    .unwrap();
+    let late = completed(3).await;
     // Its id says it was created three weeks ago.
     let three_weeks_ago = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,
