@@ -531,6 +531,35 @@ async fn a_lost_notify_is_caught_by_the_recheck() {
     all_completed_before_their_deadline(polls).await;
 }
 
+/// The long-polls a completion wakes are answered by one read of all their
+/// jobs, not one read each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_woken_together_are_answered_by_one_read() {
+    let db = TestDb::new().await;
+    let key = new_tenant(&db.pool, "acme").await;
+    // The re-check is out of reach: only the wake-up can answer early.
+    let t = TestApi::start(
+        db.pool.clone(),
+        config(Duration::from_secs(600), ListenerConfig::default()),
+    );
+    let polls = polls_in_flight(&t, &key, 20, LONGEST_WAIT_S).await;
+    eventually(NO_HANG, "every long-poll read its job once", || async {
+        t.long_poll().own_reads() == 20
+    })
+    .await;
+    assert_eq!(t.long_poll().wake_reads(), 0);
+
+    // One finish statement: one NOTIFY naming all twenty.
+    assert_eq!(complete_all(&db.pool).await, 20);
+    all_completed_before_their_deadline(polls).await;
+    assert_eq!(t.long_poll().wake_reads(), 1);
+    assert_eq!(
+        t.long_poll().own_reads(),
+        20,
+        "no long-poll read its job again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_over_the_caps_get_429_with_retry_after() {
     let db = TestDb::new().await;

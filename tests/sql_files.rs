@@ -262,6 +262,7 @@ const HOT_STATEMENTS: &[&str] = &[
     "sql/queue/finish.sql",
     "sql/queue/unblock.sql",
     "sql/queue/get.sql",
+    "sql/queue/get_many.sql",
     "sql/queue/waiter_recheck.sql",
     "sql/queue/idempotency_lookup.sql",
     "sql/queue/stored.sql",

@@ -5,8 +5,8 @@
 //! write. Requests hand their validated job to one gatherer task and await
 //! their own answer. The gatherer takes the first job, waits up to
 //! `group_commit_window` (2 ms) for more, up to `group_commit_max_batch`,
-//! and hands the batch to a flush: one transaction, one
-//! [`queue::enqueue_many`] statement, one NOTIFY. While all
+//! and hands the batch to a flush: one [`queue::enqueue_batch`] statement
+//! that is its own transaction (one round trip), one NOTIFY. While all
 //! `group_commit_flushes` flushes are busy, the next batch keeps filling, so
 //! batches grow with load instead of queueing up.
 //!
@@ -16,12 +16,13 @@
 //! culprit fails. A batch that fails because the database is unreachable
 //! answers 503 to all its requests at once instead.
 //!
-//! A COMMIT that fails with a lost connection has an unknown outcome: the
-//! server may have committed and only the answer was lost (a restart, a
+//! A statement that fails with a lost connection has an unknown outcome:
+//! the server may have committed and only the answer was lost (a restart, a
 //! failover, a terminated backend, a synchronous standby given up on). The
 //! flush does not guess: it asks, on a new connection, which of the jobs it
-//! inserted exist, and answers 202 for those and 503 for the rest. A client
-//! that retries a 503 with its idempotency key then finds its job either way.
+//! tried to insert exist (their ids are made here), and answers 202 for
+//! those and 503 for the rest. A client that retries a 503 with its
+//! idempotency key then finds its job either way.
 
 use super::error::ApiError;
 use crate::ids::JobId;
@@ -29,6 +30,7 @@ use crate::metrics::metrics;
 use crate::queue::{self, is_transient, BatchError, Enqueued, NewJob, QueueError};
 use chrono::{DateTime, Utc};
 use sqlx::{ConnectOptions, Connection, PgPool};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,15 +53,11 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an insert failed.
 enum InsertError {
-    /// The statement or the transaction failed: nothing was written.
+    /// The statement failed, or was never sent: nothing was written.
     Failed(QueueError),
-    /// The COMMIT was sent but its answer was lost: the statement's results
-    /// hold if, and only if, the server committed.
-    Ambiguous {
-        error: sqlx::Error,
-        created_at: DateTime<Utc>,
-        enqueued: Vec<Enqueued>,
-    },
+    /// The statement was sent but its answer was lost: the jobs, with these
+    /// ids, were stored if, and only if, the server committed.
+    Ambiguous { error: sqlx::Error, ids: Vec<JobId> },
 }
 
 /// What happened to one submitted job.
@@ -263,16 +261,18 @@ async fn flush(
     }
     match inserted {
         Ok((created_at, results)) => {
-            for ((job, reply), enqueued) in jobs.iter().zip(replies).zip(results) {
-                let _ = reply.send(Ok(answer(job, enqueued, created_at)));
+            for ((job, reply), entry) in jobs.iter().zip(replies).zip(results) {
+                let result = match entry {
+                    Some(enqueued) => Ok(answer(job, enqueued, created_at)),
+                    // Its key was taken where the statement could not see:
+                    // alone, it finds that key's job.
+                    None => alone(&pool, job, &stats).await,
+                };
+                let _ = reply.send(result);
             }
         }
-        Err(InsertError::Ambiguous {
-            error,
-            created_at,
-            enqueued,
-        }) => {
-            let answers = resolve(&pool, &jobs, enqueued, created_at, &error).await;
+        Err(InsertError::Ambiguous { error, ids }) => {
+            let answers = resolve(&pool, &jobs, &ids, &error).await;
             for (reply, result) in replies.into_iter().zip(answers) {
                 let _ = reply.send(result);
             }
@@ -289,69 +289,72 @@ async fn flush(
             // Someone's job broke the batch: find whose, one job at a time.
             tracing::warn!(%error, jobs = jobs.len(), "batch insert failed; retrying jobs one by one");
             for (job, reply) in jobs.iter().zip(replies) {
-                let one = std::slice::from_ref(job);
-                let result = match insert(&pool, one, &stats).await {
-                    Ok((created_at, mut one)) => Ok(answer(job, one.remove(0), created_at)),
-                    Err(InsertError::Failed(error)) => Err(ApiError::from(error)),
-                    Err(InsertError::Ambiguous {
-                        error,
-                        created_at,
-                        enqueued,
-                    }) => resolve(&pool, one, enqueued, created_at, &error)
-                        .await
-                        .remove(0),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(alone(&pool, job, &stats).await);
             }
         }
     }
 }
 
-/// The answers of a batch whose COMMIT's outcome is unknown: the jobs it
-/// inserted that exist were committed (202); the others were not, or
-/// cannot be told apart from that while the database is away (503). Jobs
-/// whose idempotency key named an earlier job keep that answer: that job was
-/// committed before.
+/// `job` enqueued by a statement of its own.
+async fn alone(pool: &PgPool, job: &NewJob, stats: &Stats) -> Result<Submitted, ApiError> {
+    match insert(pool, std::slice::from_ref(job), stats).await {
+        Ok((created_at, mut one)) => match one.remove(0) {
+            Some(enqueued) => Ok(answer(job, enqueued, created_at)),
+            // Taken again by a transaction that has not committed: it
+            // rolled back, or commits after this statement began.
+            None => Err(queue::held_by_rolled_back(job).into()),
+        },
+        Err(InsertError::Failed(error)) => Err(ApiError::from(error)),
+        Err(InsertError::Ambiguous { error, ids }) => {
+            let one = std::slice::from_ref(job);
+            resolve(pool, one, &ids, &error).await.remove(0)
+        }
+    }
+}
+
+/// The answers of a batch whose statement's outcome is unknown: the jobs
+/// that exist under the ids they were given were committed (202); the
+/// others were not, or cannot be told apart from that while the database
+/// is away (503). (A job whose idempotency key named an earlier job was
+/// given an id that is not stored: the client's retry with its key finds
+/// the earlier job.)
 async fn resolve(
     pool: &PgPool,
     jobs: &[NewJob],
-    enqueued: Vec<Enqueued>,
-    created_at: DateTime<Utc>,
+    ids: &[JobId],
     error: &sqlx::Error,
 ) -> Vec<Result<Submitted, ApiError>> {
-    let inserted: Vec<JobId> = enqueued
-        .iter()
-        .filter(|e| e.inserted)
-        .map(|e| e.id)
-        .collect();
-    let stored = stored_among(pool, &inserted).await;
+    let stored = stored_among(pool, ids).await;
     let known = stored.is_some();
-    let stored = stored.unwrap_or_default();
+    let stored: HashMap<JobId, DateTime<Utc>> = stored.unwrap_or_default().into_iter().collect();
     tracing::warn!(
         %error,
-        jobs = jobs.len(),
-        inserted = inserted.len(),
+        jobs = ids.len(),
         stored = stored.len(),
         known,
-        "COMMIT outcome was unknown; resolved from the database"
+        "statement outcome was unknown; resolved from the database"
     );
     jobs.iter()
-        .zip(enqueued)
-        .map(|(job, enqueued)| {
-            if !enqueued.inserted || stored.contains(&enqueued.id) {
+        .zip(ids)
+        .map(|(job, id)| match stored.get(id) {
+            Some(&created_at) => {
+                let enqueued = Enqueued {
+                    id: *id,
+                    inserted: true,
+                    key_reused: false,
+                };
                 Ok(answer(job, enqueued, created_at))
-            } else {
-                Err(ApiError::Unavailable(
-                    "database unavailable; the job was not stored",
-                ))
             }
+            None => Err(ApiError::Unavailable(
+                "database unavailable; the job was not stored",
+            )),
         })
         .collect()
 }
 
 /// Which of `ids` exist (live or finished), asked on a new connection;
 /// `None` if the database cannot be asked within a few attempts.
-async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<JobId>> {
+async fn stored_among(pool: &PgPool, ids: &[JobId]) -> Option<Vec<(JobId, DateTime<Utc>)>> {
     if ids.is_empty() {
         return Some(Vec::new());
     }
@@ -398,13 +401,13 @@ fn answer(job: &NewJob, enqueued: Enqueued, created_at: DateTime<Utc>) -> Submit
     }
 }
 
-/// One transaction: its start time (the inserted jobs' `created_at`) and
-/// one enqueue statement; retried on deadlock.
+/// One enqueue statement, its own transaction: its time (the inserted
+/// jobs' `created_at`) and each job's entry; retried on deadlock.
 async fn insert(
     pool: &PgPool,
     jobs: &[NewJob],
     stats: &Stats,
-) -> Result<(DateTime<Utc>, Vec<Enqueued>), InsertError> {
+) -> Result<(DateTime<Utc>, Vec<Option<Enqueued>>), InsertError> {
     let mut tries = 0;
     loop {
         stats.statements.fetch_add(1, Ordering::Relaxed);
@@ -423,19 +426,16 @@ async fn insert(
 async fn try_insert(
     pool: &PgPool,
     jobs: &[NewJob],
-) -> Result<(DateTime<Utc>, Vec<Enqueued>), InsertError> {
+) -> Result<(DateTime<Utc>, Vec<Option<Enqueued>>), InsertError> {
     match queue::enqueue_batch(pool, jobs).await {
         Ok(batch) => Ok((batch.created_at, batch.enqueued)),
         Err(BatchError::Failed(e)) => Err(InsertError::Failed(e)),
-        // The connection went away with the COMMIT in flight.
-        Err(BatchError::Commit { error, batch }) if ApiError::is_unavailable(&error) => {
-            Err(InsertError::Ambiguous {
-                error,
-                created_at: batch.created_at,
-                enqueued: batch.enqueued,
-            })
+        // The connection went away with the statement in flight (maybe
+        // while the server was committing).
+        Err(BatchError::Statement { error, ids }) if ApiError::is_unavailable(&error) => {
+            Err(InsertError::Ambiguous { error, ids })
         }
         // The server answered: it did not commit.
-        Err(BatchError::Commit { error, .. }) => Err(InsertError::Failed(error.into())),
+        Err(BatchError::Statement { error, .. }) => Err(InsertError::Failed(error.into())),
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! One LISTEN connection per process ([`queue::notify::spawn_listener_with`] on
 //! [`queue::DONE_CHANNEL`]) receives the ids of finished jobs and wakes the
-//! requests waiting on them through a map `job id → Notify`.
+//! requests waiting on them through a map `job id → Notify`. The jobs a
+//! wake-up names are read for their waiters with one statement
+//! ([`queue::read::get_many`]): the wake-ups that arrive while one such read
+//! runs share the next. A waiter left without an answer (the read failed,
+//! or another tenant's job) reads its job itself.
 //!
 //! Why no completion is missed:
 //! - Finishing statements NOTIFY only while the channel has a registered
@@ -106,6 +110,8 @@ struct Slot {
     /// Requests waiting on this job.
     count: usize,
     notify: Arc<Notify>,
+    /// The finished job, once a wake-up's read found it.
+    answer: Option<JobView>,
 }
 
 /// The process's long-poll machinery.
@@ -117,6 +123,14 @@ pub struct LongPoll {
     /// This process's name in `queue_waiters`.
     name: String,
     slots: Mutex<HashMap<JobId, Slot>>,
+    /// Jobs named by wake-ups since the last wake-up read.
+    woken: Mutex<Vec<JobId>>,
+    /// Wakes the wake-up reader.
+    read_woken: Notify,
+    /// Wake-up reads so far.
+    wake_reads: AtomicU64,
+    /// Reads of one job by its waiter so far.
+    own_reads: AtomicU64,
     /// Waits in flight.
     in_flight: AtomicUsize,
     /// Waits in flight per tenant; its lock also serialises admissions.
@@ -196,6 +210,10 @@ impl LongPoll {
             listen_pool,
             name: format!("api-{host}-{}-{:08x}", std::process::id(), suffix),
             slots: Mutex::new(HashMap::new()),
+            woken: Mutex::new(Vec::new()),
+            read_woken: Notify::new(),
+            wake_reads: AtomicU64::new(0),
+            own_reads: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             tenants: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
@@ -217,8 +235,9 @@ impl LongPoll {
             stop.clone(),
         );
         let recheck = tokio::spawn(self.clone().recheck(stop.clone()));
+        let reader = tokio::spawn(self.clone().read_wakeups(stop.clone()));
         let upkeep = tokio::spawn(self.clone().upkeep(stop));
-        vec![listener, recheck, upkeep]
+        vec![listener, recheck, reader, upkeep]
     }
 
     /// Waits in flight now.
@@ -234,6 +253,27 @@ impl LongPoll {
     /// Listener reconnects so far.
     pub fn reconnects(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Wake-up reads so far (each answers the waiters of every job its
+    /// wake-ups named).
+    pub fn wake_reads(&self) -> u64 {
+        self.wake_reads.load(Ordering::Relaxed)
+    }
+
+    /// Reads of one job by a waiter so far (each wait's first, and those
+    /// after a wake-up that brought no answer).
+    pub fn own_reads(&self) -> u64 {
+        self.own_reads.load(Ordering::Relaxed)
+    }
+
+    async fn read_own(
+        &self,
+        job: JobId,
+        tenant: TenantId,
+    ) -> crate::queue::Result<Option<JobView>> {
+        self.own_reads.fetch_add(1, Ordering::Relaxed);
+        queue::get(&self.pool, job, Some(tenant)).await
     }
 
     /// The job, once it is finished or at `deadline` (or at `shutdown`),
@@ -266,7 +306,7 @@ impl LongPoll {
             // No listener yet (starting, or reconnecting after a database
             // restart): a job already finished is answered without waiting
             // for one.
-            if let Ok(found) = queue::get(&self.pool, job, Some(tenant)).await {
+            if let Ok(found) = self.read_own(job, tenant).await {
                 if found.as_ref().is_none_or(|view| view.state.is_final()) {
                     return Ok(found);
                 }
@@ -287,11 +327,13 @@ impl LongPoll {
             tokio::pin!(notified);
             // Registered for wake-ups before the read: none can be lost.
             notified.as_mut().enable();
-            let looked = match self.ensure_registered().await {
-                Ok(()) => queue::get(&self.pool, job, Some(tenant))
-                    .await
-                    .map_err(ApiError::from),
-                Err(error) => Err(error),
+            let looked = match self.answer(job, tenant) {
+                // A wake-up's read found it finished.
+                Some(view) => Ok(Some(view)),
+                None => match self.ensure_registered().await {
+                    Ok(()) => self.read_own(job, tenant).await.map_err(ApiError::from),
+                    Err(error) => Err(error),
+                },
             };
             let failed = match looked {
                 Ok(None) => return Ok(None),
@@ -359,6 +401,7 @@ impl LongPoll {
         let slot = slots.entry(job).or_insert_with(|| Slot {
             count: 0,
             notify: Arc::new(Notify::new()),
+            answer: None,
         });
         slot.count += 1;
         Subscription {
@@ -378,12 +421,16 @@ impl LongPoll {
                 if slots.is_empty() {
                     return;
                 }
-                for id in payload.split(',') {
-                    if let Ok(id) = id.trim().parse::<JobId>() {
-                        if let Some(slot) = slots.get(&id) {
-                            slot.notify.notify_waiters();
-                        }
-                    }
+                let mut woken = self.lock_woken();
+                let before = woken.len();
+                woken.extend(
+                    payload
+                        .split(',')
+                        .filter_map(|id| id.trim().parse::<JobId>().ok())
+                        .filter(|id| slots.contains_key(id)),
+                );
+                if woken.len() > before {
+                    self.read_woken.notify_one();
                 }
             }
             notify::Wakeup::Reconnected => {
@@ -393,6 +440,57 @@ impl LongPoll {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 self.listening.send_replace(true);
                 self.wake_all();
+            }
+        }
+    }
+
+    /// The finished job a wake-up's read found for `job`, if it is
+    /// `tenant`'s.
+    fn answer(&self, job: JobId, tenant: TenantId) -> Option<JobView> {
+        let slots = self.lock_slots();
+        let view = slots.get(&job)?.answer.as_ref()?;
+        (view.tenant_id == Some(tenant)).then(|| view.clone())
+    }
+
+    /// Reads the jobs the wake-ups named, all in one statement, and wakes
+    /// their waiters with the answers. The wake-ups that arrive while a
+    /// read runs form the next one.
+    async fn read_wakeups(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.read_woken.notified() => {}
+            }
+            // The completions of one batch come in one wake-up, but those of
+            // batches written at the same moment come in several: let those
+            // already on their way arrive first.
+            tokio::task::yield_now().await;
+            let mut ids = std::mem::take(&mut *self.lock_woken());
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.is_empty() {
+                continue;
+            }
+            self.wake_reads.fetch_add(1, Ordering::Relaxed);
+            let found = queue::read::get_many(&self.pool, &ids).await;
+            if let Err(error) = &found {
+                // Each waiter reads its job itself.
+                tracing::debug!(%error, "long-poll wake-up read failed");
+            }
+            let mut found: HashMap<JobId, JobView> = found
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|view| view.state.is_final())
+                .map(|view| (view.id, view))
+                .collect();
+            let mut slots = self.lock_slots();
+            for id in ids {
+                if let Some(slot) = slots.get_mut(&id) {
+                    if let Some(view) = found.remove(&id) {
+                        slot.answer = Some(view);
+                    }
+                    slot.notify.notify_waiters();
+                }
             }
         }
     }
@@ -508,6 +606,10 @@ impl LongPoll {
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Slot>> {
         // The map stays consistent even if a holder panicked.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_woken(&self) -> std::sync::MutexGuard<'_, Vec<JobId>> {
+        self.woken.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_tenants(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, usize>> {

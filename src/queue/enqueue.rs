@@ -37,13 +37,68 @@ async fn enqueue_timed(
     conn: &mut PgConnection,
     jobs: &[NewJob],
 ) -> Result<(Vec<Enqueued>, Option<DateTime<Utc>>)> {
+    let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
+    let (mut out, created_at) = insert(conn, jobs, ids).await?;
+
+    // A key taken by a transaction that committed while this statement ran
+    // (or twice within this batch) is invisible to the statement's snapshot:
+    // look those up again in a fresh statement.
+    let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+    if !missing.is_empty() {
+        let tenants: Vec<Option<TenantId>> = missing.iter().map(|&i| jobs[i].tenant_id).collect();
+        let keys: Vec<Option<&str>> = missing
+            .iter()
+            .map(|&i| jobs[i].idempotency_key.as_deref())
+            .collect();
+        let found: Vec<(i64, JobId, Option<Vec<u8>>)> = sqlx::query_as(sql::IDEMPOTENCY_LOOKUP)
+            .bind(&tenants)
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (ord, id, stored) in found {
+            let index = missing[(ord - 1) as usize];
+            out[index] = Some(Enqueued {
+                id,
+                inserted: false,
+                key_reused: reused(&jobs[index], stored.as_deref()),
+            });
+        }
+    }
+    let enqueued = out
+        .into_iter()
+        .zip(jobs)
+        .map(|(entry, job)| {
+            // Only reachable if the key's owner rolled back between the
+            // two statements; the caller may simply submit again.
+            entry.ok_or_else(|| held_by_rolled_back(job))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((enqueued, created_at))
+}
+
+/// The error of a job whose idempotency key was held by a transaction that
+/// rolled back.
+pub(crate) fn held_by_rolled_back(job: &NewJob) -> QueueError {
+    QueueError::Invalid(format!(
+        "idempotency key {:?} is held by a job that was rolled back; retry",
+        job.idempotency_key
+    ))
+}
+
+/// The insert statement for `jobs`, with their new `ids`: each job's entry
+/// (`None` for a job whose key a transaction the statement's snapshot
+/// cannot see has taken), and the transaction's time.
+async fn insert(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    ids: Vec<JobId>,
+) -> Result<(Vec<Option<Enqueued>>, Option<DateTime<Utc>>)> {
     if jobs.is_empty() {
         return Ok((Vec::new(), None));
     }
     for job in jobs {
         validate(job)?;
     }
-    let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
     if jobs
         .iter()
         .all(|j| j.idempotency_key.is_none() && j.conversation_id.is_none())
@@ -78,8 +133,7 @@ async fn enqueue_timed(
         .fetch_all(&mut *conn)
         .await?;
     let created_at = rows.first().map(|row| row.4);
-
-    let mut out: Vec<Option<Enqueued>> = rows
+    let out = rows
         .into_iter()
         .zip(jobs)
         .map(|((_, id, inserted, stored, _), job)| {
@@ -90,54 +144,14 @@ async fn enqueue_timed(
             })
         })
         .collect();
-
-    // A key taken by a transaction that committed while this statement ran
-    // (or twice within this batch) is invisible to the statement's snapshot:
-    // look those up again in a fresh statement.
-    let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
-    if !missing.is_empty() {
-        let tenants: Vec<Option<TenantId>> = missing.iter().map(|&i| jobs[i].tenant_id).collect();
-        let keys: Vec<Option<&str>> = missing
-            .iter()
-            .map(|&i| jobs[i].idempotency_key.as_deref())
-            .collect();
-        let found: Vec<(i64, JobId, Option<Vec<u8>>)> = sqlx::query_as(sql::IDEMPOTENCY_LOOKUP)
-            .bind(&tenants)
-            .bind(&keys)
-            .fetch_all(&mut *conn)
-            .await?;
-        for (ord, id, stored) in found {
-            let index = missing[(ord - 1) as usize];
-            out[index] = Some(Enqueued {
-                id,
-                inserted: false,
-                key_reused: reused(&jobs[index], stored.as_deref()),
-            });
-        }
-    }
-    let enqueued = out
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| {
-            e.ok_or_else(|| {
-                // Only reachable if the key's owner rolled back between the
-                // two statements; the caller may simply submit again.
-                QueueError::Invalid(format!(
-                    "idempotency key {:?} is held by a job that was rolled back; retry",
-                    jobs[i].idempotency_key
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((enqueued, created_at))
+    Ok((out, created_at))
 }
 
-/// Jobs with neither idempotency key nor conversation: a leaner statement.
 async fn enqueue_simple(
     conn: &mut PgConnection,
     jobs: &[NewJob],
     ids: Vec<JobId>,
-) -> Result<(Vec<Enqueued>, Option<DateTime<Utc>>)> {
+) -> Result<(Vec<Option<Enqueued>>, Option<DateTime<Utc>>)> {
     let tenants: Vec<Option<TenantId>> = jobs.iter().map(|j| j.tenant_id).collect();
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let priorities: Vec<i16> = jobs.iter().map(|j| j.priority.get()).collect();
@@ -155,15 +169,17 @@ async fn enqueue_simple(
         .fetch_all(conn)
         .await?;
     let created_at = rows.first().map(|row| row.1);
-    let enqueued: Vec<Enqueued> = rows
+    debug_assert!(rows.iter().map(|row| row.0).eq(ids.iter().copied()));
+    let enqueued = rows
         .into_iter()
-        .map(|(id, _)| Enqueued {
-            id,
-            inserted: true,
-            key_reused: false,
+        .map(|(id, _)| {
+            Some(Enqueued {
+                id,
+                inserted: true,
+                key_reused: false,
+            })
         })
         .collect();
-    debug_assert!(enqueued.iter().map(|e| e.id).eq(ids.iter().copied()));
     Ok((enqueued, created_at))
 }
 
@@ -202,44 +218,51 @@ fn validate(job: &NewJob) -> Result<()> {
 pub struct Batch {
     /// The transaction's time: every inserted job's `created_at`.
     pub created_at: DateTime<Utc>,
-    /// Each job's entry, in input order (see [`enqueue_many`]).
-    pub enqueued: Vec<Enqueued>,
+    /// Each job's entry, in input order (see [`enqueue_many`]); `None` for
+    /// a job whose idempotency key a transaction the statement could not
+    /// see has taken (one that committed while it ran, or an earlier job
+    /// of the same batch). Enqueued again, alone, such a job finds that
+    /// key's job, or takes the key if its holder rolled back.
+    pub enqueued: Vec<Option<Enqueued>>,
 }
 
-/// Why [`enqueue_batch`] has no committed batch.
+/// Why [`enqueue_batch`] has no batch.
 #[derive(Debug)]
 pub enum BatchError {
-    /// The statement or the transaction failed before the COMMIT: nothing
-    /// was written.
+    /// Nothing was sent: a job is invalid, or no connection was had.
     Failed(QueueError),
-    /// The COMMIT failed. If the server's answer was lost on the way (the
-    /// connection went away), the batch may be stored all the same: its
-    /// entries hold exactly if [`super::read::stored`] finds the jobs.
-    Commit {
-        /// What the COMMIT returned.
+    /// The statement failed. If the server answered with the error, nothing
+    /// was written. If the answer was lost on the way (the connection went
+    /// away, possibly while the server was committing), the batch may be
+    /// stored all the same: a job was stored exactly if
+    /// [`super::read::stored`] finds its id among `ids`.
+    Statement {
+        /// What the statement returned.
         error: sqlx::Error,
-        /// What the batch would be, had it committed.
-        batch: Batch,
+        /// The ids the batch's jobs were given, in input order.
+        ids: Vec<JobId>,
     },
 }
 
-/// Enqueues `jobs` in one transaction of its own on `pool` (one statement,
-/// whose insert wakes idle workers at the commit) and returns the jobs'
-/// creation time with their entries.
+/// Enqueues `jobs` with one statement that is its own transaction on
+/// `pool` (one round trip; its insert wakes idle workers at the commit) and
+/// returns the jobs' creation time with their entries.
 pub async fn enqueue_batch(
     pool: &PgPool,
     jobs: &[NewJob],
 ) -> std::result::Result<Batch, BatchError> {
-    let failed = |e: QueueError| BatchError::Failed(e);
-    let mut tx = pool.begin().await.map_err(|e| failed(e.into()))?;
-    let (enqueued, created_at) = enqueue_timed(&mut tx, jobs).await.map_err(failed)?;
-    let batch = Batch {
-        // No jobs, no creation time to tell: any will do.
-        created_at: created_at.unwrap_or_else(Utc::now),
-        enqueued,
-    };
-    match tx.commit().await {
-        Ok(()) => Ok(batch),
-        Err(error) => Err(BatchError::Commit { error, batch }),
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| BatchError::Failed(e.into()))?;
+    let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
+    match insert(&mut conn, jobs, ids.clone()).await {
+        Ok((enqueued, created_at)) => Ok(Batch {
+            // No jobs, no creation time to tell: any will do.
+            created_at: created_at.unwrap_or_else(Utc::now),
+            enqueued,
+        }),
+        Err(QueueError::Database(error)) => Err(BatchError::Statement { error, ids }),
+        Err(error) => Err(BatchError::Failed(error)),
     }
 }

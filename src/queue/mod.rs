@@ -41,6 +41,7 @@ mod sql;
 pub mod types;
 
 pub use claim::{claim, claim_at, FAIR_VERSION};
+pub(crate) use enqueue::held_by_rolled_back;
 pub use enqueue::{enqueue, enqueue_batch, enqueue_many, Batch, BatchError};
 pub(crate) use finish::count_finished;
 pub use finish::{begin_generic_plans, cancel, finish, finish_in_tx, Backoff, FinishItem};

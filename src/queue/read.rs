@@ -19,6 +19,15 @@ pub async fn get<'e>(
         .await?)
 }
 
+/// The jobs among `ids` that exist, each as [`get`] reads it, of any
+/// tenant: the caller keeps each from all but its own.
+pub async fn get_many<'e>(executor: impl PgExecutor<'e>, ids: &[JobId]) -> Result<Vec<JobView>> {
+    Ok(sqlx::query_as::<_, JobView>(sql::GET_MANY)
+        .bind(ids)
+        .fetch_all(executor)
+        .await?)
+}
+
 /// The exceptional transitions of a job (retries, rescues, cancellation,
 /// releases), oldest first.
 pub async fn events<'e>(executor: impl PgExecutor<'e>, id: JobId) -> Result<Vec<JobEvent>> {
@@ -150,10 +159,14 @@ pub async fn depth_by_tenant_priority<'e>(
         .await
 }
 
-/// Which of `ids` exist, live or finished: after a COMMIT whose answer was
-/// lost, the jobs it inserted exist exactly if it committed.
-pub async fn stored<'e>(executor: impl PgExecutor<'e>, ids: &[JobId]) -> sqlx::Result<Vec<JobId>> {
-    sqlx::query_scalar(sql::STORED)
+/// Which of `ids` exist, live or finished, with their creation time: after
+/// an enqueue whose answer was lost, the jobs it inserted exist exactly if
+/// it committed.
+pub async fn stored<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[JobId],
+) -> sqlx::Result<Vec<(JobId, DateTime<Utc>)>> {
+    sqlx::query_as(sql::STORED)
         .bind(ids)
         .fetch_all(executor)
         .await

@@ -25,6 +25,7 @@ crate::sql::sql_files!("queue" {
     RESCUE => "rescue.sql",
     RELEASE => "release.sql",
     GET => "get.sql",
+    GET_MANY => "get_many.sql",
     EVENTS => "events.sql",
     STATS => "stats.sql",
     STATS_STRICT => "stats_strict.sql",
