@@ -337,3 +337,43 @@ async fn the_hot_statements_plan_no_scan_of_a_growing_table_on_an_unanalyzed_dat
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Statements that read a batch of ids outside a generic-plans transaction
+/// (`begin_generic_plans.sql`), so they must keep the generic plan of their
+/// own accord: with `uuid[]` ids Postgres would plan every call afresh.
+const BATCH_READS_PLANNED_ONCE: &[(&str, &str)] = &[(
+    "sql/queue/get_many.sql",
+    r#"'["0190c3a0-0000-7000-8000-000000000001", "0190c3a0-0000-7000-8000-000000000002"]'"#,
+)];
+
+/// A session keeps the generic plan of each of those statements after the
+/// first five calls, under the default `plan_cache_mode`.
+#[tokio::test]
+async fn batch_reads_keep_their_generic_plan() {
+    let db = TestDb::with_pool_size(1).await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    for (file, argument) in BATCH_READS_PLANNED_ONCE {
+        let text = std::fs::read_to_string(root().join(file)).expect("read the statement");
+        let statement = text.trim_end().trim_end_matches(';');
+        conn.execute(sqlx::query(&format!("PREPARE batch AS {statement}")).persistent(false))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        for _ in 0..8 {
+            conn.execute(format!("EXECUTE batch({argument})").as_str())
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let (generic, custom): (i64, i64) = sqlx::query_as(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'batch'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        conn.execute("DEALLOCATE batch").await.unwrap();
+        assert_eq!(
+            (generic, custom),
+            (3, 5),
+            "{file}: after five custom plans every call uses the generic one"
+        );
+    }
+}
