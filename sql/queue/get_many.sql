@@ -1,19 +1,12 @@
--- get_many: the jobs $1 (a JSON array of job ids), live or finished, by id,
--- each as get.sql reads it (the same partitions opened for each: see
--- there). An API process runs it once for all the jobs its wake-ups name,
--- instead of one get.sql per waiting long-poll; the caller keeps each job
--- from any tenant but its own.
---
--- The ids come as JSON, not as uuid[]: for an array parameter Postgres
--- makes a custom plan at every call (only a custom plan knows the array's
--- length, and it looks cheaper), and planning this read of `all_jobs` and
--- every history partition costs ten times running it (BENCHMARKS.md). A
--- JSON array's length is estimated alike in both plans, so each session
--- keeps the generic plan after its first five calls, in one round trip.
+-- get_many: the jobs $1 (uuid[]), live or finished, by id, each as get.sql
+-- reads it (the same partitions opened for each: see there). An API
+-- process runs it once for all the jobs one wake-up names, instead of one
+-- get.sql per waiting long-poll; the caller keeps each job from any tenant
+-- but its own.
 -- Each id is probed by a LATERAL subquery with a LIMIT, so no plan can turn
 -- it into a scan of the history (see sql/chat/histories.sql).
 SELECT j.*
-FROM (SELECT DISTINCT id::uuid AS id FROM jsonb_array_elements_text($1::jsonb) AS u (id)) AS i
+FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS u (id)) AS i
 CROSS JOIN LATERAL (
     SELECT a.id, a.tenant_id, a.conversation_id, a.kind, a.priority, a.state, a.payload,
            a.attempts, a.max_attempts, a.result, a.error, a.worker, a.input_tokens,
