@@ -1591,6 +1591,49 @@ async fn metrics_leave_the_public_port_when_they_have_their_own_address() {
     server.await.unwrap().unwrap();
 }
 
+/// Two submissions of one idempotency key in the same batch: the statement
+/// cannot see the key the first one takes, so the second is enqueued again
+/// alone and finds the first one's job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_taken_twice_in_one_batch_yields_one_job() {
+    let db = TestDb::new().await;
+    let tenant = tenants::create_tenant(&db.pool, "acme", None)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    // Two jobs make a batch: the window never runs out first.
+    let (commit, gatherer) = GroupCommit::spawn(
+        db.pool.clone(),
+        GroupCommitConfig {
+            window: Duration::from_secs(3600),
+            max_batch: 2,
+            flushes: 1,
+        },
+        stop.clone(),
+    );
+    let job = || {
+        let mut job = NewJob::new("test", json!({})).with_tenant(tenant);
+        job.idempotency_key = Some("twice".into());
+        job
+    };
+    let (first, second) = tokio::time::timeout(NO_HANG, async {
+        tokio::join!(commit.submit(job()), commit.submit(job()))
+    })
+    .await
+    .expect("every submission answered");
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.id, second.id);
+    assert!(first.inserted != second.inserted, "{first:?} {second:?}");
+    // One statement for the batch, then one for the second job alone.
+    assert_eq!((commit.statements(), commit.jobs()), (2, 3));
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 1);
+    stop.cancel();
+    tokio::time::timeout(NO_HANG, gatherer)
+        .await
+        .expect("the gatherer stops")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_is_retried_one_job_at_a_time() {
     let db = TestDb::new().await;
