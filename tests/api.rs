@@ -1591,6 +1591,26 @@ async fn metrics_leave_the_public_port_when_they_have_their_own_address() {
     server.await.unwrap().unwrap();
 }
 
+/// A group commit whose batches are `jobs` submissions each (its window
+/// never runs out first), one at a time; it stops when the token is
+/// cancelled.
+fn batches_of(
+    pool: &PgPool,
+    jobs: usize,
+) -> (GroupCommit, tokio::task::JoinHandle<()>, CancellationToken) {
+    let stop = CancellationToken::new();
+    let (commit, gatherer) = GroupCommit::spawn(
+        pool.clone(),
+        GroupCommitConfig {
+            window: Duration::from_secs(3600),
+            max_batch: jobs,
+            flushes: 1,
+        },
+        stop.clone(),
+    );
+    (commit, gatherer, stop)
+}
+
 /// Two submissions of one idempotency key in the same batch: the statement
 /// cannot see the key the first one takes, so the second is enqueued again
 /// alone and finds the first one's job.
@@ -1600,17 +1620,7 @@ async fn a_key_taken_twice_in_one_batch_yields_one_job() {
     let tenant = tenants::create_tenant(&db.pool, "acme", None)
         .await
         .unwrap();
-    let stop = CancellationToken::new();
-    // Two jobs make a batch: the window never runs out first.
-    let (commit, gatherer) = GroupCommit::spawn(
-        db.pool.clone(),
-        GroupCommitConfig {
-            window: Duration::from_secs(3600),
-            max_batch: 2,
-            flushes: 1,
-        },
-        stop.clone(),
-    );
+    let (commit, gatherer, stop) = batches_of(&db.pool, 2);
     let job = || {
         let mut job = NewJob::new("test", json!({})).with_tenant(tenant);
         job.idempotency_key = Some("twice".into());
@@ -1637,17 +1647,7 @@ async fn a_key_taken_twice_in_one_batch_yields_one_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_is_retried_one_job_at_a_time() {
     let db = TestDb::new().await;
-    let stop = CancellationToken::new();
-    // Three jobs make a batch: the window never runs out first.
-    let (commit, gatherer) = GroupCommit::spawn(
-        db.pool.clone(),
-        GroupCommitConfig {
-            window: Duration::from_secs(3600),
-            max_batch: 3,
-            flushes: 1,
-        },
-        stop.clone(),
-    );
+    let (commit, gatherer, stop) = batches_of(&db.pool, 3);
     let job = |n: u32| NewJob::new("test", json!({ "n": n }));
     // The middle one names a tenant that does not exist: its row breaks the
     // batch's statement (a foreign key).
