@@ -25,8 +25,9 @@ pub async fn get<'e>(
 /// Read with the statement's generic plan: Postgres would otherwise plan it
 /// afresh for every call (a custom plan looks cheaper for an array whose
 /// length only it knows), and planning a read of `all_jobs` with every
-/// history partition costs ten times the read (BENCHMARKS.md). The generic
-/// plan prunes the partitions as it runs; tests/sql_files.rs checks it.
+/// history partition costs about seven times the read (BENCHMARKS.md).
+/// The generic plan prunes the partitions as it runs; tests/sql_files.rs
+/// checks that it scans no growing table.
 pub async fn get_many(pool: &PgPool, ids: &[JobId]) -> Result<Vec<JobView>> {
     let mut tx = super::begin_generic_plans(pool).await?;
     let found = sqlx::query_as::<_, JobView>(sql::GET_MANY)
